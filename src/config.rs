@@ -1,0 +1,269 @@
+//! Configuration: flags and environment variables (SPEC section 4), parsed and
+//! validated once, before anything binds or opens a file. Every bad setting is
+//! reported in one line naming it; the binary then exits 2.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::ledger::{SALDO_MAX, SHARDS_MAX};
+use crate::usuario::Usuario;
+
+/// The most worker threads the runtime may be given.
+pub const WORKERS_MAX: usize = 1024;
+
+/// The longest shutdown grace period: ECS's largest stop timeout.
+pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(120);
+
+/// The longest idempotency-key retention: 30 days.
+pub const IDEMPOTENCY_TTL_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+/// The most accounts a seed may list.
+pub const SEED_ACCOUNTS_MAX: usize = 10_000;
+
+/// `saldos`: Banco Etheria's balance and payments service.
+#[derive(Debug, Parser)]
+#[command(name = "saldos", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Service options, when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The binary's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Exit 0 when GET /health answers 200 within 2 s, else 1.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// `saldos healthcheck` options.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// URL to probe [default: http://127.0.0.1:$PORT/health]
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The service's port, for the default URL.
+    #[arg(long, env = "PORT", default_value_t = 5000, hide = true)]
+    pub port: u16,
+}
+
+/// Where balances are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// A durable write-ahead journal in the data directory.
+    Journal,
+    /// RAM only, lost at exit: for benchmarks and experiments.
+    Memory,
+}
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `saldos serve` options. Each is a flag and an environment variable; the
+/// flag wins.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TCP port to listen on (0: any free port).
+    #[arg(long, env = "PORT", default_value_t = 5000)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "SALDOS_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Where balances are kept.
+    #[arg(long, env = "SALDOS_STORAGE", value_enum, default_value_t = StorageKind::Memory)]
+    pub storage: StorageKind,
+    /// Data directory of the journal storage.
+    #[arg(long, env = "SALDOS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Ledger shards, a power of two [default: about 4 × usable CPUs].
+    #[arg(long, env = "SALDOS_SHARDS", value_parser = parse_shards)]
+    pub shards: Option<usize>,
+    /// Runtime worker threads [default: the CPUs the process may use].
+    #[arg(long, env = "SALDOS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=WORKERS_MAX as i64))]
+    pub workers: Option<u16>,
+    /// Balance of every account not seeded and never debited, in CLP.
+    #[arg(long, env = "SALDOS_OPENING_BALANCE", default_value_t = 100_000, value_parser = parse_saldo)]
+    pub opening_balance: u64,
+    /// Seeded accounts as `name=balance,…` (empty: none).
+    #[arg(
+        long,
+        env = "SALDOS_SEED",
+        default_value = "usuario1=10000,usuario2=15000,usuario3=5000",
+        value_parser = parse_seed
+    )]
+    pub seed: Seed,
+    /// How long idempotency keys are remembered (`30s`, `15m`, `24h`, `7d`).
+    #[arg(long, env = "SALDOS_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_idempotency_ttl)]
+    pub idempotency_ttl: Duration,
+    /// How long shutdown waits for requests in flight.
+    #[arg(long, env = "SALDOS_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_shutdown_grace)]
+    pub shutdown_grace: Duration,
+    /// Log line format.
+    #[arg(long, env = "SALDOS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// Most client connections served at once; more wait in the backlog.
+    #[arg(long, env = "SALDOS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Most accounts stored (seeded or debited); a debit that would add one
+    /// more answers 503 NO_DISPONIBLE.
+    #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub max_accounts: u64,
+}
+
+/// Seeded accounts, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seed(pub Vec<(Usuario, u64)>);
+
+impl ServeArgs {
+    /// Checks relations between settings that no single parser sees.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.storage == StorageKind::Journal {
+            return Err("--storage/SALDOS_STORAGE: 'journal' is not available in this build yet; use 'memory'".into());
+        }
+        if self.seed.0.len() as u64 > self.max_accounts {
+            return Err("--seed/SALDOS_SEED: more seeded accounts than --max-accounts allows".into());
+        }
+        Ok(())
+    }
+
+    /// Worker threads: the flag, else the CPUs this process may use (cgroup
+    /// quota and affinity, as the standard library reads them).
+    pub fn worker_count(&self) -> usize {
+        self.workers.map_or_else(usable_cpus, usize::from)
+    }
+
+    /// Shards: the flag, else the power of two nearest above 4 × workers.
+    pub fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| (4 * self.worker_count()).next_power_of_two().min(SHARDS_MAX))
+    }
+}
+
+/// The CPUs this process may use, at least 1. On Fargate a 0.25 vCPU task
+/// has a quota below one CPU: it gets one worker.
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn parse_shards(text: &str) -> Result<usize, String> {
+    let shards: usize = text.parse().map_err(|_| format!("'{text}' is not a whole number"))?;
+    if !shards.is_power_of_two() || shards > SHARDS_MAX {
+        return Err(format!("must be a power of two from 1 to {SHARDS_MAX}"));
+    }
+    Ok(shards)
+}
+
+fn parse_saldo(text: &str) -> Result<u64, String> {
+    let saldo: u64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number of CLP"))?;
+    if saldo > SALDO_MAX {
+        return Err(format!("must be at most {SALDO_MAX}"));
+    }
+    Ok(saldo)
+}
+
+fn parse_seed(text: &str) -> Result<Seed, String> {
+    let mut seed = Vec::new();
+    for entry in text.split(',').filter(|entry| !entry.trim().is_empty()) {
+        let (name, saldo) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("'{entry}' is not name=balance"))?;
+        let usuario = Usuario::new(name.trim()).map_err(|error| format!("'{name}': {error}"))?;
+        let saldo = parse_saldo(saldo.trim()).map_err(|error| format!("'{name}': {error}"))?;
+        if seed.iter().any(|(seeded, _)| *seeded == usuario) {
+            return Err(format!("'{name}' is listed twice"));
+        }
+        if seed.len() == SEED_ACCOUNTS_MAX {
+            return Err(format!("more than {SEED_ACCOUNTS_MAX} accounts"));
+        }
+        seed.push((usuario, saldo));
+    }
+    Ok(Seed(seed))
+}
+
+fn parse_idempotency_ttl(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::from_secs(1), IDEMPOTENCY_TTL_MAX)
+}
+
+fn parse_shutdown_grace(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, SHUTDOWN_GRACE_MAX)
+}
+
+fn parse_duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < min || duration > max {
+        return Err(format!("must be from {min:?} to {max:?}"));
+    }
+    Ok(duration)
+}
+
+/// A whole number followed by a unit: `ms`, `s`, `m`, `h` or `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || format!("'{text}' is not a duration such as 500ms, 20s, 15m, 24h or 7d");
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "20", "s", "1.5s", "-1s", "20 s", "99999999999999999999d", "1w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn seeds_parse_and_reject_bad_entries() {
+        let seed = parse_seed("usuario1=10000, usuario2=15000").unwrap();
+        let names: Vec<_> = seed.0.iter().map(|(u, s)| (u.as_str().to_owned(), *s)).collect();
+        assert_eq!(names, [("usuario1".to_owned(), 10_000), ("usuario2".to_owned(), 15_000)]);
+        assert_eq!(parse_seed("").unwrap(), Seed::default());
+        for bad in ["a", "a=x", "a=-1", "=5", "a/b=1", "a=1,a=2", "a=9007199254740992"] {
+            assert!(parse_seed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shards_are_powers_of_two() {
+        assert_eq!(parse_shards("64"), Ok(64));
+        for bad in ["0", "3", "131072", "x"] {
+            assert!(parse_shards(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use super::*;
+
+fn ledger(shard_count: usize, accounts_max: usize) -> Ledger {
+    Ledger::new(Limits {
+        shard_count,
+        opening_saldo: 100_000,
+        accounts_max,
+    })
+}
+
+fn usuario(name: &str) -> Usuario {
+    Usuario::new(name).unwrap()
+}
+
+/// xorshift64*: a tiny deterministic generator, so a failing seed replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+// Reads of unknown accounts answer the opening balance and store nothing.
+#[test]
+fn reading_never_inserts() {
+    let ledger = ledger(4, 10);
+    for i in 0..1000 {
+        assert_eq!(ledger.saldo(&usuario(&format!("nobody{i}"))), 100_000);
+    }
+    assert_eq!(ledger.accounts_stored(), 0);
+}
+
+#[test]
+fn debit_checks_then_subtracts() {
+    let ledger = ledger(1, 10);
+    let ana = usuario("ana");
+    ledger.seed(&ana, 15_000).unwrap();
+    assert_eq!(
+        ledger.debit(&ana, 5_000),
+        Ok(Debit {
+            saldo_anterior: 15_000,
+            nuevo_saldo: 10_000
+        })
+    );
+    assert_eq!(
+        ledger.debit(&ana, 10_001),
+        Err(Error::SaldoInsuficiente {
+            saldo_disponible: 10_000
+        })
+    );
+    assert_eq!(ledger.saldo(&ana), 10_000);
+    assert_eq!(ledger.debit(&ana, 10_000).unwrap().nuevo_saldo, 0);
+    assert_eq!(
+        ledger.debit(&ana, 1),
+        Err(Error::SaldoInsuficiente {
+            saldo_disponible: 0
+        })
+    );
+}
+
+// A refused debit of an unknown account stores nothing; a successful one stores it.
+#[test]
+fn only_successful_debits_insert() {
+    let ledger = ledger(2, 10);
+    let nuevo = usuario("nuevo");
+    assert!(ledger.debit(&nuevo, 100_001).is_err());
+    assert_eq!(ledger.accounts_stored(), 0);
+    assert_eq!(ledger.debit(&nuevo, 1).unwrap().nuevo_saldo, 99_999);
+    assert_eq!(ledger.accounts_stored(), 1);
+    assert_eq!(ledger.saldo(&nuevo), 99_999);
+}
+
+#[test]
+fn account_limit_refuses_new_accounts_only() {
+    let ledger = ledger(4, 3);
+    for name in ["a", "b", "c"] {
+        ledger.debit(&usuario(name), 1).unwrap();
+    }
+    assert_eq!(ledger.debit(&usuario("d"), 1), Err(Error::LedgerFull));
+    assert_eq!(ledger.saldo(&usuario("d")), 100_000);
+    assert_eq!(ledger.debit(&usuario("a"), 1).unwrap().nuevo_saldo, 99_998);
+    assert_eq!(ledger.accounts_stored(), 3);
+}
+
+// The model test: many threads debit random accounts by random amounts; every
+// account must end at its opening balance minus the sum of its successful
+// debits, no balance below zero, and every refusal must have been justified.
+#[test]
+fn concurrent_random_debits_match_the_model() {
+    const THREADS: u64 = 8;
+    const DEBITS_PER_THREAD: usize = 20_000;
+    const ACCOUNTS: u64 = 64;
+    let ledger = ledger(8, 1_000);
+    let names: Vec<Usuario> = (0..ACCOUNTS).map(|i| usuario(&format!("cuenta{i}"))).collect();
+    let debited: Vec<AtomicU64> = (0..ACCOUNTS).map(|_| AtomicU64::new(0)).collect();
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (ledger, names, debited) = (&ledger, &names, &debited);
+            scope.spawn(move || {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (thread + 1));
+                for _ in 0..DEBITS_PER_THREAD {
+                    let account = rng.below(ACCOUNTS) as usize;
+                    let monto = 1 + rng.below(3_000);
+                    match ledger.debit(&names[account], monto) {
+                        Ok(debit) => {
+                            assert_eq!(debit.saldo_anterior - debit.nuevo_saldo, monto);
+                            debited[account].fetch_add(monto, Ordering::Relaxed);
+                        }
+                        Err(Error::SaldoInsuficiente { saldo_disponible }) => {
+                            assert!(saldo_disponible < monto)
+                        }
+                        Err(Error::LedgerFull) => panic!("room for every account"),
+                    }
+                }
+            });
+        }
+    });
+    let mut seen = HashMap::new();
+    for (name, debited) in names.iter().zip(&debited) {
+        let debited = debited.load(Ordering::Relaxed);
+        assert!(debited <= 100_000, "{name} overdrawn");
+        assert_eq!(ledger.saldo(name), 100_000 - debited, "{name}");
+        seen.insert(name.as_str().to_owned(), debited);
+    }
+    // Enough load that most accounts ran dry: refusals were exercised too.
+    assert!(seen.values().filter(|d| **d > 97_000).count() > (ACCOUNTS as usize) / 2);
+}
+
+#[test]
+fn one_shard_and_many_shards_agree() {
+    for shard_count in [1, 2, 64, SHARDS_MAX] {
+        let ledger = ledger(shard_count, 100);
+        for i in 0..50u64 {
+            ledger.debit(&usuario(&format!("u{i}")), i + 1).unwrap();
+        }
+        for i in 0..50u64 {
+            assert_eq!(ledger.saldo(&usuario(&format!("u{i}"))), 100_000 - i - 1);
+        }
+    }
+}

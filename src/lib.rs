@@ -1,0 +1,134 @@
+//! `saldos`: Banco Etheria's balance and payments service.
+//!
+//! Layout (see ARCHITECTURE.md for the request path and the invariants):
+//! - [`config`]: flags and environment variables, validated before start.
+//! - [`server`]: accept loop, connection limits and timeouts, drain.
+//! - [`router`]: method and path to handler; `X-Request-Id`.
+//! - [`api`]: one module per endpoint family, and the SPEC's error table.
+//! - [`storage`]: the seam handlers call to read and debit balances.
+//! - [`ledger`]: sharded in-memory balances and check-and-debit; no I/O.
+//! - [`usuario`]: account names and their rules.
+//! - [`render`]: response bytes without per-response allocation.
+//! - [`request_id`], [`logging`], [`healthcheck`]: cross-cutting pieces.
+
+pub mod api;
+pub mod config;
+pub mod healthcheck;
+pub mod ledger;
+pub mod logging;
+pub mod render;
+pub mod request_id;
+pub mod router;
+pub mod server;
+pub mod storage;
+pub mod usuario;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::config::ServeArgs;
+use crate::ledger::{Ledger, Limits};
+use crate::storage::Storage;
+
+/// Pending connections the kernel queues while all permits are taken.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Why the service could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The seed does not fit the ledger.
+    #[error("cannot seed the ledger: {0}")]
+    Seed(ledger::Error),
+}
+
+/// Builds the storage the arguments describe, seeded.
+pub fn open_storage(args: &ServeArgs) -> Result<Storage, StartError> {
+    let ledger = Ledger::new(Limits {
+        shard_count: args.shard_count(),
+        opening_saldo: args.opening_balance,
+        accounts_max: usize::try_from(args.max_accounts).unwrap_or(usize::MAX),
+    });
+    for (usuario, saldo) in &args.seed.0 {
+        ledger.seed(usuario, *saldo).map_err(StartError::Seed)?;
+    }
+    Ok(Storage::memory(ledger))
+}
+
+/// Binds the listening socket with a deep backlog.
+pub fn listen(address: SocketAddr) -> Result<TcpListener, StartError> {
+    let listen = || {
+        let socket = match address {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| StartError::Listen { address, source })
+}
+
+/// Runs the service until SIGTERM or SIGINT, then drains. Blocks.
+pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let workers = args.worker_count();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(async {
+        let storage = Arc::new(open_storage(&args)?);
+        let listener = listen(SocketAddr::new(args.bind, args.port))?;
+        let address = listener.local_addr().map_err(|source| StartError::Listen {
+            address: SocketAddr::new(args.bind, args.port),
+            source,
+        })?;
+        tracing::info!(
+            %address,
+            storage = ?args.storage,
+            workers,
+            shards = args.shard_count(),
+            seeded = args.seed.0.len(),
+            "listening"
+        );
+        let settings = server::Settings {
+            connections_max: args.max_connections as usize,
+            shutdown_grace: args.shutdown_grace,
+        };
+        let drained = server::run(listener, storage, settings, shutdown_signal()).await;
+        tracing::info!(connections_cut = drained.connections_cut, "stopped");
+        Ok(())
+    })?;
+    // Connections cut at the end of the grace period are dropped here.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}
