@@ -25,7 +25,12 @@ pub const SEED_ACCOUNTS_MAX: usize = 10_000;
 
 /// `saldos`: Banco Etheria's balance and payments service.
 #[derive(Debug, Parser)]
-#[command(name = "saldos", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "saldos",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -135,7 +140,9 @@ impl ServeArgs {
             return Err("--storage/SALDOS_STORAGE: 'journal' is not available in this build yet; use 'memory'".into());
         }
         if self.seed.0.len() as u64 > self.max_accounts {
-            return Err("--seed/SALDOS_SEED: more seeded accounts than --max-accounts allows".into());
+            return Err(
+                "--seed/SALDOS_SEED: more seeded accounts than --max-accounts allows".into(),
+            );
         }
         Ok(())
     }
@@ -148,8 +155,11 @@ impl ServeArgs {
 
     /// Shards: the flag, else the power of two nearest above 4 × workers.
     pub fn shard_count(&self) -> usize {
-        self.shards
-            .unwrap_or_else(|| (4 * self.worker_count()).next_power_of_two().min(SHARDS_MAX))
+        self.shards.unwrap_or_else(|| {
+            (4 * self.worker_count())
+                .next_power_of_two()
+                .min(SHARDS_MAX)
+        })
     }
 }
 
@@ -160,7 +170,9 @@ pub fn usable_cpus() -> usize {
 }
 
 fn parse_shards(text: &str) -> Result<usize, String> {
-    let shards: usize = text.parse().map_err(|_| format!("'{text}' is not a whole number"))?;
+    let shards: usize = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number"))?;
     if !shards.is_power_of_two() || shards > SHARDS_MAX {
         return Err(format!("must be a power of two from 1 to {SHARDS_MAX}"));
     }
@@ -215,7 +227,9 @@ fn parse_duration_within(text: &str, min: Duration, max: Duration) -> Result<Dur
 /// A whole number followed by a unit: `ms`, `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let invalid = || format!("'{text}' is not a duration such as 500ms, 20s, 15m, 24h or 7d");
     let number: u64 = number.parse().map_err(|_| invalid())?;
@@ -243,7 +257,16 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "20", "s", "1.5s", "-1s", "20 s", "99999999999999999999d", "1w"] {
+        for bad in [
+            "",
+            "20",
+            "s",
+            "1.5s",
+            "-1s",
+            "20 s",
+            "99999999999999999999d",
+            "1w",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
@@ -251,10 +274,28 @@ mod tests {
     #[test]
     fn seeds_parse_and_reject_bad_entries() {
         let seed = parse_seed("usuario1=10000, usuario2=15000").unwrap();
-        let names: Vec<_> = seed.0.iter().map(|(u, s)| (u.as_str().to_owned(), *s)).collect();
-        assert_eq!(names, [("usuario1".to_owned(), 10_000), ("usuario2".to_owned(), 15_000)]);
+        let names: Vec<_> = seed
+            .0
+            .iter()
+            .map(|(u, s)| (u.as_str().to_owned(), *s))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("usuario1".to_owned(), 10_000),
+                ("usuario2".to_owned(), 15_000)
+            ]
+        );
         assert_eq!(parse_seed("").unwrap(), Seed::default());
-        for bad in ["a", "a=x", "a=-1", "=5", "a/b=1", "a=1,a=2", "a=9007199254740992"] {
+        for bad in [
+            "a",
+            "a=x",
+            "a=-1",
+            "=5",
+            "a/b=1",
+            "a=1,a=2",
+            "a=9007199254740992",
+        ] {
             assert!(parse_seed(bad).is_err(), "{bad:?}");
         }
     }

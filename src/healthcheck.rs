@@ -35,10 +35,17 @@ pub fn probe(url: &str) -> Result<(), Error> {
         .or_else(|_| format!("{authority}:80").to_socket_addrs())?
         .next()
         .ok_or_else(|| Error::Url(url.to_owned()))?;
-    let remaining = || PROBE_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+    let remaining = || {
+        PROBE_TIMEOUT
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1))
+    };
     let mut stream = TcpStream::connect_timeout(&address, remaining())?;
     stream.set_write_timeout(Some(remaining()))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = Vec::with_capacity(RESPONSE_BYTES_MAX);
     let mut chunk = [0u8; 256];
     while !response.contains(&b'\n') && response.len() < RESPONSE_BYTES_MAX {
@@ -70,7 +77,10 @@ mod tests {
 
     #[test]
     fn urls_split_into_authority_and_path() {
-        assert_eq!(split_url("http://127.0.0.1:5000/health"), Some(("127.0.0.1:5000", "/health")));
+        assert_eq!(
+            split_url("http://127.0.0.1:5000/health"),
+            Some(("127.0.0.1:5000", "/health"))
+        );
         assert_eq!(split_url("http://localhost"), Some(("localhost", "/")));
         assert_eq!(split_url("https://x/health"), None);
         assert_eq!(split_url("http:///health"), None);

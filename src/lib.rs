@@ -104,10 +104,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             seeded = args.seed.0.len(),
             "listening"
         );
-        let settings = server::Settings {
-            connections_max: args.max_connections as usize,
-            shutdown_grace: args.shutdown_grace,
-        };
+        let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
         let drained = server::run(listener, storage, settings, shutdown_signal()).await;
         tracing::info!(connections_cut = drained.connections_cut, "stopped");
         Ok(())
@@ -120,9 +117,10 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
 /// Completes on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -15,7 +15,12 @@ const EXIT_BAD_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
@@ -52,6 +57,9 @@ fn main() -> ExitCode {
 
 /// Prints the first line of a configuration error to stderr and exits 2.
 fn bad_config(message: &str) -> ExitCode {
-    eprintln!("{}", message.lines().next().unwrap_or("error: bad configuration"));
+    eprintln!(
+        "{}",
+        message.lines().next().unwrap_or("error: bad configuration")
+    );
     ExitCode::from(EXIT_BAD_CONFIG)
 }

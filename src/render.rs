@@ -68,7 +68,8 @@ impl Writer<'_> {
 
     /// Appends an integer.
     pub fn u64(&mut self, value: u64) {
-        self.0.put_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.0
+            .put_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// Appends an integer as 16 lowercase hexadecimal digits.

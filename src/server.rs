@@ -3,11 +3,11 @@
 //! on shutdown.
 //!
 //! Timeouts, per connection, measured by [`Activity`]:
-//! - idle: a keep-alive connection with no request for `IDLE_TIMEOUT` closes.
+//! - idle: a keep-alive connection with no request for `idle_timeout` closes.
 //!   It is longer than an ALB's 60 s idle timeout, so the balancer always
 //!   closes first and never reuses a connection the server is closing (a 502).
 //! - request head: once the first byte of a request arrives, its headers must
-//!   be complete within `HEAD_TIMEOUT`, or the connection is cut (slowloris).
+//!   be complete within `head_timeout`, or the connection is cut (slowloris).
 //! - body: see `api::body` (the handler bounds its own read).
 //!
 //! Shutdown: stop accepting, ask every connection to finish its request in
@@ -33,10 +33,10 @@ use tokio::time::Instant;
 use crate::router;
 use crate::storage::Storage;
 
-/// How long a keep-alive connection may sit with no request.
+/// How long a keep-alive connection may sit with no request, by default.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// How long a request's head may take from its first byte.
+/// How long a request's head may take from its first byte, by default.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request head (request line and headers); larger gets 431.
@@ -44,9 +44,6 @@ const HEAD_BYTES_MAX: usize = 16 * 1024;
 
 /// The most headers one request may carry; more gets 431.
 const HEADERS_MAX: usize = 64;
-
-/// How often a connection re-reads its deadline.
-const TIMEOUT_CHECK_INTERVAL: Duration = Duration::from_millis(2_500);
 
 /// Pause after an accept error (such as running out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -58,6 +55,22 @@ pub struct Settings {
     pub connections_max: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+}
+
+impl Settings {
+    /// The defaults for everything but the connection limit and grace.
+    pub fn new(connections_max: usize, shutdown_grace: Duration) -> Self {
+        Self {
+            connections_max,
+            shutdown_grace,
+            idle_timeout: IDLE_TIMEOUT,
+            head_timeout: HEAD_TIMEOUT,
+        }
+    }
 }
 
 /// How a drain ended.
@@ -75,6 +88,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
     assert!(settings.connections_max > 0);
+    assert!(!settings.head_timeout.is_zero() && settings.head_timeout <= settings.idle_timeout);
     let permits = Arc::new(Semaphore::new(settings.connections_max));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection task holds a clone of `open_tx`; when all are dropped,
@@ -101,7 +115,7 @@ pub async fn run(
         };
         let connection = Connection {
             storage: storage.clone(),
-            activity: Arc::new(Activity::new()),
+            activity: Arc::new(Activity::new(settings)),
         };
         let (stop_rx, open_tx) = (stop_rx.clone(), open_tx.clone());
         tokio::spawn(async move {
@@ -160,8 +174,10 @@ impl Connection {
         loop {
             // Wake at the deadline, or sooner: a request's first byte can move
             // the deadline earlier while this task sleeps.
-            let check = Instant::now() + TIMEOUT_CHECK_INTERVAL;
-            let wake = activity.deadline().map_or(check, |deadline| deadline.min(check));
+            let check = Instant::now() + activity.check_interval();
+            let wake = activity
+                .deadline()
+                .map_or(check, |deadline| deadline.min(check));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -195,18 +211,28 @@ struct Activity {
     head_started_ms: AtomicU64,
     /// A request is being handled (its body read, its debit applied).
     in_flight: AtomicBool,
+    idle_timeout: Duration,
+    head_timeout: Duration,
 }
 
 impl Activity {
     const NONE: u64 = u64::MAX;
 
-    fn new() -> Self {
+    fn new(settings: Settings) -> Self {
         Self {
             opened: Instant::now(),
             last_io_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(Self::NONE),
             in_flight: AtomicBool::new(false),
+            idle_timeout: settings.idle_timeout,
+            head_timeout: settings.head_timeout,
         }
+    }
+
+    /// How often the connection re-reads its deadline: a head is cut at most
+    /// a quarter of its timeout late.
+    fn check_interval(&self) -> Duration {
+        self.head_timeout / 4
     }
 
     fn now_ms(&self) -> u64 {
@@ -240,9 +266,9 @@ impl Activity {
         }
         let head_started_ms = self.head_started_ms.load(Ordering::Relaxed);
         let deadline = if head_started_ms == Self::NONE {
-            Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed)) + IDLE_TIMEOUT
+            Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed)) + self.idle_timeout
         } else {
-            Duration::from_millis(head_started_ms) + HEAD_TIMEOUT
+            Duration::from_millis(head_started_ms) + self.head_timeout
         };
         Some(self.opened + deadline)
     }

@@ -161,7 +161,11 @@ mod tests {
         ];
         for (segment, expected) in cases {
             let got = Usuario::from_path_segment(segment);
-            assert_eq!(got.map(|u| u.as_str().to_owned()), expected.map(str::to_owned), "{segment:?}");
+            assert_eq!(
+                got.map(|u| u.as_str().to_owned()),
+                expected.map(str::to_owned),
+                "{segment:?}"
+            );
         }
     }
 
@@ -169,13 +173,22 @@ mod tests {
     fn length_is_counted_in_decoded_bytes() {
         let max = "x".repeat(USUARIO_BYTES_MAX);
         assert_eq!(Usuario::new(&max).unwrap().as_str(), max);
-        assert_eq!(Usuario::new(&format!("{max}x")).unwrap_err(), Invalid::TooLong);
+        assert_eq!(
+            Usuario::new(&format!("{max}x")).unwrap_err(),
+            Invalid::TooLong
+        );
         // 32 two-byte characters are exactly 64 bytes; one more is too long.
         let ene = "ñ".repeat(32);
         assert!(Usuario::new(&ene).is_ok());
-        assert_eq!(Usuario::new(&format!("{ene}ñ")).unwrap_err(), Invalid::TooLong);
+        assert_eq!(
+            Usuario::new(&format!("{ene}ñ")).unwrap_err(),
+            Invalid::TooLong
+        );
         let escaped = "%41".repeat(USUARIO_BYTES_MAX);
-        assert_eq!(Usuario::from_path_segment(&escaped).unwrap().as_str(), "A".repeat(64));
+        assert_eq!(
+            Usuario::from_path_segment(&escaped).unwrap().as_str(),
+            "A".repeat(64)
+        );
         assert_eq!(
             Usuario::from_path_segment(&format!("{escaped}%41")).unwrap_err(),
             Invalid::TooLong
@@ -185,7 +198,11 @@ mod tests {
     #[test]
     fn plain_names_reject_controls_and_slash() {
         for bad in ["a/b", "tab\there", "\u{7f}", "\0"] {
-            assert_eq!(Usuario::new(bad).unwrap_err(), Invalid::ForbiddenChar, "{bad:?}");
+            assert_eq!(
+                Usuario::new(bad).unwrap_err(),
+                Invalid::ForbiddenChar,
+                "{bad:?}"
+            );
         }
         assert_eq!(Usuario::new("").unwrap_err(), Invalid::Empty);
         assert!(Usuario::new("\u{80}ok \"quoted\" \\").is_ok());

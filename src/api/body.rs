@@ -144,7 +144,12 @@ fn out_of_range_number(body: &[u8], index: usize) -> Option<(usize, usize)> {
 
 /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
 fn is_json_number(text: &[u8]) -> bool {
-    let digits = |from: usize| text[from..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let digits = |from: usize| {
+        text[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
     let mut at = usize::from(text.first() == Some(&b'-'));
     match text.get(at) {
         Some(b'0') => at += 1,
@@ -203,9 +208,9 @@ fn has_duplicate_key(nodes: &[Node<'_>]) -> bool {
     nodes.iter().enumerate().any(|(at, node)| match node {
         Node::Object { len, .. } if *len > 1 => {
             let object = &nodes[at..];
-            members(object).enumerate().any(|(i, (key, _))| {
-                members(object).take(i).any(|(earlier, _)| earlier == key)
-            })
+            members(object)
+                .enumerate()
+                .any(|(i, (key, _))| members(object).take(i).any(|(earlier, _)| earlier == key))
         }
         _ => false,
     })
@@ -223,9 +228,8 @@ fn debit_from_tape(nodes: &[Node<'_>]) -> Result<DebitRequest, ApiError> {
             _ => {}
         }
     }
-    let is_absent = |node: Option<&Node<'_>>| {
-        matches!(node, None | Some(Node::Static(StaticNode::Null)))
-    };
+    let is_absent =
+        |node: Option<&Node<'_>>| matches!(node, None | Some(Node::Static(StaticNode::Null)));
     if is_absent(usuario) || is_absent(monto) || matches!(usuario, Some(Node::String(""))) {
         return Err(ApiError::CamposRequeridos);
     }

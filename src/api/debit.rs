@@ -40,16 +40,19 @@ pub async fn post_debit(
     }
     let bytes = body::read(request.into_body()).await?;
     let debit = body::parse_debit(&bytes)?;
-    let applied = storage
-        .debit(&debit.usuario, debit.monto)
-        .await
-        .map_err(|error| match error {
-            ledger::Error::SaldoInsuficiente { saldo_disponible } => ApiError::SaldoInsuficiente {
-                kind,
-                saldo_disponible,
-            },
-            ledger::Error::LedgerFull => ApiError::NoDisponible,
-        })?;
+    let applied =
+        storage
+            .debit(&debit.usuario, debit.monto)
+            .await
+            .map_err(|error| match error {
+                ledger::Error::SaldoInsuficiente { saldo_disponible } => {
+                    ApiError::SaldoInsuficiente {
+                        kind,
+                        saldo_disponible,
+                    }
+                }
+                ledger::Error::LedgerFull => ApiError::NoDisponible,
+            })?;
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(debit.usuario.as_str());
@@ -69,8 +72,14 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return false;
     };
-    let media_type = value.as_bytes().split(|b| *b == b';').next().unwrap_or_default();
-    media_type.trim_ascii().eq_ignore_ascii_case(b"application/json")
+    let media_type = value
+        .as_bytes()
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    media_type
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/json")
 }
 
 #[cfg(test)]

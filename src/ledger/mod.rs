@@ -93,7 +93,10 @@ struct Account {
 impl Ledger {
     /// An empty ledger: every account at the opening balance.
     pub fn new(limits: Limits) -> Self {
-        assert!(limits.shard_count.is_power_of_two(), "shard count must be a power of two");
+        assert!(
+            limits.shard_count.is_power_of_two(),
+            "shard count must be a power of two"
+        );
         assert!(limits.shard_count <= SHARDS_MAX);
         assert!(limits.opening_saldo <= SALDO_MAX);
         let shards = (0..limits.shard_count)
@@ -148,7 +151,9 @@ impl Ledger {
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
         // A poisoned shard still holds consistent balances: every write to an
         // account is a single assignment made after all checks.
-        let shard = self.shards[index].lock().unwrap_or_else(PoisonError::into_inner);
+        let shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         (hash, shard)
     }
 
@@ -163,7 +168,10 @@ impl Ledger {
         let (hash, mut shard) = self.shard_for(usuario);
         let name = usuario.as_str();
         let rehash = |account: &Account| self.hasher.hash_one(&*account.usuario);
-        match shard.accounts.entry(hash, |account| &*account.usuario == name, rehash) {
+        match shard
+            .accounts
+            .entry(hash, |account| &*account.usuario == name, rehash)
+        {
             Entry::Occupied(mut entry) => {
                 let saldo = &mut entry.get_mut().saldo;
                 let saldo_anterior = *saldo;

@@ -102,7 +102,9 @@ fn concurrent_random_debits_match_the_model() {
     const DEBITS_PER_THREAD: usize = 20_000;
     const ACCOUNTS: u64 = 64;
     let ledger = ledger(8, 1_000);
-    let names: Vec<Usuario> = (0..ACCOUNTS).map(|i| usuario(&format!("cuenta{i}"))).collect();
+    let names: Vec<Usuario> = (0..ACCOUNTS)
+        .map(|i| usuario(&format!("cuenta{i}")))
+        .collect();
     let debited: Vec<AtomicU64> = (0..ACCOUNTS).map(|_| AtomicU64::new(0)).collect();
     std::thread::scope(|scope| {
         for thread in 0..THREADS {

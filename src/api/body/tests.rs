@@ -1,6 +1,8 @@
 use super::*;
 
-fn parse(body: &str) -> Result<(String, u64), ApiError> {
+type Parsed = Result<(String, u64), ApiError>;
+
+fn parse(body: &str) -> Parsed {
     parse_debit(body.as_bytes()).map(|r| (r.usuario.as_str().to_owned(), r.monto))
 }
 
@@ -9,10 +11,19 @@ fn parse(body: &str) -> Result<(String, u64), ApiError> {
 fn bodies_map_to_the_first_failing_rule() {
     use ApiError::*;
     let ok = |u: &str, m: u64| Ok((u.to_owned(), m));
-    let cases: &[(&str, Result<(String, u64), ApiError>)] = &[
-        (r#"{"usuario":"usuario1","monto":5000}"#, ok("usuario1", 5000)),
-        (r#" {"monto":1 , "usuario":"a", "extra":[1,{"x":null}]}  "#, ok("a", 1)),
-        (r#"{"usuario":"a","monto":1000000000000}"#, ok("a", MONTO_MAX)),
+    let cases: &[(&str, Parsed)] = &[
+        (
+            r#"{"usuario":"usuario1","monto":5000}"#,
+            ok("usuario1", 5000),
+        ),
+        (
+            r#" {"monto":1 , "usuario":"a", "extra":[1,{"x":null}]}  "#,
+            ok("a", 1),
+        ),
+        (
+            r#"{"usuario":"a","monto":1000000000000}"#,
+            ok("a", MONTO_MAX),
+        ),
         (r#"{"usuario":"a\"b\u00f1","monto":7}"#, ok("a\"bñ", 7)),
         (r#"{"usuario":"a","monto":-0}"#, Err(MontoInvalido)),
         ("", Err(JsonInvalido)),
@@ -24,7 +35,10 @@ fn bodies_map_to_the_first_failing_rule() {
         (r#"{"usuario":"a","monto":1} {}"#, Err(JsonInvalido)),
         (r#"{"usuario":"a","monto":1}x"#, Err(JsonInvalido)),
         (r#"{"usuario":"a","monto":1,"monto":2}"#, Err(JsonInvalido)),
-        (r#"{"usuario":"a","monto":1,"x":{"k":1,"k":2}}"#, Err(JsonInvalido)),
+        (
+            r#"{"usuario":"a","monto":1,"x":{"k":1,"k":2}}"#,
+            Err(JsonInvalido),
+        ),
         (r#"{"usuario":"a","monto":01}"#, Err(JsonInvalido)),
         (r#"{"usuario":'a',"monto":1}"#, Err(JsonInvalido)),
         ("{}", Err(CamposRequeridos)),
@@ -47,11 +61,23 @@ fn bodies_map_to_the_first_failing_rule() {
         (r#"{"usuario":"a","monto":"5"}"#, Err(MontoInvalido)),
         (r#"{"usuario":"a","monto":true}"#, Err(MontoInvalido)),
         (r#"{"usuario":"a","monto":{}}"#, Err(MontoInvalido)),
-        (r#"{"usuario":"a","monto":1000000000001}"#, Err(MontoInvalido)),
-        (r#"{"usuario":"a","monto":18446744073709551616}"#, Err(MontoInvalido)),
-        (r#"{"usuario":"a","monto":-99999999999999999999999}"#, Err(MontoInvalido)),
+        (
+            r#"{"usuario":"a","monto":1000000000001}"#,
+            Err(MontoInvalido),
+        ),
+        (
+            r#"{"usuario":"a","monto":18446744073709551616}"#,
+            Err(MontoInvalido),
+        ),
+        (
+            r#"{"usuario":"a","monto":-99999999999999999999999}"#,
+            Err(MontoInvalido),
+        ),
         (r#"{"usuario":"a","monto":1e400}"#, Err(MontoInvalido)),
-        (r#"{"usuario":"a","monto":5,"big":1e999,"neg":-1E+999}"#, ok("a", 5)),
+        (
+            r#"{"usuario":"a","monto":5,"big":1e999,"neg":-1E+999}"#,
+            ok("a", 5),
+        ),
     ];
     for (body, expected) in cases {
         assert_eq!(&parse(body), expected, "{body}");
@@ -71,7 +97,9 @@ fn number_grammar() {
     for good in ["0", "-0", "12", "1.5", "1e5", "1E+5", "-1.25e-7"] {
         assert!(is_json_number(good.as_bytes()), "{good}");
     }
-    for bad in ["", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1..2", "--1", "1e5e5"] {
+    for bad in [
+        "", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1..2", "--1", "1e5e5",
+    ] {
         assert!(!is_json_number(bad.as_bytes()), "{bad}");
     }
 }

@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real server (in process, or the binary)
+//! on an ephemeral loopback port and speaks HTTP/1.1 to it.
+
+mod api;
+mod concurrency;
+mod errors;
+mod http;
+mod process;
+mod util;

@@ -1,0 +1,220 @@
+//! The binary itself: `--help`, configuration errors (exit 2, one line),
+//! logs, `healthcheck`, and a clean exit on SIGTERM and SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_saldos");
+
+const ENV_VARS: &[&str] = &[
+    "PORT",
+    "SALDOS_BIND",
+    "SALDOS_STORAGE",
+    "SALDOS_DATA_DIR",
+    "SALDOS_SHARDS",
+    "SALDOS_WORKERS",
+    "SALDOS_OPENING_BALANCE",
+    "SALDOS_SEED",
+    "SALDOS_IDEMPOTENCY_TTL",
+    "SALDOS_SHUTDOWN_GRACE",
+    "SALDOS_LOG_FORMAT",
+    "SALDOS_MAX_CONNECTIONS",
+    "SALDOS_MAX_ACCOUNTS",
+    "RUST_LOG",
+];
+
+fn saldos(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(args);
+    for var in ENV_VARS {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+#[test]
+fn help_documents_every_option() {
+    let output = saldos(&["--help"], &[]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for (flag, var) in [
+        ("--port", "PORT"),
+        ("--bind", "SALDOS_BIND"),
+        ("--storage", "SALDOS_STORAGE"),
+        ("--data-dir", "SALDOS_DATA_DIR"),
+        ("--shards", "SALDOS_SHARDS"),
+        ("--opening-balance", "SALDOS_OPENING_BALANCE"),
+        ("--seed", "SALDOS_SEED"),
+        ("--idempotency-ttl", "SALDOS_IDEMPOTENCY_TTL"),
+        ("--shutdown-grace", "SALDOS_SHUTDOWN_GRACE"),
+        ("--log-format", "SALDOS_LOG_FORMAT"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(var),
+            "{flag} {var} in:\n{help}"
+        );
+    }
+    assert!(help.contains("healthcheck"));
+}
+
+// Each bad setting: exit 2 and one line on stderr that names it.
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--port", "http"], &[], "--port"),
+        (&[], &[("PORT", "70000")], "--port"),
+        (&["--bind", "localhost:5"], &[], "--bind"),
+        (&[], &[("SALDOS_SHARDS", "3")], "--shards"),
+        (&["--opening-balance=-1"], &[], "--opening-balance"),
+        (
+            &[],
+            &[("SALDOS_OPENING_BALANCE", "9007199254740992")],
+            "--opening-balance",
+        ),
+        (&["--seed", "usuario1=lots"], &[], "--seed"),
+        (
+            &[],
+            &[("SALDOS_IDEMPOTENCY_TTL", "24")],
+            "--idempotency-ttl",
+        ),
+        (&["--shutdown-grace", "10m"], &[], "--shutdown-grace"),
+        (&["--log-format", "xml"], &[], "--log-format"),
+        (&["--storage", "disk"], &[], "--storage"),
+        (&["--storage", "journal"], &[], "--storage"),
+        (&["--no-such-flag"], &[], "--no-such-flag"),
+    ];
+    for (args, env, named) in cases {
+        let output = saldos(args, env).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?} {env:?}: {stderr}"
+        );
+        assert!(stderr.contains(named), "{args:?} {env:?}: {stderr}");
+    }
+}
+
+/// A running binary whose stdout lines arrive on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = saldos(args, &[])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next stdout line containing `needle`, within 10 s.
+    fn line_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).expect("log line in time");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn exit_code_within(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `host:port` a "listening" log line names.
+fn listening_address(line: &str) -> String {
+    let after = line.split("address").nth(1).expect("address field");
+    after
+        .trim_start_matches(['"', ':', '='])
+        .split(|c: char| c == '"' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn healthcheck(url: &str) -> Option<i32> {
+    saldos(&["healthcheck", "--url", url], &[])
+        .status()
+        .unwrap()
+        .code()
+}
+
+// Runs the binary, probes it with `saldos healthcheck`, stops it by signal.
+#[test]
+fn serves_probes_and_stops_cleanly_on_signals() {
+    for (format, signal) in [("json", "TERM"), ("text", "INT")] {
+        let mut running =
+            Running::start(&["--bind", "127.0.0.1", "--port", "0", "--log-format", format]);
+        let line = running.line_with("listening");
+        match format {
+            "json" => assert!(line.starts_with('{') && line.ends_with('}'), "{line}"),
+            _ => assert!(!line.starts_with('{'), "{line}"),
+        }
+        let address = listening_address(&line);
+        assert_eq!(
+            healthcheck(&format!("http://{address}/health")),
+            Some(0),
+            "{address}"
+        );
+        assert_eq!(healthcheck(&format!("http://{address}/nope")), Some(1));
+        running.signal(signal);
+        assert_eq!(
+            running.exit_code_within(Duration::from_secs(10)),
+            Some(0),
+            "{format}"
+        );
+        assert!(running.line_with("stopped").contains("connections_cut"));
+    }
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    drop(listener);
+    let status = saldos(&["healthcheck"], &[("PORT", &port)])
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}

@@ -1,0 +1,233 @@
+//! Shared test helpers: a real server on an ephemeral loopback port, and a raw
+//! HTTP/1.1 client that can send anything (garbage, chunked, pipelined).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use saldos::config::Cli;
+use saldos::server::{self, Drained, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Bound on every read a test waits for, so a broken server fails fast.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server running in this process on 127.0.0.1 and an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Drained>,
+}
+
+/// Starts a server with the default configuration plus `extra` flags.
+pub async fn start_server(extra: &[&str]) -> TestServer {
+    start_server_with(extra, |settings| settings).await
+}
+
+/// Starts a server, letting the test adjust its connection settings.
+pub async fn start_server_with(
+    extra: &[&str],
+    adjust: impl FnOnce(Settings) -> Settings,
+) -> TestServer {
+    let mut argv = vec![
+        "saldos",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--storage",
+        "memory",
+    ];
+    argv.extend_from_slice(extra);
+    let args = Cli::try_parse_from(argv)
+        .expect("test arguments parse")
+        .serve;
+    let storage = Arc::new(saldos::open_storage(&args).expect("storage opens"));
+    let listener = saldos::listen(SocketAddr::new(args.bind, args.port)).expect("listens");
+    let addr = listener.local_addr().unwrap();
+    let settings = adjust(Settings::new(
+        args.max_connections as usize,
+        args.shutdown_grace,
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, storage, settings, async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl TestServer {
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// Asks the server to drain and waits for it.
+    pub async fn shutdown(mut self) -> Drained {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+        (&mut self.task).await.expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One parsed HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("UTF-8 body")
+    }
+}
+
+/// A raw HTTP/1.1 client on one connection.
+pub struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("connects"),
+            buffer: Vec::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("writes");
+    }
+
+    /// Sends one request with the usual headers and reads its reply.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (name, value) in headers {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(body) = body {
+            raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        raw.push_str("\r\n");
+        raw.push_str(body.unwrap_or_default());
+        self.send_raw(raw.as_bytes()).await;
+        self.read_reply(method == "HEAD").await
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.request("GET", path, &[], None).await
+    }
+
+    /// A JSON `POST`.
+    pub async fn post(&mut self, path: &str, body: &str) -> Reply {
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body),
+        )
+        .await
+    }
+
+    /// Reads one response (`head`: the request was HEAD, so no body follows).
+    pub async fn read_reply(&mut self, head: bool) -> Reply {
+        let end = loop {
+            if let Some(at) = find(&self.buffer, b"\r\n\r\n") {
+                break at;
+            }
+            assert!(
+                self.fill().await > 0,
+                "connection closed before a response head"
+            );
+        };
+        let head_text = String::from_utf8(self.buffer[..end].to_vec()).expect("ASCII head");
+        self.buffer.drain(..end + 4);
+        let mut lines = head_text.split("\r\n");
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|line| {
+                let (name, value) = line.split_once(':').expect("header line");
+                (name.trim().to_owned(), value.trim().to_owned())
+            })
+            .collect();
+        let mut reply = Reply {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let length: usize = reply
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        if !head {
+            while self.buffer.len() < length {
+                assert!(self.fill().await > 0, "connection closed mid-body");
+            }
+            reply.body = self.buffer.drain(..length).collect();
+        }
+        reply
+    }
+
+    /// True when the server closed the connection (reads end-of-stream)
+    /// within `within`.
+    pub async fn is_closed_within(&mut self, within: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(within, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 8192];
+        let read = tokio::time::timeout(READ_TIMEOUT, self.stream.read(&mut chunk))
+            .await
+            .expect("server answered in time")
+            .unwrap_or(0);
+        self.buffer.extend_from_slice(&chunk[..read]);
+        read
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The SPEC's error body.
+pub fn error_body(error: &str, codigo: &str) -> String {
+    format!(r#"{{"error":"{error}","codigo":"{codigo}"}}"#)
+}
