@@ -45,14 +45,8 @@ async fn saldo_of_seeded_and_implicit_accounts() {
 async fn configured_opening_balance_and_seed_apply() {
     let server = start_server(&["--opening-balance", "7", "--seed", "ana=3"]).await;
     let mut client = server.client().await;
-    assert_eq!(
-        client.get("/saldo/ana").await.text(),
-        r#"{"usuario":"ana","saldo":3}"#
-    );
-    assert_eq!(
-        client.get("/saldo/usuario1").await.text(),
-        r#"{"usuario":"usuario1","saldo":7}"#
-    );
+    client.assert_saldo("ana", 3).await;
+    client.assert_saldo("usuario1", 7).await;
 }
 
 #[tokio::test]
@@ -86,18 +80,9 @@ async fn pago_and_retiro_debit_and_answer_the_new_balance() {
         reply.text(),
         r#"{"usuario":"nuevo","monto_retirado":1,"nuevo_saldo":99999}"#
     );
-    assert_eq!(
-        client.get("/saldo/usuario1").await.text(),
-        r#"{"usuario":"usuario1","saldo":5000}"#
-    );
-    assert_eq!(
-        client.get("/saldo/usuario2").await.text(),
-        r#"{"usuario":"usuario2","saldo":0}"#
-    );
-    assert_eq!(
-        client.get("/saldo/nuevo").await.text(),
-        r#"{"usuario":"nuevo","saldo":99999}"#
-    );
+    client.assert_saldo("usuario1", 5000).await;
+    client.assert_saldo("usuario2", 0).await;
+    client.assert_saldo("nuevo", 99999).await;
 }
 
 // Over the balance: refused with the balance, which stays as it was.
@@ -120,14 +105,8 @@ async fn insufficient_balance_changes_nothing() {
         reply.text(),
         r#"{"error":"Saldo insuficiente.","codigo":"SALDO_INSUFICIENTE","saldo_disponible":5000}"#
     );
-    assert_eq!(
-        client.get("/saldo/usuario2").await.text(),
-        r#"{"usuario":"usuario2","saldo":15000}"#
-    );
-    assert_eq!(
-        client.get("/saldo/usuario3").await.text(),
-        r#"{"usuario":"usuario3","saldo":5000}"#
-    );
+    client.assert_saldo("usuario2", 15000).await;
+    client.assert_saldo("usuario3", 5000).await;
 }
 
 // HEAD answers like GET: same status and headers, no body.

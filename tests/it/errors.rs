@@ -262,10 +262,7 @@ async fn a_full_ledger_answers_no_disponible() {
         reply.text(),
         error_body("Servicio no disponible temporalmente.", "NO_DISPONIBLE")
     );
-    assert_eq!(
-        client.get("/saldo/c").await.text(),
-        r#"{"usuario":"c","saldo":100000}"#
-    );
+    client.assert_saldo("c", 100000).await;
     let reply = client.post("/pago", r#"{"usuario":"a","monto":5}"#).await;
     assert_eq!(
         reply.text(),

@@ -59,10 +59,7 @@ async fn chunked_bodies_are_read_and_bounded() {
     assert_eq!(reply.status, 413);
     assert_eq!(reply.text(), error_body(TOO_BIG, "CUERPO_DEMASIADO_GRANDE"));
     let mut client = server.client().await;
-    assert_eq!(
-        client.get("/saldo/usuario1").await.text(),
-        r#"{"usuario":"usuario1","saldo":9998}"#
-    );
+    client.assert_saldo("usuario1", 9998).await;
 }
 
 // Garbage gets a 400 and a closed connection; everyone else is still served.

@@ -146,6 +146,13 @@ impl Client {
         self.request("GET", path, &[], None).await
     }
 
+    /// Asserts the account's balance through `GET /saldo/{usuario}`.
+    pub async fn assert_saldo(&mut self, usuario: &str, saldo: u64) {
+        let reply = self.get(&format!("/saldo/{usuario}")).await;
+        let expected = format!(r#"{{"usuario":"{usuario}","saldo":{saldo}}}"#);
+        assert_eq!((reply.status, reply.text()), (200, expected.as_str()));
+    }
+
     /// A JSON `POST`.
     pub async fn post(&mut self, path: &str, body: &str) -> Reply {
         self.request(
