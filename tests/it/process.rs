@@ -108,7 +108,11 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Self {
-        let mut child = saldos(args, &[])
+        Self::spawn(saldos(args, &[]))
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()
@@ -217,4 +221,44 @@ fn healthcheck_fails_when_nothing_listens() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(1));
+}
+
+// Workers and shards follow the CPUs the process may use (here: affinity to
+// one CPU, as a 1-vCPU quota would give), unless set explicitly.
+#[test]
+fn workers_and_shards_follow_usable_cpus() {
+    let has_taskset = Command::new("taskset").arg("--version").output().is_ok();
+    assert!(has_taskset, "taskset (util-linux) is needed for this test");
+    let mut command = saldos(&["--bind", "127.0.0.1", "--port", "0"], &[]);
+    let program = command.get_program().to_owned();
+    let mut pinned = Command::new("taskset");
+    pinned
+        .arg("-c")
+        .arg("0")
+        .arg(program)
+        .args(command.get_args());
+    for var in ENV_VARS {
+        pinned.env_remove(var);
+    }
+    let running = Running::spawn(pinned);
+    let line = running.line_with("listening");
+    assert!(
+        line.contains(r#""workers":1"#) && line.contains(r#""shards":4"#),
+        "{line}"
+    );
+    let running = Running::start(&[
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "3",
+        "--shards",
+        "2",
+    ]);
+    let line = running.line_with("listening");
+    assert!(
+        line.contains(r#""workers":3"#) && line.contains(r#""shards":2"#),
+        "{line}"
+    );
 }
