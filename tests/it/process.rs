@@ -229,7 +229,7 @@ fn healthcheck_fails_when_nothing_listens() {
 fn workers_and_shards_follow_usable_cpus() {
     let has_taskset = Command::new("taskset").arg("--version").output().is_ok();
     assert!(has_taskset, "taskset (util-linux) is needed for this test");
-    let mut command = saldos(&["--bind", "127.0.0.1", "--port", "0"], &[]);
+    let command = saldos(&["--bind", "127.0.0.1", "--port", "0"], &[]);
     let program = command.get_program().to_owned();
     let mut pinned = Command::new("taskset");
     pinned
