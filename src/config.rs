@@ -89,7 +89,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SALDOS_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
     /// Where balances are kept.
-    #[arg(long, env = "SALDOS_STORAGE", value_enum, default_value_t = StorageKind::Memory)]
+    #[arg(long, env = "SALDOS_STORAGE", value_enum, default_value_t = StorageKind::Journal)]
     pub storage: StorageKind,
     /// Data directory of the journal storage.
     #[arg(long, env = "SALDOS_DATA_DIR", default_value = "./data")]
@@ -123,6 +123,13 @@ pub struct ServeArgs {
     /// Most client connections served at once; more wait in the backlog.
     #[arg(long, env = "SALDOS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Most idempotency keys remembered; when full of unexpired keys, a
+    /// request with a new key answers 503 NO_DISPONIBLE.
+    #[arg(long, env = "SALDOS_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub idempotency_max_keys: u64,
+    /// Journal segment size that triggers a new segment and a snapshot.
+    #[arg(long, env = "SALDOS_JOURNAL_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 40)))]
+    pub journal_segment_bytes: u64,
     /// Most accounts stored (seeded or debited); a debit that would add one
     /// more answers 503 NO_DISPONIBLE.
     #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
@@ -136,9 +143,6 @@ pub struct Seed(pub Vec<(Usuario, u64)>);
 impl ServeArgs {
     /// Checks relations between settings that no single parser sees.
     pub fn validate(&self) -> Result<(), String> {
-        if self.storage == StorageKind::Journal {
-            return Err("--storage/SALDOS_STORAGE: 'journal' is not available in this build yet; use 'memory'".into());
-        }
         if self.seed.0.len() as u64 > self.max_accounts {
             return Err(
                 "--seed/SALDOS_SEED: more seeded accounts than --max-accounts allows".into(),

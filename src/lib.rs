@@ -6,14 +6,19 @@
 //! - [`router`]: method and path to handler; `X-Request-Id`.
 //! - [`api`]: one module per endpoint family, and the SPEC's error table.
 //! - [`storage`]: the seam handlers call to read and debit balances.
+//! - [`journal`]: write-ahead journal, group commit, snapshots, recovery.
+//! - [`idempotency`]: remembered outcomes of keyed requests.
 //! - [`ledger`]: sharded in-memory balances and check-and-debit; no I/O.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
-//! - [`request_id`], [`logging`], [`healthcheck`]: cross-cutting pieces.
+//! - [`request_id`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod healthcheck;
+pub mod idempotency;
+pub mod journal;
 pub mod ledger;
 pub mod logging;
 pub mod render;
@@ -25,15 +30,22 @@ pub mod usuario;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, StorageKind};
 use crate::ledger::{Ledger, Limits};
 use crate::storage::Storage;
 
 /// Pending connections the kernel queues while all permits are taken.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// How long tasks cut at the end of the drain may take to drop.
+const RUNTIME_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often expired idempotency keys are swept.
+const KEY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why the service could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -52,19 +64,52 @@ pub enum StartError {
     /// The seed does not fit the ledger.
     #[error("cannot seed the ledger: {0}")]
     Seed(ledger::Error),
+    /// The data directory cannot be used.
+    #[error("cannot open the journal: {0}")]
+    Journal(#[from] journal::Error),
 }
 
-/// Builds the storage the arguments describe, seeded.
+/// Builds the storage the arguments describe: seeded, and with the journal
+/// recovered from the data directory.
 pub fn open_storage(args: &ServeArgs) -> Result<Storage, StartError> {
-    let ledger = Ledger::new(Limits {
+    let ledger = Arc::new(Ledger::new(Limits {
         shard_count: args.shard_count(),
         opening_saldo: args.opening_balance,
         accounts_max: usize::try_from(args.max_accounts).unwrap_or(usize::MAX),
-    });
-    for (usuario, saldo) in &args.seed.0 {
-        ledger.seed(usuario, *saldo).map_err(StartError::Seed)?;
+    }));
+    let keys = Arc::new(idempotency::Table::new(
+        args.shard_count(),
+        args.idempotency_ttl,
+        usize::try_from(args.idempotency_max_keys).unwrap_or(usize::MAX),
+    ));
+    match args.storage {
+        StorageKind::Memory => {
+            for (usuario, saldo) in &args.seed.0 {
+                ledger.seed(usuario, *saldo).map_err(StartError::Seed)?;
+            }
+            Ok(Storage::memory(ledger, keys))
+        }
+        StorageKind::Journal => {
+            let options = journal::Options {
+                dir: &args.data_dir,
+                opening_saldo: args.opening_balance,
+                seed: &args.seed.0,
+                segment_bytes_max: args.journal_segment_bytes,
+            };
+            let recovered = journal::open(&options, ledger.clone(), keys.clone())?;
+            tracing::info!(
+                data_dir = %args.data_dir.display(),
+                snapshot = recovered.snapshot,
+                records_replayed = recovered.records_replayed,
+                torn_bytes = recovered.torn_bytes,
+                accounts = ledger.accounts_stored(),
+                keys = keys.keys_stored(),
+                elapsed_ms = recovered.elapsed.as_millis() as u64,
+                "journal recovered"
+            );
+            Ok(Storage::journal(ledger, keys, recovered.journal))
+        }
     }
-    Ok(Storage::memory(ledger))
 }
 
 /// Binds the listening socket with a deep backlog.
@@ -89,7 +134,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    runtime.block_on(async {
+    let storage = runtime.block_on(async {
         let storage = Arc::new(open_storage(&args)?);
         let listener = listen(SocketAddr::new(args.bind, args.port))?;
         let address = listener.local_addr().map_err(|source| StartError::Listen {
@@ -105,13 +150,31 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             "listening"
         );
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
-        let drained = server::run(listener, storage, settings, shutdown_signal()).await;
+        tokio::spawn(sweep_expired_keys(storage.clone()));
+        let drained = server::run(listener, storage.clone(), settings, shutdown_signal()).await;
         tracing::info!(connections_cut = drained.connections_cut, "stopped");
-        Ok(())
-    })?;
-    // Connections cut at the end of the grace period are dropped here.
-    runtime.shutdown_background();
+        Ok::<_, StartError>(storage)
+    });
+    // Connections cut at the end of the grace period are dropped here; then
+    // the last reference to the storage closes the journal: the writer makes
+    // everything queued durable and releases the data directory.
+    runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
+    drop(storage?);
+    tracing::info!("exited cleanly");
     Ok(())
+}
+
+/// Forgets expired idempotency keys now and then, so the table's memory
+/// follows the live keys rather than the keys ever seen.
+async fn sweep_expired_keys(storage: Arc<Storage>) {
+    let mut interval = tokio::time::interval(KEY_SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        let swept = storage.keys().sweep(clock::unix_ms());
+        if swept > 0 {
+            tracing::debug!(swept, "expired idempotency keys swept");
+        }
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.

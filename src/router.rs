@@ -4,7 +4,8 @@
 use http::{HeaderName, Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::api::{self, ApiError, Body, DebitKind};
+use crate::api::{self, ApiError, Body};
+use crate::ledger::DebitKind;
 use crate::request_id;
 use crate::storage::Storage;
 
@@ -64,7 +65,7 @@ async fn route(storage: &Storage, request: Request<Incoming>) -> Result<Response
     let is_get = matches!(*request.method(), Method::GET | Method::HEAD);
     let is_post = *request.method() == Method::POST;
     match route {
-        Route::Health if is_get => Ok(api::get_health()),
+        Route::Health if is_get => api::get_health(storage),
         Route::Saldo(segment) if is_get => api::get_saldo(storage, segment),
         Route::Debit(kind) if is_post => api::post_debit(storage, kind, request).await,
         _ => Err(ApiError::MetodoNoPermitido {

@@ -1,35 +1,196 @@
-//! The storage seam: what handlers call to read and debit balances, whatever
-//! keeps them. Today only `memory` exists (the ledger alone, lost at exit); the
-//! journal adds durability behind these same calls, so handlers never change.
+//! The storage seam: what handlers call to read balances, debit them and
+//! remember idempotency keys, whatever keeps them.
+//!
+//! - `memory`: the ledger alone; a debit is applied at once; lost at exit.
+//! - `journal`: a debit is reserved in the ledger and its record queued for
+//!   the journal's writer (under the account's lock, so records of one account
+//!   are in debit order); its answer waits until the writer has synced the
+//!   record and applied it. A refusal made while debits of the account are
+//!   still pending waits for them too, so the balance it shows is durable.
 
-use crate::ledger::{self, Debit, Ledger};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::clock;
+use crate::idempotency::{InFlightGuard, Remembered, Table};
+use crate::journal::{Journal, Key, Pending, Record, Unavailable};
+use crate::ledger::{self, DebitKind, Ledger, Outcome};
 use crate::usuario::Usuario;
 
-/// Balances and the debits that change them.
+/// A validated debit request.
+pub struct Order<'a> {
+    /// The endpoint.
+    pub kind: DebitKind,
+    /// The account.
+    pub usuario: Usuario,
+    /// The amount, 1 ..= 10^12.
+    pub monto: u64,
+    /// Its idempotency key, already marked in flight.
+    pub key: Option<Keyed<'a>>,
+}
+
+/// An idempotency key in flight.
+pub struct Keyed<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The request's fingerprint.
+    pub fingerprint: u64,
+    /// Forgets the key if the debit is dropped before it is queued.
+    pub guard: InFlightGuard<'a>,
+}
+
+/// Balances, their debits and the idempotency keys.
 pub struct Storage {
-    /// The in-memory balances every read is answered from.
-    ledger: Ledger,
+    /// Balances; every read is answered from here.
+    ledger: Arc<Ledger>,
+    /// Remembered idempotency keys.
+    keys: Arc<Table>,
+    /// The durable journal; `None` for memory storage.
+    journal: Option<Journal>,
 }
 
 impl Storage {
     /// Storage in RAM only: state is lost when the process exits.
-    pub fn memory(ledger: Ledger) -> Self {
-        Self { ledger }
+    pub fn memory(ledger: Arc<Ledger>, keys: Arc<Table>) -> Self {
+        Self {
+            ledger,
+            keys,
+            journal: None,
+        }
     }
 
-    /// The account's current balance.
+    /// Durable storage: `journal` was opened over `ledger` and `keys`.
+    pub fn journal(ledger: Arc<Ledger>, keys: Arc<Table>, journal: Journal) -> Self {
+        Self {
+            ledger,
+            keys,
+            journal: Some(journal),
+        }
+    }
+
+    /// The account's durable balance.
     pub fn saldo(&self, usuario: &Usuario) -> u64 {
         self.ledger.saldo(usuario)
     }
 
-    /// Applies one check-and-debit. Async because durable storage answers only
-    /// once the debit is on stable storage.
-    pub async fn debit(&self, usuario: &Usuario, monto: u64) -> Result<Debit, ledger::Error> {
-        self.ledger.debit(usuario, monto)
+    /// The idempotency keys.
+    pub fn keys(&self) -> &Table {
+        &self.keys
     }
 
-    /// The balances, for seeding and inspection.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+    /// The journal, when storage is durable.
+    pub fn journal_handle(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// False once durable storage failed: debits are refused until restart.
+    pub fn is_healthy(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_none_or(|journal| !journal.has_failed())
+    }
+
+    /// Applies one check-and-debit; its outcome is durable (with the journal)
+    /// when this returns. `Unavailable`: nothing was applied.
+    pub async fn debit(&self, order: Order<'_>) -> Result<Outcome, Unavailable> {
+        match &self.journal {
+            None => self.debit_in_memory(order),
+            Some(journal) => self.debit_durably(journal, order).await,
+        }
+    }
+
+    fn debit_in_memory(&self, order: Order<'_>) -> Result<Outcome, Unavailable> {
+        let outcome = match self.ledger.debit(&order.usuario, order.monto) {
+            Ok(debit) => Outcome::Debited {
+                nuevo_saldo: debit.nuevo_saldo,
+            },
+            Err(ledger::Error::SaldoInsuficiente {
+                saldo_disponible, ..
+            }) => Outcome::Refused { saldo_disponible },
+            Err(ledger::Error::LedgerFull) => return Err(Unavailable),
+        };
+        if let Some(keyed) = order.key {
+            let remembered = Remembered {
+                fingerprint: keyed.fingerprint,
+                kind: order.kind,
+                usuario: order.usuario,
+                monto: order.monto,
+                outcome,
+                time_ms: clock::unix_ms(),
+            };
+            self.keys.finish(keyed.key, remembered);
+            keyed.guard.disarm();
+        }
+        Ok(outcome)
+    }
+
+    async fn debit_durably(
+        &self,
+        journal: &Journal,
+        order: Order<'_>,
+    ) -> Result<Outcome, Unavailable> {
+        let slot = journal.slot().await?;
+        let (reply, answer) = oneshot::channel();
+        let key = order.key.as_ref().map(|keyed| Key {
+            key: keyed.key.into(),
+            fingerprint: keyed.fingerprint,
+        });
+        let record = |outcome, key| Record {
+            kind: order.kind,
+            usuario: order.usuario,
+            monto: order.monto,
+            outcome,
+            time_ms: clock::unix_ms(),
+            key,
+        };
+        // Moved into the queue by whichever path submits.
+        let mut parts = Some((reply, slot, key));
+        let reserved = self.ledger.reserve(&order.usuario, order.monto, |debit| {
+            let (reply, slot, key) = parts.take().ok_or(Unavailable)?;
+            let outcome = Outcome::Debited {
+                nuevo_saldo: debit.nuevo_saldo,
+            };
+            let pending = Pending {
+                record: Some(record(outcome, key)),
+                reply,
+                slot,
+            };
+            journal.submit(pending).map(|()| outcome)
+        });
+        let outcome = match reserved {
+            Ok((_, Ok(outcome))) => outcome,
+            Ok((_, Err(Unavailable))) => {
+                self.ledger.settle(&order.usuario, order.monto, false);
+                return Err(Unavailable);
+            }
+            Err(ledger::Error::SaldoInsuficiente {
+                saldo_disponible,
+                pendiente,
+            }) => {
+                let outcome = Outcome::Refused { saldo_disponible };
+                let (reply, slot, key) = parts.take().ok_or(Unavailable)?;
+                if key.is_none() && pendiente == 0 {
+                    // Nothing to remember and the balance shown is durable.
+                    return Ok(outcome);
+                }
+                // A keyed refusal is remembered durably; a keyless one made
+                // while debits are pending waits for them (a barrier).
+                let record = key.is_some().then(|| record(outcome, key));
+                journal.submit(Pending {
+                    record,
+                    reply,
+                    slot,
+                })?;
+                outcome
+            }
+            Err(ledger::Error::LedgerFull) => return Err(Unavailable),
+        };
+        if let Some(keyed) = order.key {
+            // Queued: from here the writer settles or abandons the key.
+            keyed.guard.disarm();
+        }
+        answer.await.map_err(|_| Unavailable)??;
+        Ok(outcome)
     }
 }

@@ -1,31 +1,35 @@
 //! `POST /pago` and `POST /retiro`: the two names of one check-and-debit,
-//! differing only in their response's field name and refusal text.
+//! differing only in their response's field name and refusal text, with
+//! optional idempotency keys.
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{ApiError, Body, body, json_response};
-use crate::ledger;
+use crate::clock;
+use crate::idempotency::{self, Begin, InFlightGuard};
+use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
-use crate::storage::Storage;
+use crate::storage::{Keyed, Order, Storage};
+use crate::usuario::Usuario;
 
-/// Which endpoint asked for the debit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DebitKind {
-    /// `POST /pago`.
-    Pago,
-    /// `POST /retiro`.
-    Retiro,
+/// The header marking a replayed answer.
+const REPLAYED: &str = "idempotent-replayed";
+
+/// The path of each kind, as fingerprinted.
+fn path(kind: DebitKind) -> &'static str {
+    match kind {
+        DebitKind::Pago => "/pago",
+        DebitKind::Retiro => "/retiro",
+    }
 }
 
-impl DebitKind {
-    /// The response field holding the amount debited.
-    fn monto_field(self) -> &'static str {
-        match self {
-            Self::Pago => "monto_pagado",
-            Self::Retiro => "monto_retirado",
-        }
+/// The response field holding the amount debited.
+fn monto_field(kind: DebitKind) -> &'static str {
+    match kind {
+        DebitKind::Pago => "monto_pagado",
+        DebitKind::Retiro => "monto_retirado",
     }
 }
 
@@ -38,33 +42,85 @@ pub async fn post_debit(
     if !is_json(request.headers()) {
         return Err(ApiError::TipoContenido);
     }
+    let key = idempotency_key(request.headers())?;
     let bytes = body::read(request.into_body()).await?;
     let debit = body::parse_debit(&bytes)?;
-    let applied =
-        storage
-            .debit(&debit.usuario, debit.monto)
-            .await
-            .map_err(|error| match error {
-                ledger::Error::SaldoInsuficiente { saldo_disponible } => {
-                    ApiError::SaldoInsuficiente {
-                        kind,
-                        saldo_disponible,
-                    }
+    let keyed = match &key {
+        None => None,
+        Some(key) => {
+            let key = key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?;
+            let fingerprint = idempotency::fingerprint("POST", path(kind), &bytes);
+            match storage.keys().begin(key, fingerprint, clock::unix_ms()) {
+                Begin::Started => Some(Keyed {
+                    key,
+                    fingerprint,
+                    guard: InFlightGuard::new(storage.keys(), key),
+                }),
+                Begin::Replay(remembered) => {
+                    let mut response = answer(
+                        remembered.kind,
+                        remembered.usuario,
+                        remembered.monto,
+                        remembered.outcome,
+                    );
+                    response.headers_mut().insert(
+                        HeaderName::from_static(REPLAYED),
+                        HeaderValue::from_static("true"),
+                    );
+                    return Ok(response);
                 }
-                ledger::Error::LedgerFull => ApiError::NoDisponible,
-            })?;
-    let body = render(|w| {
-        w.raw("{\"usuario\":");
-        w.string(debit.usuario.as_str());
-        w.raw(",\"");
-        w.raw(kind.monto_field());
-        w.raw("\":");
-        w.u64(debit.monto);
-        w.raw(",\"nuevo_saldo\":");
-        w.u64(applied.nuevo_saldo);
-        w.raw("}");
-    });
-    Ok(json_response(StatusCode::OK, body))
+                Begin::Conflict => return Err(ApiError::IdempotenciaConflicto),
+                Begin::InFlight => return Err(ApiError::IdempotenciaEnCurso),
+                Begin::Full => return Err(ApiError::NoDisponible),
+            }
+        }
+    };
+    let order = Order {
+        kind,
+        usuario: debit.usuario,
+        monto: debit.monto,
+        key: keyed,
+    };
+    let outcome = storage
+        .debit(order)
+        .await
+        .map_err(|_| ApiError::NoDisponible)?;
+    Ok(answer(kind, debit.usuario, debit.monto, outcome))
+}
+
+/// The answer to a settled debit request; a replay renders the same bytes.
+fn answer(kind: DebitKind, usuario: Usuario, monto: u64, outcome: Outcome) -> Response<Body> {
+    match outcome {
+        Outcome::Debited { nuevo_saldo } => {
+            let body = render(|w| {
+                w.raw("{\"usuario\":");
+                w.string(usuario.as_str());
+                w.raw(",\"");
+                w.raw(monto_field(kind));
+                w.raw("\":");
+                w.u64(monto);
+                w.raw(",\"nuevo_saldo\":");
+                w.u64(nuevo_saldo);
+                w.raw("}");
+            });
+            json_response(StatusCode::OK, body)
+        }
+        Outcome::Refused { saldo_disponible } => ApiError::SaldoInsuficiente {
+            kind,
+            saldo_disponible,
+        }
+        .into_response(),
+    }
+}
+
+/// The `Idempotency-Key` header, if present and valid.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
+    let mut values = headers.get_all(idempotency::HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(key), None) if idempotency::is_valid_key(key.as_bytes()) => Ok(Some(key.clone())),
+        _ => Err(ApiError::IdempotenciaInvalida),
+    }
 }
 
 /// True when the media type is `application/json`, whatever its parameters.
@@ -84,8 +140,6 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     #[test]

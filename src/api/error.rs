@@ -5,7 +5,8 @@ use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION};
 use http::{HeaderValue, Response, StatusCode};
 
-use super::{Body, DebitKind, json_response};
+use super::{Body, json_response};
+use crate::ledger::DebitKind;
 use crate::render::render;
 
 /// An answer other than success. Cheap to build: no allocation until rendered.
@@ -42,6 +43,12 @@ pub enum ApiError {
     },
     /// The service cannot take this debit now (storage failure or full).
     NoDisponible,
+    /// The `Idempotency-Key` header is not 1 to 255 visible ASCII characters.
+    IdempotenciaInvalida,
+    /// The key was used before with a different request.
+    IdempotenciaConflicto,
+    /// The key's first request is still being processed.
+    IdempotenciaEnCurso,
 }
 
 impl ApiError {
@@ -57,8 +64,11 @@ impl ApiError {
             | Self::CamposRequeridos
             | Self::UsuarioInvalido
             | Self::MontoInvalido
-            | Self::SaldoInsuficiente { .. } => StatusCode::BAD_REQUEST,
+            | Self::SaldoInsuficiente { .. }
+            | Self::IdempotenciaInvalida => StatusCode::BAD_REQUEST,
             Self::NoDisponible => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdempotenciaConflicto => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotenciaEnCurso => StatusCode::CONFLICT,
         }
     }
 
@@ -76,6 +86,9 @@ impl ApiError {
             Self::MontoInvalido => "MONTO_INVALIDO",
             Self::SaldoInsuficiente { .. } => "SALDO_INSUFICIENTE",
             Self::NoDisponible => "NO_DISPONIBLE",
+            Self::IdempotenciaInvalida => "IDEMPOTENCIA_INVALIDA",
+            Self::IdempotenciaConflicto => "IDEMPOTENCIA_CONFLICTO",
+            Self::IdempotenciaEnCurso => "IDEMPOTENCIA_EN_CURSO",
         }
     }
 
@@ -100,6 +113,11 @@ impl ApiError {
                 ..
             } => "El monto excede el saldo disponible.",
             Self::NoDisponible => "Servicio no disponible temporalmente.",
+            Self::IdempotenciaInvalida => "La clave de idempotencia no es válida.",
+            Self::IdempotenciaConflicto => "La clave de idempotencia ya se usó con otra solicitud.",
+            Self::IdempotenciaEnCurso => {
+                "Una solicitud con esta clave de idempotencia está en curso."
+            }
         }
     }
 

@@ -3,9 +3,17 @@
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use super::{Body, json_response};
+use super::{ApiError, Body, json_response};
+use crate::storage::Storage;
 
-/// 200 `{"status":"ok"}` while the service can serve.
-pub fn get_health() -> Response<Body> {
-    json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
+/// 200 `{"status":"ok"}` while the service can serve; 503 `NO_DISPONIBLE`
+/// once durable storage failed, so the orchestrator replaces the task.
+pub fn get_health(storage: &Storage) -> Result<Response<Body>, ApiError> {
+    if !storage.is_healthy() {
+        return Err(ApiError::NoDisponible);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        Bytes::from_static(br#"{"status":"ok"}"#),
+    ))
 }

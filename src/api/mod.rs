@@ -15,7 +15,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 pub use body::{BODY_BYTES_MAX, DebitRequest, MONTO_MAX};
-pub use debit::{DebitKind, post_debit};
+pub use debit::post_debit;
 pub use error::ApiError;
 pub use health::get_health;
 pub use saldo::get_saldo;

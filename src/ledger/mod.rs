@@ -6,9 +6,16 @@
 //! cores rarely touch the same line. A name is hashed once (ahash); that hash
 //! picks the shard and finds the slot.
 //!
+//! Each account has a durable balance (`saldo`) and the sum of its debits
+//! still on their way to stable storage (`pendiente`). With durable storage a
+//! debit is first reserved (checked against `saldo - pendiente`, added to
+//! `pendiente`), then settled once its journal batch is synced: applied to
+//! `saldo`, or released. Reads show `saldo` only, so no read shows a debit a
+//! crash could take back. Memory storage debits `saldo` directly.
+//!
 //! Invariants:
-//! - A balance is never negative: a debit is applied only when `monto <= saldo`,
-//!   checked and applied under the shard's lock.
+//! - A balance is never negative: `pendiente <= saldo` always, and a debit is
+//!   reserved only when `monto <= saldo - pendiente`, under the shard's lock.
 //! - Reading never writes: an account absent from the tables has the opening
 //!   balance, and only its first debit inserts it.
 //! - The number of stored accounts never exceeds `accounts_max`.
@@ -38,8 +45,10 @@ pub enum Error {
     /// `monto` exceeds the balance; nothing changed.
     #[error("insufficient balance: {saldo_disponible} available")]
     SaldoInsuficiente {
-        /// The balance at the moment of the check.
+        /// The balance net of pending debits at the moment of the check.
         saldo_disponible: u64,
+        /// Debits of this account not yet durable when it was checked.
+        pendiente: u64,
     },
     /// The debit would add an account past `accounts_max`; nothing changed.
     #[error("the ledger holds its maximum number of accounts")]
@@ -55,6 +64,31 @@ pub struct Limits {
     pub opening_saldo: u64,
     /// Most accounts the ledger stores (seeded plus debited).
     pub accounts_max: usize,
+}
+
+/// What a debit request asked for: `pago` and `retiro` are the same
+/// check-and-debit under two names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebitKind {
+    /// `POST /pago`.
+    Pago,
+    /// `POST /retiro`.
+    Retiro,
+}
+
+/// How a check-and-debit ended: the two answers worth remembering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; the account's balance after it.
+    Debited {
+        /// Balance after the debit.
+        nuevo_saldo: u64,
+    },
+    /// Refused for insufficient balance; nothing changed.
+    Refused {
+        /// Balance available when refused.
+        saldo_disponible: u64,
+    },
 }
 
 /// A successful debit.
@@ -87,7 +121,10 @@ struct Shard {
 
 struct Account {
     usuario: Box<str>,
+    /// Durable balance.
     saldo: u64,
+    /// Reserved debits not yet settled; never above `saldo`.
+    pendiente: u64,
 }
 
 impl Ledger {
@@ -114,7 +151,11 @@ impl Ledger {
     /// Sets an account's balance, as seeding a fresh data directory does.
     pub fn seed(&self, usuario: &Usuario, saldo: u64) -> Result<(), Error> {
         assert!(saldo <= SALDO_MAX);
-        self.update(usuario, |_| Ok(saldo)).map(|_| ())
+        self.update(usuario, |account| {
+            debug_assert_eq!(account.pendiente, 0);
+            account.saldo = saldo;
+            Ok(())
+        })
     }
 
     /// The account's balance (the opening balance if it was never stored).
@@ -127,16 +168,59 @@ impl Ledger {
             .map_or(self.opening_saldo, |account| account.saldo)
     }
 
-    /// Atomically checks `monto <= saldo` and subtracts it.
+    /// Atomically checks `monto <= saldo` and subtracts it (memory storage
+    /// and journal replay: nothing is pending).
     pub fn debit(&self, usuario: &Usuario, monto: u64) -> Result<Debit, Error> {
-        debug_assert!(monto > 0);
-        let debit = self.update(usuario, |saldo_disponible| {
-            saldo_disponible
-                .checked_sub(monto)
-                .ok_or(Error::SaldoInsuficiente { saldo_disponible })
-        })?;
-        debug_assert_eq!(debit.saldo_anterior - debit.nuevo_saldo, monto);
-        Ok(debit)
+        self.update(usuario, |account| {
+            let debit = check(account, monto)?;
+            account.saldo -= monto;
+            Ok(debit)
+        })
+    }
+
+    /// Atomically checks `monto <= saldo - pendiente` and reserves it, then
+    /// calls `reserved` still under the shard's lock, so that whatever it
+    /// enqueues is ordered like the debits of this account.
+    pub fn reserve<R>(
+        &self,
+        usuario: &Usuario,
+        monto: u64,
+        reserved: impl FnOnce(&Debit) -> R,
+    ) -> Result<(Debit, R), Error> {
+        self.update(usuario, |account| {
+            let debit = check(account, monto)?;
+            account.pendiente += monto;
+            debug_assert!(account.pendiente <= account.saldo);
+            Ok((debit, reserved(&debit)))
+        })
+    }
+
+    /// Ends a reservation: applies it to the durable balance (`applied`) or
+    /// releases it.
+    pub fn settle(&self, usuario: &Usuario, monto: u64, applied: bool) {
+        let settled = self.update(usuario, |account| {
+            assert!(
+                account.pendiente >= monto,
+                "settling more than was reserved"
+            );
+            account.pendiente -= monto;
+            if applied {
+                account.saldo -= monto;
+            }
+            Ok(())
+        });
+        debug_assert!(settled.is_ok(), "a reserved account is stored");
+    }
+
+    /// Calls `visit` with every stored account's name and durable balance,
+    /// one shard at a time, each locked only while it is visited.
+    pub fn for_each_saldo(&self, mut visit: impl FnMut(&str, u64)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for account in shard.accounts.iter() {
+                visit(&account.usuario, account.saldo);
+            }
+        }
     }
 
     /// Number of accounts stored (seeded or debited at least once).
@@ -157,14 +241,14 @@ impl Ledger {
         (hash, shard)
     }
 
-    /// Replaces an account's balance with `next(saldo)` under its shard's lock,
-    /// with one table lookup. An absent account starts at the opening balance
-    /// and is stored only when `next` succeeds and the ledger has room.
-    fn update(
+    /// Runs `change` on an account under its shard's lock, with one table
+    /// lookup. An absent account starts at the opening balance and is stored
+    /// only when `change` succeeds and the ledger has room.
+    fn update<R>(
         &self,
         usuario: &Usuario,
-        next: impl FnOnce(u64) -> Result<u64, Error>,
-    ) -> Result<Debit, Error> {
+        change: impl FnOnce(&mut Account) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let (hash, mut shard) = self.shard_for(usuario);
         let name = usuario.as_str();
         let rehash = |account: &Account| self.hasher.hash_one(&*account.usuario);
@@ -172,33 +256,50 @@ impl Ledger {
             .accounts
             .entry(hash, |account| &*account.usuario == name, rehash)
         {
-            Entry::Occupied(mut entry) => {
-                let saldo = &mut entry.get_mut().saldo;
-                let saldo_anterior = *saldo;
-                *saldo = next(saldo_anterior)?;
-                Ok(Debit {
-                    saldo_anterior,
-                    nuevo_saldo: *saldo,
-                })
-            }
+            Entry::Occupied(mut entry) => change(entry.get_mut()),
             Entry::Vacant(entry) => {
-                let saldo_anterior = self.opening_saldo;
-                let nuevo_saldo = next(saldo_anterior)?;
+                // Room is taken before `change` runs: it may enqueue work that
+                // must not happen for an account the ledger then refuses.
                 if self.accounts_stored.fetch_add(1, Ordering::Relaxed) >= self.accounts_max {
                     self.accounts_stored.fetch_sub(1, Ordering::Relaxed);
                     return Err(Error::LedgerFull);
                 }
-                entry.insert(Account {
+                let mut account = Account {
                     usuario: name.into(),
-                    saldo: nuevo_saldo,
-                });
-                Ok(Debit {
-                    saldo_anterior,
-                    nuevo_saldo,
-                })
+                    saldo: self.opening_saldo,
+                    pendiente: 0,
+                };
+                match change(&mut account) {
+                    Ok(result) => {
+                        entry.insert(account);
+                        Ok(result)
+                    }
+                    Err(error) => {
+                        self.accounts_stored.fetch_sub(1, Ordering::Relaxed);
+                        Err(error)
+                    }
+                }
             }
         }
     }
+}
+
+/// The check of check-and-debit: `monto` against the balance net of pending
+/// debits.
+fn check(account: &Account, monto: u64) -> Result<Debit, Error> {
+    debug_assert!(monto > 0);
+    debug_assert!(account.pendiente <= account.saldo);
+    let saldo_anterior = account.saldo - account.pendiente;
+    let nuevo_saldo = saldo_anterior
+        .checked_sub(monto)
+        .ok_or(Error::SaldoInsuficiente {
+            saldo_disponible: saldo_anterior,
+            pendiente: account.pendiente,
+        })?;
+    Ok(Debit {
+        saldo_anterior,
+        nuevo_saldo,
+    })
 }
 
 #[cfg(test)]

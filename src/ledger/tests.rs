@@ -56,7 +56,8 @@ fn debit_checks_then_subtracts() {
     assert_eq!(
         ledger.debit(&ana, 10_001),
         Err(Error::SaldoInsuficiente {
-            saldo_disponible: 10_000
+            saldo_disponible: 10_000,
+            pendiente: 0
         })
     );
     assert_eq!(ledger.saldo(&ana), 10_000);
@@ -64,7 +65,8 @@ fn debit_checks_then_subtracts() {
     assert_eq!(
         ledger.debit(&ana, 1),
         Err(Error::SaldoInsuficiente {
-            saldo_disponible: 0
+            saldo_disponible: 0,
+            pendiente: 0
         })
     );
 }
@@ -119,7 +121,9 @@ fn concurrent_random_debits_match_the_model() {
                             assert_eq!(debit.saldo_anterior - debit.nuevo_saldo, monto);
                             debited[account].fetch_add(monto, Ordering::Relaxed);
                         }
-                        Err(Error::SaldoInsuficiente { saldo_disponible }) => {
+                        Err(Error::SaldoInsuficiente {
+                            saldo_disponible, ..
+                        }) => {
                             assert!(saldo_disponible < monto)
                         }
                         Err(Error::LedgerFull) => panic!("room for every account"),
@@ -150,4 +154,28 @@ fn one_shard_and_many_shards_agree() {
             assert_eq!(ledger.saldo(&usuario(&format!("u{i}"))), 100_000 - i - 1);
         }
     }
+}
+
+// Reservations count against the available balance but show only once settled.
+#[test]
+fn reservations_hold_funds_until_settled() {
+    let ledger = ledger(2, 10);
+    let ana = usuario("ana");
+    ledger.seed(&ana, 100).unwrap();
+    let (debit, queued) = ledger.reserve(&ana, 60, |debit| debit.nuevo_saldo).unwrap();
+    assert_eq!((debit.nuevo_saldo, queued), (40, 40));
+    assert_eq!(ledger.saldo(&ana), 100, "a pending debit is not shown");
+    assert_eq!(
+        ledger.reserve(&ana, 41, |_| ()).unwrap_err(),
+        Error::SaldoInsuficiente {
+            saldo_disponible: 40,
+            pendiente: 60
+        }
+    );
+    let (second, ()) = ledger.reserve(&ana, 40, |_| ()).unwrap();
+    assert_eq!(second.nuevo_saldo, 0);
+    ledger.settle(&ana, 60, true);
+    ledger.settle(&ana, 40, false);
+    assert_eq!(ledger.saldo(&ana), 40);
+    assert_eq!(ledger.debit(&ana, 40).unwrap().nuevo_saldo, 0);
 }

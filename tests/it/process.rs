@@ -84,7 +84,6 @@ fn bad_configuration_exits_2_naming_the_setting() {
         (&["--shutdown-grace", "10m"], &[], "--shutdown-grace"),
         (&["--log-format", "xml"], &[], "--log-format"),
         (&["--storage", "disk"], &[], "--storage"),
-        (&["--storage", "journal"], &[], "--storage"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
     ];
     for (args, env, named) in cases {

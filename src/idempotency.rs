@@ -1,0 +1,340 @@
+//! Idempotency keys: the remembered outcome of each keyed debit, so a retry
+//! replays its first answer instead of debiting twice.
+//!
+//! A key is `InFlight` from the moment its first request passes validation
+//! until its outcome is settled (durable, with the journal), then `Done` until
+//! its TTL passes. The table is sharded like the ledger and bounded: when it
+//! holds `keys_max` live keys, expired ones are swept; if none can go, new keys
+//! are refused (503) rather than forgetting a live one, and counted.
+//!
+//! The table does no I/O: the journal persists outcomes and restores them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use hashbrown::HashMap;
+
+use crate::ledger::{DebitKind, Outcome};
+use crate::usuario::Usuario;
+
+/// The longest key, in bytes (SPEC section 1).
+pub const KEY_BYTES_MAX: usize = 255;
+
+/// The header carrying the key.
+pub const HEADER: &str = "idempotency-key";
+
+/// A stable 64-bit fingerprint of a request (FNV-1a over method, path and
+/// body): stable across processes and versions, since it is persisted.
+pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    for part in [method.as_bytes(), b"\0", path.as_bytes(), b"\0", body] {
+        for byte in part {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+/// True when `key` is 1 to 255 visible ASCII characters.
+pub fn is_valid_key(key: &[u8]) -> bool {
+    (1..=KEY_BYTES_MAX).contains(&key.len()) && key.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// A settled keyed request: enough to render its answer again, byte for byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// Fingerprint of the request that produced it.
+    pub fingerprint: u64,
+    /// The endpoint.
+    pub kind: DebitKind,
+    /// The account.
+    pub usuario: Usuario,
+    /// The amount asked for.
+    pub monto: u64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// When it was settled, in ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+enum Entry {
+    InFlight { fingerprint: u64 },
+    Done(Remembered),
+}
+
+/// One shard of the table.
+type Shard = HashMap<Box<str>, Entry>;
+
+/// What a keyed request should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// First time: go ahead; the key is now in flight.
+    Started,
+    /// Seen and settled with the same request: answer this again.
+    Replay(Remembered),
+    /// Seen with a different request: 422.
+    Conflict,
+    /// Its first request is still being processed: 409.
+    InFlight,
+    /// The table is full of live keys: 503.
+    Full,
+}
+
+/// All remembered keys.
+pub struct Table {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    hasher: ahash::RandomState,
+    ttl_ms: u64,
+    keys_max: usize,
+    /// Keys stored (in flight or done) across shards.
+    keys_stored: AtomicUsize,
+    /// New keys refused because the table was full.
+    refused_full: AtomicU64,
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new(shard_count: usize, ttl: Duration, keys_max: usize) -> Self {
+        assert!(shard_count.is_power_of_two());
+        Self {
+            shards: (0..shard_count)
+                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
+                .collect(),
+            hasher: ahash::RandomState::new(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            keys_max,
+            keys_stored: AtomicUsize::new(0),
+            refused_full: AtomicU64::new(0),
+        }
+    }
+
+    /// Looks `key` up and, when it is new, marks it in flight.
+    pub fn begin(&self, key: &str, fingerprint: u64, now_ms: u64) -> Begin {
+        let mut shard = self.shard(key);
+        if let Some(entry) = shard.get(key) {
+            match entry {
+                Entry::InFlight { fingerprint: seen } if *seen != fingerprint => {
+                    return Begin::Conflict;
+                }
+                Entry::InFlight { .. } => return Begin::InFlight,
+                Entry::Done(done) if !self.is_expired(done, now_ms) => {
+                    return if done.fingerprint == fingerprint {
+                        Begin::Replay(*done)
+                    } else {
+                        Begin::Conflict
+                    };
+                }
+                Entry::Done(_) => {
+                    shard.insert(key.into(), Entry::InFlight { fingerprint });
+                    return Begin::Started;
+                }
+            }
+        }
+        if !self.take_room(&mut shard, now_ms) {
+            self.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Begin::Full;
+        }
+        shard.insert(key.into(), Entry::InFlight { fingerprint });
+        Begin::Started
+    }
+
+    /// Records the settled outcome of a key (in flight, or being restored).
+    pub fn finish(&self, key: &str, remembered: Remembered) {
+        let mut shard = self.shard(key);
+        match shard.get_mut(key) {
+            Some(entry) => *entry = Entry::Done(remembered),
+            None => {
+                // Restoring at start: the table is sized for what was saved.
+                self.keys_stored.fetch_add(1, Ordering::Relaxed);
+                shard.insert(key.into(), Entry::Done(remembered));
+            }
+        }
+    }
+
+    /// Forgets a key whose request ended without an outcome.
+    pub fn abandon(&self, key: &str) {
+        let mut shard = self.shard(key);
+        if let Some(Entry::InFlight { .. }) = shard.get(key) {
+            shard.remove(key);
+            self.keys_stored.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every expired key; returns how many went.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                self.sweep_shard(&mut shard, now_ms)
+            })
+            .sum()
+    }
+
+    /// Every settled, unexpired key, for a snapshot.
+    pub fn remembered(&self, now_ms: u64) -> Vec<(Box<str>, Remembered)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            all.extend(shard.iter().filter_map(|(key, entry)| match entry {
+                Entry::Done(done) if !self.is_expired(done, now_ms) => Some((key.clone(), *done)),
+                _ => None,
+            }));
+        }
+        all
+    }
+
+    /// Keys stored now (in flight or settled).
+    pub fn keys_stored(&self) -> usize {
+        self.keys_stored.load(Ordering::Relaxed)
+    }
+
+    /// New keys refused so far because the table was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full.load(Ordering::Relaxed)
+    }
+
+    /// Whether `remembered` is past its TTL at `now_ms`.
+    pub fn is_expired(&self, remembered: &Remembered, now_ms: u64) -> bool {
+        remembered.time_ms.saturating_add(self.ttl_ms) <= now_ms
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = self.hasher.hash_one(key) as usize & (self.shards.len() - 1);
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one more key if there is room, sweeping this shard's expired
+    /// keys first when the table is full.
+    fn take_room(&self, shard: &mut Shard, now_ms: u64) -> bool {
+        if self.keys_stored.load(Ordering::Relaxed) >= self.keys_max {
+            self.sweep_shard(shard, now_ms);
+        }
+        if self.keys_stored.fetch_add(1, Ordering::Relaxed) >= self.keys_max {
+            self.keys_stored.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn sweep_shard(&self, shard: &mut Shard, now_ms: u64) -> usize {
+        let before = shard.len();
+        shard.retain(
+            |_, entry| !matches!(entry, Entry::Done(done) if self.is_expired(done, now_ms)),
+        );
+        let removed = before - shard.len();
+        self.keys_stored.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+}
+
+/// Forgets an in-flight key when its request is dropped before the key's
+/// outcome was handed on (a client that hung up, a 503). Disarmed once the
+/// outcome is settled or on its way to be.
+pub struct InFlightGuard<'a> {
+    table: &'a Table,
+    key: Option<&'a str>,
+}
+
+impl<'a> InFlightGuard<'a> {
+    /// Guards `key`, just marked in flight in `table`.
+    pub fn new(table: &'a Table, key: &'a str) -> Self {
+        Self {
+            table,
+            key: Some(key),
+        }
+    }
+
+    /// The key's outcome is taken care of: keep it.
+    pub fn disarm(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.table.abandon(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remembered(fingerprint: u64, time_ms: u64) -> Remembered {
+        Remembered {
+            fingerprint,
+            kind: DebitKind::Pago,
+            usuario: Usuario::new("ana").unwrap(),
+            monto: 5,
+            outcome: Outcome::Debited { nuevo_saldo: 95 },
+            time_ms,
+        }
+    }
+
+    // Each rule of SPEC section 1's idempotency, at the table level.
+    #[test]
+    fn keys_go_from_started_to_in_flight_to_replay() {
+        let table = Table::new(4, Duration::from_secs(10), 100);
+        assert_eq!(table.begin("k", 1, 0), Begin::Started);
+        assert_eq!(table.begin("k", 1, 0), Begin::InFlight);
+        assert_eq!(table.begin("k", 2, 0), Begin::Conflict);
+        table.finish("k", remembered(1, 0));
+        assert_eq!(table.begin("k", 1, 9_999), Begin::Replay(remembered(1, 0)));
+        assert_eq!(table.begin("k", 2, 9_999), Begin::Conflict);
+        // Past the TTL the key is new again.
+        assert_eq!(table.begin("k", 2, 10_000), Begin::Started);
+        assert_eq!(table.keys_stored(), 1);
+    }
+
+    #[test]
+    fn abandoned_keys_can_start_again() {
+        let table = Table::new(1, Duration::from_secs(10), 100);
+        assert_eq!(table.begin("k", 1, 0), Begin::Started);
+        drop(InFlightGuard::new(&table, "k"));
+        assert_eq!(table.keys_stored(), 0);
+        assert_eq!(table.begin("k", 1, 0), Begin::Started);
+        InFlightGuard::new(&table, "k").disarm();
+        assert_eq!(table.begin("k", 1, 0), Begin::InFlight);
+    }
+
+    // Full of live keys: new ones are refused and counted; expired ones make room.
+    #[test]
+    fn a_full_table_refuses_then_sweeps_expired_keys() {
+        let table = Table::new(1, Duration::from_secs(10), 2);
+        for key in ["a", "b"] {
+            assert_eq!(table.begin(key, 1, 0), Begin::Started);
+            table.finish(key, remembered(1, 0));
+        }
+        assert_eq!(table.begin("c", 1, 5_000), Begin::Full);
+        assert_eq!(table.refused_full(), 1);
+        assert_eq!(table.begin("c", 1, 10_000), Begin::Started);
+        assert_eq!(table.keys_stored(), 1);
+        assert_eq!(table.remembered(10_000).len(), 0);
+        assert_eq!(table.sweep(10_000), 0);
+    }
+
+    #[test]
+    fn keys_and_fingerprints() {
+        assert!(is_valid_key(b"a"));
+        assert!(is_valid_key("k".repeat(255).as_bytes()));
+        assert!(!is_valid_key(b""));
+        assert!(!is_valid_key("k".repeat(256).as_bytes()));
+        assert!(!is_valid_key(b"with space"));
+        assert!(!is_valid_key("ñ".as_bytes()));
+        let a = fingerprint("POST", "/pago", b"{}");
+        assert_eq!(a, fingerprint("POST", "/pago", b"{}"));
+        assert_ne!(a, fingerprint("POST", "/retiro", b"{}"));
+        assert_ne!(a, fingerprint("POST", "/pago", b"{ }"));
+        // Stable across builds: persisted fingerprints must keep matching.
+        assert_eq!(a, 0xda7a_5ac7_ea8d_40b5);
+    }
+}

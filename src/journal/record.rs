@@ -1,0 +1,293 @@
+//! The journal's record format, apart from any file handling.
+//!
+//! ```text
+//! record  = payload_len:u32le crc32c(payload):u32le payload
+//! payload = version:u8 flags:u8 time_ms:u64le monto:u64le saldo:u64le
+//!           usuario_len:u8 usuario
+//!           [key_len:u8 key fingerprint:u64le]        (when flags & KEYED)
+//! flags   = RETIRO (else pago) | REFUSED (else debited) | KEYED
+//! saldo   = nuevo_saldo when debited, saldo_disponible when refused
+//! ```
+//! A refused record changes no balance: it exists to remember a keyed
+//! request's `SALDO_INSUFICIENTE` answer as durably as a debit.
+
+use crate::idempotency::{KEY_BYTES_MAX, Remembered};
+use crate::ledger::{DebitKind, Outcome};
+use crate::usuario::{USUARIO_BYTES_MAX, Usuario};
+
+/// The record format's version; bumped on any change to the layout.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes before the payload: length and checksum.
+pub const HEADER_BYTES: usize = 8;
+
+/// The largest payload a valid record has.
+pub const PAYLOAD_BYTES_MAX: usize = 2 + 3 * 8 + 1 + USUARIO_BYTES_MAX + 1 + KEY_BYTES_MAX + 8;
+
+const RETIRO: u8 = 1;
+const REFUSED: u8 = 1 << 1;
+const KEYED: u8 = 1 << 2;
+const FLAGS_ALL: u8 = RETIRO | REFUSED | KEYED;
+
+/// An idempotency key with its request's fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The key, 1 to 255 visible ASCII characters.
+    pub key: Box<str>,
+    /// Fingerprint of the request that used it.
+    pub fingerprint: u64,
+}
+
+/// One settled debit request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The endpoint.
+    pub kind: DebitKind,
+    /// The account.
+    pub usuario: Usuario,
+    /// The amount asked for, 1 ..= 10^12.
+    pub monto: u64,
+    /// Debited (with the resulting balance) or refused.
+    pub outcome: Outcome,
+    /// When the request was accepted, in ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The request's idempotency key, if it had one.
+    pub key: Option<Key>,
+}
+
+/// Why bytes are not a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes end before the record does.
+    Incomplete,
+    /// The record is complete but wrong (checksum, version, lengths, fields).
+    Corrupt(&'static str),
+}
+
+impl Record {
+    /// Appends the encoded record to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_BYTES]);
+        let (flags_outcome, saldo) = match self.outcome {
+            Outcome::Debited { nuevo_saldo } => (0, nuevo_saldo),
+            Outcome::Refused { saldo_disponible } => (REFUSED, saldo_disponible),
+        };
+        let flags_kind = match self.kind {
+            DebitKind::Pago => 0,
+            DebitKind::Retiro => RETIRO,
+        };
+        let flags_key = if self.key.is_some() { KEYED } else { 0 };
+        out.push(FORMAT_VERSION);
+        out.push(flags_kind | flags_outcome | flags_key);
+        out.extend_from_slice(&self.time_ms.to_le_bytes());
+        out.extend_from_slice(&self.monto.to_le_bytes());
+        out.extend_from_slice(&saldo.to_le_bytes());
+        let usuario = self.usuario.as_str().as_bytes();
+        out.push(usuario.len() as u8);
+        out.extend_from_slice(usuario);
+        if let Some(key) = &self.key {
+            debug_assert!(key.key.len() <= KEY_BYTES_MAX);
+            out.push(key.key.len() as u8);
+            out.extend_from_slice(key.key.as_bytes());
+            out.extend_from_slice(&key.fingerprint.to_le_bytes());
+        }
+        let payload_len = out.len() - start - HEADER_BYTES;
+        debug_assert!(payload_len <= PAYLOAD_BYTES_MAX);
+        let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
+        out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The record that settled a remembered key.
+    pub fn from_remembered(key: &str, remembered: &Remembered) -> Self {
+        Self {
+            kind: remembered.kind,
+            usuario: remembered.usuario,
+            monto: remembered.monto,
+            outcome: remembered.outcome,
+            time_ms: remembered.time_ms,
+            key: Some(Key {
+                key: key.into(),
+                fingerprint: remembered.fingerprint,
+            }),
+        }
+    }
+
+    /// The idempotency key and what it remembers, when the record has a key.
+    pub fn remembered(&self) -> Option<(&str, Remembered)> {
+        let key = self.key.as_ref()?;
+        let remembered = Remembered {
+            fingerprint: key.fingerprint,
+            kind: self.kind,
+            usuario: self.usuario,
+            monto: self.monto,
+            outcome: self.outcome,
+            time_ms: self.time_ms,
+        };
+        Some((&key.key, remembered))
+    }
+
+    /// Decodes the record at the start of `bytes`; returns it and its length.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, usize), DecodeError> {
+        let header = bytes.get(..HEADER_BYTES).ok_or(DecodeError::Incomplete)?;
+        let payload_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if payload_len > PAYLOAD_BYTES_MAX {
+            return Err(DecodeError::Corrupt("record length out of range"));
+        }
+        let end = HEADER_BYTES + payload_len;
+        let payload = bytes
+            .get(HEADER_BYTES..end)
+            .ok_or(DecodeError::Incomplete)?;
+        if crc32c::crc32c(payload) != crc {
+            return Err(DecodeError::Corrupt("checksum mismatch"));
+        }
+        Self::decode_payload(payload).map(|record| (record, end))
+    }
+
+    fn decode_payload(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader(payload);
+        if reader.u8()? != FORMAT_VERSION {
+            return Err(DecodeError::Corrupt("unknown record version"));
+        }
+        let flags = reader.u8()?;
+        if flags & !FLAGS_ALL != 0 {
+            return Err(DecodeError::Corrupt("unknown record flags"));
+        }
+        let time_ms = reader.u64()?;
+        let monto = reader.u64()?;
+        let saldo = reader.u64()?;
+        let usuario_len = usize::from(reader.u8()?);
+        let usuario = std::str::from_utf8(reader.bytes(usuario_len)?)
+            .ok()
+            .and_then(|name| Usuario::new(name).ok())
+            .ok_or(DecodeError::Corrupt("invalid account name"))?;
+        let key = if flags & KEYED != 0 {
+            let key_len = usize::from(reader.u8()?);
+            let key = std::str::from_utf8(reader.bytes(key_len)?)
+                .ok()
+                .filter(|key| crate::idempotency::is_valid_key(key.as_bytes()))
+                .ok_or(DecodeError::Corrupt("invalid idempotency key"))?;
+            Some(Key {
+                key: key.into(),
+                fingerprint: reader.u64()?,
+            })
+        } else {
+            None
+        };
+        if !reader.0.is_empty() {
+            return Err(DecodeError::Corrupt("trailing bytes in record"));
+        }
+        let kind = if flags & RETIRO != 0 {
+            DebitKind::Retiro
+        } else {
+            DebitKind::Pago
+        };
+        let outcome = if flags & REFUSED != 0 {
+            Outcome::Refused {
+                saldo_disponible: saldo,
+            }
+        } else {
+            Outcome::Debited { nuevo_saldo: saldo }
+        };
+        Ok(Self {
+            kind,
+            usuario,
+            monto,
+            outcome,
+            time_ms,
+            key,
+        })
+    }
+}
+
+/// Reads fixed-size fields off a checksummed payload; running short inside a
+/// payload whose checksum matched is corruption, not a torn write.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < len {
+            return Err(DecodeError::Corrupt("record shorter than its fields"));
+        }
+        let (taken, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let bytes = self.bytes(8)?;
+        Ok(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records() -> Vec<Record> {
+        let usuario = |name: &str| Usuario::new(name).unwrap();
+        vec![
+            Record {
+                kind: DebitKind::Pago,
+                usuario: usuario("usuario1"),
+                monto: 5_000,
+                outcome: Outcome::Debited { nuevo_saldo: 5_000 },
+                time_ms: 1_700_000_000_000,
+                key: None,
+            },
+            Record {
+                kind: DebitKind::Retiro,
+                usuario: usuario(&"ñ".repeat(32)),
+                monto: 1_000_000_000_000,
+                outcome: Outcome::Refused {
+                    saldo_disponible: 15_000,
+                },
+                time_ms: u64::MAX,
+                key: Some(Key {
+                    key: "k".repeat(KEY_BYTES_MAX).into(),
+                    fingerprint: u64::MAX - 1,
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for record in records() {
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            assert!(bytes.len() <= HEADER_BYTES + PAYLOAD_BYTES_MAX);
+            assert_eq!(Record::decode(&bytes), Ok((record.clone(), bytes.len())));
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Record::decode(&bytes[..cut]).unwrap_err(),
+                    DecodeError::Incomplete,
+                    "cut {cut}"
+                );
+            }
+        }
+    }
+
+    // Every single flipped bit of a record is detected.
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        for record in records() {
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            for bit in 0..bytes.len() * 8 {
+                let mut damaged = bytes.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                match Record::decode(&damaged) {
+                    Err(_) => {}
+                    Ok((decoded, _)) => panic!("bit {bit} flipped went unnoticed: {decoded:?}"),
+                }
+            }
+        }
+    }
+}
