@@ -5,5 +5,6 @@ mod api;
 mod concurrency;
 mod errors;
 mod http;
+mod journal;
 mod process;
 mod util;

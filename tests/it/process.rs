@@ -103,14 +103,20 @@ fn bad_configuration_exits_2_naming_the_setting() {
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// The journal's data directory, removed when the test ends.
+    _data_dir: tempfile::TempDir,
 }
 
 impl Running {
+    /// Starts the binary with `args` and a fresh data directory.
     fn start(args: &[&str]) -> Self {
-        Self::spawn(saldos(args, &[]))
+        let mut command = saldos(args, &[]);
+        let data_dir = tempfile::tempdir().unwrap();
+        command.arg("--data-dir").arg(data_dir.path());
+        Self::spawn(command, data_dir)
     }
 
-    fn spawn(mut command: Command) -> Self {
+    fn spawn(mut command: Command, data_dir: tempfile::TempDir) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
@@ -123,7 +129,11 @@ impl Running {
                 let _ = sender.send(line);
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            _data_dir: data_dir,
+        }
     }
 
     /// The next stdout line containing `needle`, within 10 s.
@@ -208,6 +218,7 @@ fn serves_probes_and_stops_cleanly_on_signals() {
             "{format}"
         );
         assert!(running.line_with("stopped").contains("connections_cut"));
+        running.line_with("journal closed");
     }
 }
 
@@ -228,7 +239,10 @@ fn healthcheck_fails_when_nothing_listens() {
 fn workers_and_shards_follow_usable_cpus() {
     let has_taskset = Command::new("taskset").arg("--version").output().is_ok();
     assert!(has_taskset, "taskset (util-linux) is needed for this test");
-    let command = saldos(&["--bind", "127.0.0.1", "--port", "0"], &[]);
+    let command = saldos(
+        &["--bind", "127.0.0.1", "--port", "0", "--storage", "memory"],
+        &[],
+    );
     let program = command.get_program().to_owned();
     let mut pinned = Command::new("taskset");
     pinned
@@ -239,7 +253,7 @@ fn workers_and_shards_follow_usable_cpus() {
     for var in ENV_VARS {
         pinned.env_remove(var);
     }
-    let running = Running::spawn(pinned);
+    let running = Running::spawn(pinned, tempfile::tempdir().unwrap());
     let line = running.line_with("listening");
     assert!(
         line.contains(r#""workers":1"#) && line.contains(r#""shards":4"#),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use saldos::config::Cli;
 use saldos::server::{self, Drained, Settings};
+use saldos::storage::Storage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -19,6 +20,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server running in this process on 127.0.0.1 and an ephemeral port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub storage: Arc<Storage>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Drained>,
 }
@@ -33,15 +35,10 @@ pub async fn start_server_with(
     extra: &[&str],
     adjust: impl FnOnce(Settings) -> Settings,
 ) -> TestServer {
-    let mut argv = vec![
-        "saldos",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--storage",
-        "memory",
-    ];
+    let mut argv = vec!["saldos", "--bind", "127.0.0.1", "--port", "0"];
+    if !extra.contains(&"--storage") {
+        argv.extend_from_slice(&["--storage", "memory"]);
+    }
     argv.extend_from_slice(extra);
     let args = Cli::try_parse_from(argv)
         .expect("test arguments parse")
@@ -54,11 +51,12 @@ pub async fn start_server_with(
         args.shutdown_grace,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, storage, settings, async {
+    let task = tokio::spawn(server::run(listener, storage.clone(), settings, async {
         let _ = stopped.await;
     }));
     TestServer {
         addr,
+        storage,
         stop: Some(stop),
         task,
     }
