@@ -3,6 +3,7 @@
 
 mod api;
 mod concurrency;
+mod crash;
 mod errors;
 mod http;
 mod journal;
