@@ -290,17 +290,16 @@ fn describe_mismatch(found: &str, expected: &str) -> String {
 }
 
 fn restore_snapshot(path: &Path, ledger: &Ledger, keys: &Table) -> Result<(), Error> {
-    let loaded = snapshot::load(path)?;
-    for (usuario, saldo) in &loaded.balances {
-        ledger
-            .seed(usuario, *saldo)
-            .map_err(|error| ledger_error(path, error))?;
-    }
     let now_ms = clock::unix_ms();
-    for record in &loaded.keys {
-        restore_key(record, keys, now_ms);
-    }
-    Ok(())
+    snapshot::load(
+        path,
+        |usuario, saldo| {
+            ledger
+                .seed(usuario, saldo)
+                .map_err(|error| ledger_error(path, error))
+        },
+        |record| restore_key(record, keys, now_ms),
+    )
 }
 
 fn restore_key(record: &Record, keys: &Table, now_ms: u64) {

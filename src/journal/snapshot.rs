@@ -24,14 +24,6 @@ const MAGIC: &[u8; 8] = b"SALDOSNP";
 const VERSION: u8 = 1;
 const HEADER_BYTES: usize = MAGIC.len() + 1 + 8 + 8;
 
-/// The state a snapshot holds.
-pub struct Loaded {
-    /// Balances of every stored account.
-    pub balances: Vec<(Usuario, u64)>,
-    /// Live keys, as the records that settled them.
-    pub keys: Vec<Record>,
-}
-
 /// Serializes the current durable state; call only from the writer thread.
 pub fn image(ledger: &Ledger, keys: &Table, covers: u64, now_ms: u64) -> Vec<u8> {
     let mut image = Vec::with_capacity(HEADER_BYTES + ledger.accounts_stored() * 24);
@@ -75,8 +67,14 @@ pub fn persist(dir: &Path, covers: u64, image: &[u8]) -> std::io::Result<()> {
     recovery::sync_dir(dir)
 }
 
-/// Reads and checks a snapshot; any damage names the file and offset.
-pub fn load(path: &Path) -> Result<Loaded, Error> {
+/// Reads and checks a snapshot, then hands each balance and each live key's
+/// record to the callbacks (nothing is handed over unless the whole file's
+/// checksum holds); any damage names the file and offset.
+pub fn load(
+    path: &Path,
+    mut balance: impl FnMut(&Usuario, u64) -> Result<(), Error>,
+    mut key: impl FnMut(&Record),
+) -> Result<(), Error> {
     let bytes = fs::read(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
@@ -98,7 +96,6 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     }
     let mut at = HEADER_BYTES;
     let accounts = read_u64(body, HEADER_BYTES - 8);
-    let mut balances = Vec::with_capacity(accounts.min(body.len() as u64) as usize);
     for _ in 0..accounts {
         let len = usize::from(
             *body
@@ -118,7 +115,7 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
         if saldo > SALDO_MAX {
             return Err(corrupt(saldo_at, "balance out of range"));
         }
-        balances.push((name, saldo));
+        balance(&name, saldo)?;
         at = saldo_at + 8;
     }
     if body.len() < at + 8 {
@@ -126,17 +123,16 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     }
     let key_count = read_u64(body, at);
     at += 8;
-    let mut keys = Vec::new();
     for _ in 0..key_count {
         let (record, len) =
             Record::decode(&body[at..]).map_err(|_| corrupt(at, "invalid key record"))?;
-        keys.push(record);
+        key(&record);
         at += len;
     }
     if at != body.len() {
         return Err(corrupt(at, "trailing bytes in snapshot"));
     }
-    Ok(Loaded { balances, keys })
+    Ok(())
 }
 
 fn read_u64(bytes: &[u8], at: usize) -> u64 {

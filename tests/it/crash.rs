@@ -79,7 +79,9 @@ async fn load(address: SocketAddr, client: u64, cycle: u64, seen: Arc<Mutex<Seen
         let monto = 1 + rng.below(1_000);
         let path = if n % 2 == 0 { "/pago" } else { "/retiro" };
         let body = format!(r#"{{"usuario":"cuenta{account}","monto":{monto}}}"#);
-        let key = client.is_multiple_of(2).then(|| format!("c{cycle}-{client}-{n}"));
+        let key = client
+            .is_multiple_of(2)
+            .then(|| format!("c{cycle}-{client}-{n}"));
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(key) = &key {
             headers.push(("Idempotency-Key", key));
