@@ -90,22 +90,13 @@ async fn idempotency_keys_replay_conflict_and_validate() {
                 "{key:?}"
             );
         }
-        let bad = keyed(
-            &mut client,
-            "/pago",
-            "k-3",
-            r#"{"usuario":"usuario2","monto":0}"#,
-        )
-        .await;
-        assert_eq!(bad.status, 400);
-        let good = keyed(
-            &mut client,
-            "/pago",
-            "k-3",
-            r#"{"usuario":"usuario2","monto":1}"#,
-        )
-        .await;
-        assert_eq!(good.status, 200);
+        for (body, status) in [
+            (r#"{"usuario":"usuario2","monto":0}"#, 400),
+            (r#"{"usuario":"usuario2","monto":1}"#, 200),
+        ] {
+            let reply = keyed(&mut client, "/pago", "k-3", body).await;
+            assert_eq!(reply.status, status, "{body}");
+        }
         server.shutdown().await;
     }
 }
