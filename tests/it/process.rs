@@ -275,3 +275,45 @@ fn workers_and_shards_follow_usable_cpus() {
         "{line}"
     );
 }
+
+// One process owns a data directory: a second one exits non-zero naming the
+// holder's PID; a restart with another opening balance refuses, saying why.
+#[test]
+fn data_directory_has_one_owner_and_fixed_settings() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dir = data_dir.path().to_str().unwrap();
+    let mut first = Running::spawn(
+        saldos(
+            &["--bind", "127.0.0.1", "--port", "0", "--data-dir", dir],
+            &[],
+        ),
+        tempfile::tempdir().unwrap(),
+    );
+    first.line_with("listening");
+    let second = saldos(
+        &["--bind", "127.0.0.1", "--port", "0", "--data-dir", dir],
+        &[],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8(second.stdout).unwrap();
+    assert_eq!(second.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("in use by process {}", first.child.id())),
+        "{stdout}"
+    );
+    first.signal("TERM");
+    assert_eq!(first.exit_code_within(Duration::from_secs(10)), Some(0));
+    let other = saldos(
+        &["--port", "0", "--data-dir", dir, "--opening-balance", "5"],
+        &[],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8(other.stdout).unwrap();
+    assert_eq!(other.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("opening_balance 100000") && stdout.contains("opening_balance 5"),
+        "{stdout}"
+    );
+}
