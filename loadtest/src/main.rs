@@ -101,16 +101,12 @@ async fn main() -> Result<(), GooseError> {
     });
     let mut attack = GooseAttack::initialize()?;
     for (name, weight, transaction) in [
-        (
-            "saldo",
-            saldo,
-            transaction!(get_saldo).set_name("GET /saldo/{usuario}"),
-        ),
-        ("pago", pago, transaction!(post_pago).set_name("POST /pago")),
+        ("saldo", saldo, transaction!(get_saldo).set_name("saldo")),
+        ("pago", pago, transaction!(post_pago).set_name("pago")),
         (
             "retiro",
             retiro,
-            transaction!(post_retiro).set_name("POST /retiro"),
+            transaction!(post_retiro).set_name("retiro"),
         ),
     ] {
         if weight > 0 {
@@ -130,7 +126,7 @@ async fn get_saldo(user: &mut GooseUser) -> TransactionResult {
     let path = format!("/saldo/cuenta{account}");
     let request = GooseRequest::builder()
         .path(path.as_str())
-        .name("GET /saldo/{usuario}")
+        .name("/saldo/{usuario}")
         .build();
     let mut goose = user.request(request).await?;
     let expected_prefix = format!(r#"{{"usuario":"cuenta{account}","saldo":"#);
@@ -182,15 +178,10 @@ async fn post_debit(
         let run = RUN_ID.get().copied().unwrap_or(0);
         builder = builder.header("Idempotency-Key", format!("lt-{run:x}-{n}"));
     }
-    let name = if path == "/pago" {
-        "POST /pago"
-    } else {
-        "POST /retiro"
-    };
     let request = GooseRequest::builder()
         .method(GooseMethod::Post)
         .path(path)
-        .name(name)
+        .name(path)
         .set_request_builder(builder)
         .build();
     let mut goose = user.request(request).await?;
