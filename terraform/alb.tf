@@ -1,0 +1,163 @@
+# The public Application Load Balancer: HTTPS (TLS 1.3 policy) when a
+# certificate is given, with HTTP redirected to it; plain HTTP forwarding only
+# without one. Invalid header fields are dropped; access logs go to S3.
+
+resource "aws_lb" "main" {
+  #checkov:skip=CKV2_AWS_76:The attached web ACL (waf.tf) has AWSManagedRulesKnownBadInputsRuleSet, the Log4j rules; CKV_AWS_192 passes on the ACL itself.
+  #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set; without a certificate there is no HTTPS to redirect to.
+  name                       = "${var.name_prefix}-alb"
+  load_balancer_type         = "application"
+  internal                   = false
+  subnets                    = aws_subnet.public[*].id
+  security_groups            = [aws_security_group.alb.id]
+  drop_invalid_header_fields = true
+  idle_timeout               = var.alb_idle_timeout_s
+  enable_deletion_protection = true
+
+  access_logs {
+    bucket  = aws_s3_bucket.alb_logs.id
+    prefix  = "alb"
+    enabled = true
+  }
+
+  depends_on = [aws_s3_bucket_policy.alb_logs]
+}
+
+resource "aws_lb_target_group" "app" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the ALB; ALB-to-task traffic stays inside private subnets, allowed only between their security groups.
+  name                 = "${var.name_prefix}-tg"
+  target_type          = "ip"
+  protocol             = "HTTP"
+  port                 = local.container_port
+  vpc_id               = aws_vpc.main.id
+  deregistration_delay = 15
+
+  health_check {
+    path                = "/health"
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+}
+
+resource "aws_lb_listener" "https" {
+  count             = var.certificate_arn == "" ? 0 : 1
+  load_balancer_arn = aws_lb.main.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.certificate_arn
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.app.arn
+  }
+}
+
+resource "aws_lb_listener" "http" {
+  #checkov:skip=CKV_AWS_2:Plain HTTP is served only when no certificate_arn is given; with one, this listener redirects to HTTPS.
+  #checkov:skip=CKV_AWS_103:TLS policy applies to the HTTPS listener (TLS 1.3 policy); this one is HTTP by design, see CKV_AWS_2.
+  load_balancer_arn = aws_lb.main.arn
+  port              = 80
+  protocol          = "HTTP"
+
+  default_action {
+    type             = var.certificate_arn == "" ? "forward" : "redirect"
+    target_group_arn = var.certificate_arn == "" ? aws_lb_target_group.app.arn : null
+
+    dynamic "redirect" {
+      for_each = var.certificate_arn == "" ? [] : [1]
+      content {
+        port        = "443"
+        protocol    = "HTTPS"
+        status_code = "HTTP_301"
+      }
+    }
+  }
+}
+
+resource "aws_s3_bucket" "alb_logs" {
+  #checkov:skip=CKV_AWS_18:This bucket is the access-log destination itself; logging it would recurse.
+  #checkov:skip=CKV2_AWS_62:Access logs need no event notifications.
+  #checkov:skip=CKV_AWS_144:Access logs are diagnostic, not primary data; cross-region replication is not worth its cost.
+  #checkov:skip=CKV_AWS_145:ALB access-log delivery supports SSE-S3 only, not KMS.
+  bucket_prefix = "${var.name_prefix}-alb-logs-"
+  force_destroy = false
+}
+
+resource "aws_s3_bucket_public_access_block" "alb_logs" {
+  bucket                  = aws_s3_bucket.alb_logs.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_versioning" "alb_logs" {
+  bucket = aws_s3_bucket.alb_logs.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "alb_logs" {
+  bucket = aws_s3_bucket.alb_logs.id
+  rule {
+    apply_server_side_encryption_by_default {
+      # ALB access log delivery supports SSE-S3 only.
+      sse_algorithm = "AES256"
+    }
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "alb_logs" {
+  bucket = aws_s3_bucket.alb_logs.id
+  rule {
+    id     = "expire-access-logs"
+    status = "Enabled"
+    filter {}
+    expiration {
+      days = var.log_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 30
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+}
+
+data "aws_iam_policy_document" "alb_logs" {
+  statement {
+    sid       = "AllowAlbLogDelivery"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.alb_logs.arn}/alb/AWSLogs/${data.aws_caller_identity.current.account_id}/*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
+    }
+  }
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.alb_logs.arn, "${aws_s3_bucket.alb_logs.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "alb_logs" {
+  bucket = aws_s3_bucket.alb_logs.id
+  policy = data.aws_iam_policy_document.alb_logs.json
+}

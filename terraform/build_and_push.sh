@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the saldos image from this checkout, tags it with the commit SHA,
+# pushes it to the stack's ECR repository and prints the image URI.
+#
+# usage: terraform/build_and_push.sh [REGION]
+# needs: docker (or podman as docker), aws CLI v2 with credentials, git,
+#        terraform with this stack applied (for the repository URL).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo_root=$(cd "$here/.." && pwd)
+
+fail() { echo "build_and_push: $*" >&2; exit 1; }
+
+for tool in docker aws git terraform; do
+  command -v "$tool" >/dev/null 2>&1 || fail "'$tool' is not installed or not on PATH"
+done
+aws sts get-caller-identity >/dev/null 2>&1 \
+  || fail "no usable AWS credentials (run 'aws configure' or export AWS_PROFILE / AWS_ACCESS_KEY_ID)"
+
+region=${1:-${AWS_REGION:-$(aws configure get region || true)}}
+[[ -n "$region" ]] || fail "no region: pass it as the first argument or set AWS_REGION"
+
+repository_url=$(terraform -chdir="$here" output -raw ecr_repository_url 2>/dev/null) \
+  || fail "no ecr_repository_url output: run 'terraform apply' in $here first"
+registry=${repository_url%%/*}
+
+git -C "$repo_root" diff --quiet HEAD -- \
+  || fail "the checkout has uncommitted changes; commit them so the tag names what is built"
+tag=$(git -C "$repo_root" rev-parse --short=12 HEAD)
+image="${repository_url}:${tag}"
+
+aws ecr get-login-password --region "$region" \
+  | docker login --username AWS --password-stdin "$registry" >/dev/null
+docker build --pull --tag "$image" "$repo_root"
+docker push "$image"
+echo "$image"
+echo "deploy it with: terraform -chdir=$here apply -var image_tag=$tag" >&2
