@@ -165,14 +165,26 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
 }
 
 /// Forgets expired idempotency keys now and then, so the table's memory
-/// follows the live keys rather than the keys ever seen.
+/// follows the live keys rather than the keys ever seen, and reports new keys
+/// refused because the table was full of live ones.
 async fn sweep_expired_keys(storage: Arc<Storage>) {
     let mut interval = tokio::time::interval(KEY_SWEEP_INTERVAL);
+    let mut refused_reported = 0;
     loop {
         interval.tick().await;
-        let swept = storage.keys().sweep(clock::unix_ms());
+        let keys = storage.keys();
+        let swept = keys.sweep(clock::unix_ms());
         if swept > 0 {
             tracing::debug!(swept, "expired idempotency keys swept");
+        }
+        let refused_full = keys.refused_full();
+        if refused_full > refused_reported {
+            tracing::warn!(
+                refused_full,
+                keys = keys.keys_stored(),
+                "idempotency table full: new keys refused with 503; raise --idempotency-max-keys"
+            );
+            refused_reported = refused_full;
         }
     }
 }
