@@ -41,7 +41,7 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> u64 {
 
 /// True when `key` is 1 to 255 visible ASCII characters.
 pub fn is_valid_key(key: &[u8]) -> bool {
-    (1..=KEY_BYTES_MAX).contains(&key.len()) && key.iter().all(|b| (0x21..=0x7e).contains(b))
+    crate::header::is_visible_ascii(key, KEY_BYTES_MAX)
 }
 
 /// A settled keyed request: enough to render its answer again, byte for byte.

@@ -11,11 +11,12 @@
 //! - [`ledger`]: sharded in-memory balances and check-and-debit; no I/O.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
-//! - [`request_id`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
+//! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
 
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod header;
 pub mod healthcheck;
 pub mod idempotency;
 pub mod journal;

@@ -13,6 +13,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Size of one per-thread rendering slab.
 const SLAB_BYTES: usize = 64 * 1024;
 
+/// Lowercase hexadecimal digits, by value.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// The most one rendering may write; a longer one gets its own allocation.
 const RENDER_BYTES_MAX: usize = 512;
 
@@ -74,16 +77,16 @@ impl Writer<'_> {
 
     /// Appends an integer as 16 lowercase hexadecimal digits.
     pub fn hex_u64(&mut self, value: u64) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         for shift in (0..16).rev() {
-            self.0.put_u8(DIGITS[(value >> (shift * 4)) as usize & 0xf]);
+            self.0
+                .put_u8(HEX_DIGITS[(value >> (shift * 4)) as usize & 0xf]);
         }
     }
 
     fn control(&mut self, byte: u8) {
         self.raw("\\u00");
-        self.0.put_u8(b"0123456789abcdef"[usize::from(byte >> 4)]);
-        self.0.put_u8(b"0123456789abcdef"[usize::from(byte & 0xf)]);
+        self.0.put_u8(HEX_DIGITS[usize::from(byte >> 4)]);
+        self.0.put_u8(HEX_DIGITS[usize::from(byte & 0xf)]);
     }
 }
 

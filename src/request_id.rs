@@ -9,6 +9,7 @@ use std::cell::Cell;
 
 use http::HeaderValue;
 
+use crate::header::is_visible_ascii;
 use crate::render::render;
 
 /// The header's name.
@@ -25,13 +26,9 @@ thread_local! {
 /// fresh one.
 pub fn for_request(sent: Option<&HeaderValue>) -> HeaderValue {
     match sent {
-        Some(value) if is_valid(value.as_bytes()) => value.clone(),
+        Some(value) if is_visible_ascii(value.as_bytes(), REQUEST_ID_BYTES_MAX) => value.clone(),
         _ => fresh(),
     }
-}
-
-fn is_valid(id: &[u8]) -> bool {
-    (1..=REQUEST_ID_BYTES_MAX).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 fn fresh() -> HeaderValue {
