@@ -115,24 +115,19 @@ impl Table {
     /// Looks `key` up and, when it is new, marks it in flight.
     pub fn begin(&self, key: &str, fingerprint: u64, now_ms: u64) -> Begin {
         let mut shard = self.shard(key);
-        if let Some(entry) = shard.get(key) {
-            match entry {
-                Entry::InFlight { fingerprint: seen } if *seen != fingerprint => {
-                    return Begin::Conflict;
-                }
-                Entry::InFlight { .. } => return Begin::InFlight,
-                Entry::Done(done) if !self.is_expired(done, now_ms) => {
-                    return if done.fingerprint == fingerprint {
-                        Begin::Replay(*done)
-                    } else {
-                        Begin::Conflict
-                    };
-                }
-                Entry::Done(_) => {
-                    shard.insert(key.into(), Entry::InFlight { fingerprint });
-                    return Begin::Started;
-                }
+        if let Some(entry) = shard.get_mut(key) {
+            let begin = match entry {
+                Entry::InFlight { fingerprint: seen } if *seen != fingerprint => Begin::Conflict,
+                Entry::InFlight { .. } => Begin::InFlight,
+                Entry::Done(done) if self.is_expired(done, now_ms) => Begin::Started,
+                Entry::Done(done) if done.fingerprint == fingerprint => Begin::Replay(*done),
+                Entry::Done(_) => Begin::Conflict,
+            };
+            // An expired key is reused in place: no new allocation, no new room.
+            if begin == Begin::Started {
+                *entry = Entry::InFlight { fingerprint };
             }
+            return begin;
         }
         if !self.take_room(&mut shard, now_ms) {
             self.refused_full.fetch_add(1, Ordering::Relaxed);

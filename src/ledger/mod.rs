@@ -264,13 +264,16 @@ impl Ledger {
                     self.accounts_stored.fetch_sub(1, Ordering::Relaxed);
                     return Err(Error::LedgerFull);
                 }
+                // The name is copied to the heap only once the account is kept:
+                // refused debits of unknown accounts allocate nothing.
                 let mut account = Account {
-                    usuario: name.into(),
+                    usuario: Box::default(),
                     saldo: self.opening_saldo,
                     pendiente: 0,
                 };
                 match change(&mut account) {
                     Ok(result) => {
+                        account.usuario = name.into();
                         entry.insert(account);
                         Ok(result)
                     }
