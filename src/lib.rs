@@ -83,13 +83,11 @@ pub fn open_storage(args: &ServeArgs) -> Result<Storage, StartError> {
         args.idempotency_ttl,
         usize::try_from(args.idempotency_max_keys).unwrap_or(usize::MAX),
     ));
+    for (usuario, saldo) in &args.seed.0 {
+        ledger.seed(usuario, *saldo).map_err(StartError::Seed)?;
+    }
     match args.storage {
-        StorageKind::Memory => {
-            for (usuario, saldo) in &args.seed.0 {
-                ledger.seed(usuario, *saldo).map_err(StartError::Seed)?;
-            }
-            Ok(Storage::memory(ledger, keys))
-        }
+        StorageKind::Memory => Ok(Storage::memory(ledger, keys)),
         StorageKind::Journal => {
             let options = journal::Options {
                 dir: &args.data_dir,

@@ -69,7 +69,7 @@ pub struct Options<'a> {
     pub dir: &'a Path,
     /// Opening balance of implicit accounts.
     pub opening_saldo: u64,
-    /// Seeded accounts.
+    /// Seeded accounts, as the ledger was seeded with them.
     pub seed: &'a [(Usuario, u64)],
     /// A segment this large is closed and snapshotted.
     pub segment_bytes_max: u64,
@@ -90,7 +90,9 @@ pub struct Recovered {
 }
 
 /// Opens (or creates) the data directory, restores the ledger and the
-/// idempotency table, and starts the writer.
+/// idempotency table, and starts the writer. The ledger arrives seeded with
+/// `options.seed` (which the metadata check proves is the directory's own);
+/// the snapshot and the journal are applied over it.
 pub fn open(
     options: &Options<'_>,
     ledger: Arc<Ledger>,
@@ -102,11 +104,6 @@ pub fn open(
     let lock = lock(dir)?;
     let files = list(dir).map_err(io_error(dir))?;
     check_meta(options, !files.is_empty())?;
-    for (usuario, saldo) in options.seed {
-        ledger
-            .seed(usuario, *saldo)
-            .map_err(|error| ledger_error(dir, error))?;
-    }
     let snapshot_index = files
         .iter()
         .filter(|(kind, _)| *kind == FileKind::Snapshot)
