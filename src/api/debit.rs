@@ -17,14 +17,6 @@ use crate::usuario::Usuario;
 /// The header marking a replayed answer.
 const REPLAYED: &str = "idempotent-replayed";
 
-/// The path of each kind, as fingerprinted.
-fn path(kind: DebitKind) -> &'static str {
-    match kind {
-        DebitKind::Pago => "/pago",
-        DebitKind::Retiro => "/retiro",
-    }
-}
-
 /// The response field holding the amount debited.
 fn monto_field(kind: DebitKind) -> &'static str {
     match kind {
@@ -39,17 +31,19 @@ pub async fn post_debit(
     kind: DebitKind,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    if !is_json(request.headers()) {
+    let (head, incoming) = request.into_parts();
+    if !is_json(&head.headers) {
         return Err(ApiError::TipoContenido);
     }
-    let key = idempotency_key(request.headers())?;
-    let bytes = body::read(request.into_body()).await?;
+    let key = idempotency_key(&head.headers)?;
+    let bytes = body::read(incoming).await?;
     let debit = body::parse_debit(&bytes)?;
     let keyed = match &key {
         None => None,
         Some(key) => {
             let key = key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?;
-            let fingerprint = idempotency::fingerprint("POST", path(kind), &bytes);
+            let fingerprint =
+                idempotency::fingerprint(head.method.as_str(), head.uri.path(), &bytes);
             match storage.keys().begin(key, fingerprint, clock::unix_ms()) {
                 Begin::Started => Some(Keyed {
                     key,
