@@ -45,14 +45,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (the default).
     Serve(ServeArgs),
-    /// Exit 0 when GET /health answers 200 within 2 s, else 1.
+    /// Exit 0 when GET /health/live answers 200 within 2 s, else 1.
     Healthcheck(HealthcheckArgs),
 }
 
 /// `saldos healthcheck` options.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// URL to probe [default: http://127.0.0.1:$PORT/health]
+    /// URL to probe [default: http://127.0.0.1:$PORT/health/live]
     #[arg(long)]
     pub url: Option<String>,
     /// The service's port, for the default URL.

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Command::Healthcheck(args) => {
             let url = args
                 .url
-                .unwrap_or_else(|| format!("http://127.0.0.1:{}/health", args.port));
+                .unwrap_or_else(|| format!("http://127.0.0.1:{}/health/live", args.port));
             match saldos::healthcheck::probe(&url) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

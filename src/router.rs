@@ -17,7 +17,10 @@ const ALLOW_POST: &str = "POST";
 /// A known path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
+    /// `/health`: readiness.
     Health,
+    /// `/health/live`: liveness.
+    Live,
     /// `/saldo/{usuario}`, with the raw (percent-encoded) segment.
     Saldo(&'a str),
     Debit(DebitKind),
@@ -28,6 +31,7 @@ impl<'a> Route<'a> {
     fn resolve(path: &'a str) -> Option<Self> {
         match path {
             "/health" => Some(Self::Health),
+            "/health/live" => Some(Self::Live),
             "/pago" => Some(Self::Debit(DebitKind::Pago)),
             "/retiro" => Some(Self::Debit(DebitKind::Retiro)),
             _ => {
@@ -40,7 +44,7 @@ impl<'a> Route<'a> {
 
     fn allow(self) -> &'static str {
         match self {
-            Self::Health | Self::Saldo(_) => ALLOW_GET,
+            Self::Health | Self::Live | Self::Saldo(_) => ALLOW_GET,
             Self::Debit(_) => ALLOW_POST,
         }
     }
@@ -66,6 +70,7 @@ async fn route(storage: &Storage, request: Request<Incoming>) -> Result<Response
     let is_post = *request.method() == Method::POST;
     match route {
         Route::Health if is_get => api::get_health(storage),
+        Route::Live if is_get => api::get_live(storage),
         Route::Saldo(segment) if is_get => api::get_saldo(storage, segment),
         Route::Debit(kind) if is_post => api::post_debit(storage, kind, request).await,
         _ => Err(ApiError::MetodoNoPermitido {
@@ -91,7 +96,9 @@ mod tests {
             ("/saldo/", None),
             ("/saldo/a/b", None),
             ("/saldo//", None),
+            ("/health/live", Some(Route::Live)),
             ("/health/", None),
+            ("/health/live/", None),
             ("/pago/", None),
             ("/Health", None),
             ("*", None),

@@ -84,8 +84,14 @@ impl Storage {
         self.journal.as_ref()
     }
 
-    /// False once durable storage failed: debits are refused until restart.
-    pub fn is_healthy(&self) -> bool {
+    /// Readiness: debits can be applied now.
+    pub fn is_ready(&self) -> bool {
+        self.is_live()
+    }
+
+    /// Liveness: false once the journal failed or its writer died, which only
+    /// a restart (recovery from what is really on disk) can mend.
+    pub fn is_live(&self) -> bool {
         self.journal
             .as_ref()
             .is_none_or(|journal| !journal.has_failed())

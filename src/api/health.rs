@@ -1,4 +1,5 @@
-//! `GET /health`: the load balancer's and the container's liveness probe.
+//! The health probes (SPEC section 3): `GET /health`, readiness, for the load
+//! balancer; `GET /health/live`, liveness, for the container's health check.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -6,10 +7,20 @@ use http::{Response, StatusCode};
 use super::{ApiError, Body, json_response};
 use crate::storage::Storage;
 
-/// 200 `{"status":"ok"}` while the service can serve; 503 `NO_DISPONIBLE`
-/// once durable storage failed, so the orchestrator replaces the task.
+/// Readiness: 200 `{"status":"ok"}` while debits can be applied; 503
+/// `NO_DISPONIBLE` while they cannot, so the load balancer sends no traffic.
 pub fn get_health(storage: &Storage) -> Result<Response<Body>, ApiError> {
-    if !storage.is_healthy() {
+    status_ok(storage.is_ready())
+}
+
+/// Liveness: 200 `{"status":"ok"}` unless the process itself must be
+/// replaced (a failed journal, a dead writer thread); 503 `NO_DISPONIBLE` then.
+pub fn get_live(storage: &Storage) -> Result<Response<Body>, ApiError> {
+    status_ok(storage.is_live())
+}
+
+fn status_ok(ok: bool) -> Result<Response<Body>, ApiError> {
+    if !ok {
         return Err(ApiError::NoDisponible);
     }
     Ok(json_response(

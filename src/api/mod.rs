@@ -17,7 +17,7 @@ use http_body_util::Full;
 pub use body::{BODY_BYTES_MAX, DebitRequest, MONTO_MAX, parse_debit};
 pub use debit::post_debit;
 pub use error::ApiError;
-pub use health::get_health;
+pub use health::{get_health, get_live};
 pub use saldo::get_saldo;
 
 /// Every response body is one contiguous buffer.

@@ -3,12 +3,15 @@
 use crate::util::start_server;
 
 #[tokio::test]
-async fn health_answers_ok() {
+async fn health_probes_answer_ok() {
     let server = start_server(&[]).await;
-    let reply = server.client().await.get("/health").await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.text(), r#"{"status":"ok"}"#);
-    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let mut client = server.client().await;
+    for path in ["/health", "/health/live"] {
+        let reply = client.get(path).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.text(), r#"{"status":"ok"}"#, "{path}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+    }
 }
 
 // Seeded accounts have their seed, every other account the opening balance.

@@ -72,6 +72,8 @@ const CASES: &[Case] = &[
     case("POST", "/saldo/usuario1", &[JSON], Some("{}"), METHOD),
     case("DELETE", "/saldo/%ZZ", &[], None, METHOD),
     case("PUT", "/health", &[], None, METHOD),
+    case("POST", "/health/live", &[JSON], Some("{}"), METHOD),
+    case("GET", "/health/live/", &[], None, NOT_FOUND),
     case("GET", "/pago", &[], None, METHOD),
     case("HEAD", "/retiro", &[], None, METHOD),
     case("OPTIONS", "/retiro", &[], None, METHOD),
@@ -239,7 +241,7 @@ async fn every_row_of_the_error_table() {
         }
         let allow = reply.header("allow");
         match case.status {
-            405 if case.path.starts_with("/saldo") || case.path == "/health" => {
+            405 if case.path.starts_with("/saldo") || case.path.starts_with("/health") => {
                 assert_eq!(allow, Some("GET, HEAD"), "{what}")
             }
             405 => assert_eq!(allow, Some("POST"), "{what}"),

@@ -223,8 +223,10 @@ async fn failed_writes_and_syncs_acknowledge_nothing() {
             "{fault}"
         );
         client.assert_saldo("usuario2", 14_000).await;
-        let health = client.get("/health").await;
-        assert_eq!((health.status, health.text()), (503, unavailable.as_str()));
+        for probe in ["/health", "/health/live"] {
+            let health = client.get(probe).await;
+            assert_eq!((health.status, health.text()), (503, unavailable.as_str()));
+        }
         for path in ["/pago", "/retiro"] {
             assert_eq!(client.post(path, body).await.status, 503, "{fault} {path}");
         }
