@@ -22,6 +22,11 @@ use crate::usuario::Usuario;
 /// The longest key, in bytes (SPEC section 1).
 pub const KEY_BYTES_MAX: usize = 255;
 
+/// The longest a request keeps a key in flight, in ms (body timeout, queue
+/// wait and sync, with a wide margin): bounds how early before a sweep the
+/// time of a key that settles after it can be.
+const IN_FLIGHT_MS_MAX: u64 = 60_000;
+
 /// The header carrying the key.
 pub const HEADER: &str = "idempotency-key";
 
@@ -94,6 +99,9 @@ pub struct Table {
     keys_stored: AtomicUsize,
     /// New keys refused because the table was full.
     refused_full: AtomicU64,
+    /// No settled key expires before this time (ms): sweeping sooner frees
+    /// nothing.
+    next_sweep_ms: AtomicU64,
 }
 
 impl Table {
@@ -109,6 +117,7 @@ impl Table {
             keys_max,
             keys_stored: AtomicUsize::new(0),
             refused_full: AtomicU64::new(0),
+            next_sweep_ms: AtomicU64::new(0),
         }
     }
 
@@ -116,25 +125,40 @@ impl Table {
     pub fn begin(&self, key: &str, fingerprint: u64, now_ms: u64) -> Begin {
         let mut shard = self.shard(key);
         if let Some(entry) = shard.get_mut(key) {
-            let begin = match entry {
-                Entry::InFlight { fingerprint: seen } if *seen != fingerprint => Begin::Conflict,
-                Entry::InFlight { .. } => Begin::InFlight,
-                Entry::Done(done) if self.is_expired(done, now_ms) => Begin::Started,
-                Entry::Done(done) if done.fingerprint == fingerprint => Begin::Replay(*done),
-                Entry::Done(_) => Begin::Conflict,
-            };
-            // An expired key is reused in place: no new allocation, no new room.
-            if begin == Begin::Started {
-                *entry = Entry::InFlight { fingerprint };
-            }
-            return begin;
+            return self.begin_seen(entry, fingerprint, now_ms);
         }
-        if !self.take_room(&mut shard, now_ms) {
+        if self.keys_stored.load(Ordering::Relaxed) >= self.keys_max && self.is_sweep_due(now_ms) {
+            // Full: expired keys of every shard make room, not only this
+            // one's. No shard lock is held while sweeping the others.
+            drop(shard);
+            self.sweep(now_ms);
+            shard = self.shard(key);
+            if let Some(entry) = shard.get_mut(key) {
+                return self.begin_seen(entry, fingerprint, now_ms);
+            }
+        }
+        if self.keys_stored.fetch_add(1, Ordering::Relaxed) >= self.keys_max {
+            self.keys_stored.fetch_sub(1, Ordering::Relaxed);
             self.refused_full.fetch_add(1, Ordering::Relaxed);
             return Begin::Full;
         }
         shard.insert(key.into(), Entry::InFlight { fingerprint });
         Begin::Started
+    }
+
+    fn begin_seen(&self, entry: &mut Entry, fingerprint: u64, now_ms: u64) -> Begin {
+        let begin = match entry {
+            Entry::InFlight { fingerprint: seen } if *seen != fingerprint => Begin::Conflict,
+            Entry::InFlight { .. } => Begin::InFlight,
+            Entry::Done(done) if self.is_expired(done, now_ms) => Begin::Started,
+            Entry::Done(done) if done.fingerprint == fingerprint => Begin::Replay(*done),
+            Entry::Done(_) => Begin::Conflict,
+        };
+        // An expired key is reused in place: no new allocation, no new room.
+        if begin == Begin::Started {
+            *entry = Entry::InFlight { fingerprint };
+        }
+        begin
     }
 
     /// Records the settled outcome of a key (in flight, or being restored).
@@ -159,28 +183,61 @@ impl Table {
         }
     }
 
-    /// Removes every expired key; returns how many went.
+    /// Removes every expired key; returns how many went. Notes when the next
+    /// key can expire, so a full table does not sweep again before then.
     pub fn sweep(&self, now_ms: u64) -> usize {
-        self.shards
+        let mut next_expiry_ms = now_ms.saturating_add(self.ttl_ms);
+        let removed = self
+            .shards
             .iter()
             .map(|shard| {
                 let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-                self.sweep_shard(&mut shard, now_ms)
+                let before = shard.len();
+                shard.retain(|_, entry| match entry {
+                    Entry::Done(done) if self.is_expired(done, now_ms) => false,
+                    Entry::Done(done) => {
+                        next_expiry_ms = next_expiry_ms.min(self.expiry_ms(done));
+                        true
+                    }
+                    Entry::InFlight { .. } => true,
+                });
+                before - shard.len()
             })
-            .sum()
+            .sum();
+        self.keys_stored.fetch_sub(removed, Ordering::Relaxed);
+        // A key in flight now settles with a time a little before now: sweep
+        // again no later than its expiry could be.
+        let in_flight_expiry_ms = now_ms
+            .saturating_add(self.ttl_ms)
+            .saturating_sub(IN_FLIGHT_MS_MAX);
+        self.next_sweep_ms
+            .store(next_expiry_ms.min(in_flight_expiry_ms), Ordering::Relaxed);
+        removed
     }
 
-    /// Every settled, unexpired key, for a snapshot.
-    pub fn remembered(&self, now_ms: u64) -> Vec<(Box<str>, Remembered)> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            all.extend(shard.iter().filter_map(|(key, entry)| match entry {
-                Entry::Done(done) if !self.is_expired(done, now_ms) => Some((key.clone(), *done)),
-                _ => None,
-            }));
+    /// Number of shards, for [`Table::for_each_remembered_in_shard`].
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `visit` with every settled, unexpired key of shard `index`, under
+    /// its lock (for a snapshot, one shard at a time).
+    pub fn for_each_remembered_in_shard(
+        &self,
+        index: usize,
+        now_ms: u64,
+        mut visit: impl FnMut(&str, &Remembered),
+    ) {
+        let shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, entry) in shard.iter() {
+            if let Entry::Done(done) = entry
+                && !self.is_expired(done, now_ms)
+            {
+                visit(key, done);
+            }
         }
-        all
     }
 
     /// Keys stored now (in flight or settled).
@@ -195,7 +252,16 @@ impl Table {
 
     /// Whether `remembered` is past its TTL at `now_ms`.
     pub fn is_expired(&self, remembered: &Remembered, now_ms: u64) -> bool {
-        remembered.time_ms.saturating_add(self.ttl_ms) <= now_ms
+        self.expiry_ms(remembered) <= now_ms
+    }
+
+    fn expiry_ms(&self, remembered: &Remembered) -> u64 {
+        remembered.time_ms.saturating_add(self.ttl_ms)
+    }
+
+    /// True when a sweep could free a key now.
+    fn is_sweep_due(&self, now_ms: u64) -> bool {
+        self.next_sweep_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
@@ -203,29 +269,6 @@ impl Table {
         self.shards[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Counts one more key if there is room, sweeping this shard's expired
-    /// keys first when the table is full.
-    fn take_room(&self, shard: &mut Shard, now_ms: u64) -> bool {
-        if self.keys_stored.load(Ordering::Relaxed) >= self.keys_max {
-            self.sweep_shard(shard, now_ms);
-        }
-        if self.keys_stored.fetch_add(1, Ordering::Relaxed) >= self.keys_max {
-            self.keys_stored.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn sweep_shard(&self, shard: &mut Shard, now_ms: u64) -> usize {
-        let before = shard.len();
-        shard.retain(
-            |_, entry| !matches!(entry, Entry::Done(done) if self.is_expired(done, now_ms)),
-        );
-        let removed = before - shard.len();
-        self.keys_stored.fetch_sub(removed, Ordering::Relaxed);
-        removed
     }
 }
 
@@ -313,8 +356,28 @@ mod tests {
         assert_eq!(table.refused_full(), 1);
         assert_eq!(table.begin("c", 1, 10_000), Begin::Started);
         assert_eq!(table.keys_stored(), 1);
-        assert_eq!(table.remembered(10_000).len(), 0);
         assert_eq!(table.sweep(10_000), 0);
+    }
+
+    // A full table makes room from expired keys of every shard, not only the
+    // new key's own.
+    #[test]
+    fn a_full_table_sweeps_every_shard() {
+        let table = Table::new(64, Duration::from_secs(10), 8);
+        for n in 0..8 {
+            let key = format!("old-{n}");
+            assert_eq!(table.begin(&key, 1, 0), Begin::Started);
+            table.finish(&key, remembered(1, 0));
+        }
+        for n in 0..8 {
+            assert_eq!(
+                table.begin(&format!("new-{n}"), 1, 10_000),
+                Begin::Started,
+                "{n}"
+            );
+        }
+        assert_eq!(table.keys_stored(), 8);
+        assert_eq!(table.begin("one-more", 1, 10_000), Begin::Full);
     }
 
     #[test]

@@ -10,11 +10,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
 use crate::clock;
 use crate::idempotency::{InFlightGuard, Remembered, Table};
-use crate::journal::{Journal, Key, Pending, Record, Unavailable};
+use crate::journal::{Journal, Key, Queued, Record, Unavailable};
 use crate::ledger::{self, DebitKind, Ledger, Outcome};
 use crate::usuario::Usuario;
 
@@ -137,7 +135,6 @@ impl Storage {
         order: Order<'_>,
     ) -> Result<Outcome, Unavailable> {
         let slot = journal.slot().await?;
-        let (reply, answer) = oneshot::channel();
         let key = order.key.as_ref().map(|keyed| Key {
             key: keyed.key.into(),
             fingerprint: keyed.fingerprint,
@@ -150,45 +147,50 @@ impl Storage {
             time_ms: clock::unix_ms(),
             key,
         };
-        // Moved into the queue by whichever path submits.
-        let mut parts = Some((reply, slot, key));
-        let reserved = self.ledger.reserve(&order.usuario, order.monto, |debit| {
-            let (reply, slot, key) = parts.take().ok_or(Unavailable)?;
-            let outcome = Outcome::Debited {
-                nuevo_saldo: debit.nuevo_saldo,
-            };
-            let pending = Pending {
-                record: Some(record(outcome, key)),
-                reply,
-                slot,
-            };
-            journal.submit(pending).map(|()| outcome)
-        });
-        let outcome = match reserved {
-            Ok((_, Ok(outcome))) => outcome,
-            Ok((_, Err(Unavailable))) => {
-                self.ledger.settle(&order.usuario, order.monto, false);
+        // Moved into the queue by whichever path pushes.
+        let mut parts = Some((slot, key));
+        let reserved = self
+            .ledger
+            .reserve(&order.usuario, order.monto, |debit, account| {
+                let (slot, key) = parts.take().ok_or(Unavailable)?;
+                let outcome = Outcome::Debited {
+                    nuevo_saldo: debit.nuevo_saldo,
+                };
+                let entry = Queued {
+                    record: Some(record(outcome, key)),
+                    account: Some(account),
+                };
+                Ok((
+                    account,
+                    journal.push(slot, entry).map(|ticket| (outcome, ticket)),
+                ))
+            });
+        let (outcome, ticket) = match reserved {
+            Ok((_, Ok((_, Ok(queued))))) => queued,
+            Ok((_, Ok((account, Err(Unavailable))))) => {
+                // Not queued: the reservation is released at once.
+                self.ledger
+                    .settle(account, &order.usuario, order.monto, None);
                 return Err(Unavailable);
             }
+            Ok((_, Err(Unavailable))) => return Err(Unavailable),
             Err(ledger::Error::SaldoInsuficiente {
                 saldo_disponible,
                 pendiente,
             }) => {
                 let outcome = Outcome::Refused { saldo_disponible };
-                let (reply, slot, key) = parts.take().ok_or(Unavailable)?;
+                let (slot, key) = parts.take().ok_or(Unavailable)?;
                 if key.is_none() && pendiente == 0 {
                     // Nothing to remember and the balance shown is durable.
                     return Ok(outcome);
                 }
                 // A keyed refusal is remembered durably; a keyless one made
                 // while debits are pending waits for them (a barrier).
-                let record = key.is_some().then(|| record(outcome, key));
-                journal.submit(Pending {
-                    record,
-                    reply,
-                    slot,
-                })?;
-                outcome
+                let entry = Queued {
+                    record: key.is_some().then(|| record(outcome, key)),
+                    account: None,
+                };
+                (outcome, journal.push(slot, entry)?)
             }
             Err(ledger::Error::LedgerFull) => return Err(Unavailable),
         };
@@ -196,7 +198,7 @@ impl Storage {
             // Queued: from here the writer settles or abandons the key.
             keyed.guard.disarm();
         }
-        answer.await.map_err(|_| Unavailable)??;
+        journal.wait(ticket).await?;
         Ok(outcome)
     }
 }

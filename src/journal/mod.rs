@@ -1,36 +1,49 @@
 //! The write-ahead journal: every settled debit request is one checksummed
-//! record in a segment file of the data directory, on stable storage before
-//! its answer is sent.
+//! record in a batch of a segment file of the data directory, on stable
+//! storage before its answer is sent.
 //!
-//! - `record`: the byte format, apart from files.
+//! - `record`: a record's byte format, apart from files.
+//! - `batch`: the frame around each group commit's records.
+//! - `medium`: the file operations, real ([`Os`]) or simulated ([`PowerCut`]).
+//! - `data_dir`: the directory: lock, metadata, numbered files, and every
+//!   durable creation, rename and removal.
+//! - `queue`: requests hand entries to the writer and wait for their batch.
 //! - `writer`: the one thread that appends: group commit (many records, one
 //!   write, one `fdatasync`), then settles the ledger and the idempotency table.
-//! - `snapshot`: all balances and remembered keys at a segment boundary, so
-//!   restarts replay only what came after.
-//! - `recovery`: the data directory (lock, metadata, files), snapshot load and
-//!   replay at start.
+//! - `snapshot`: balances and remembered keys as of a segment boundary,
+//!   written while commits go on, so restarts replay only what came after.
+//! - `recovery`: snapshot load and replay at start, the torn-batch rule.
 //!
 //! Invariant: the ledger's durable balances (`saldo`) and the idempotency
 //! table's settled keys change only on the writer thread, after the record
 //! that justifies the change is synced, in journal order.
 
+mod batch;
+mod data_dir;
+pub mod medium;
+mod queue;
 mod record;
 mod recovery;
 mod snapshot;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-
+pub use data_dir::FileKind;
+pub use medium::{Medium, Os, PowerCut};
+pub use queue::{ENTRIES_MAX, Queued, Slot, Ticket};
 pub use record::{DecodeError, Key, Record};
-pub use recovery::{Options, Recovered, open};
 
-/// Records queued for the writer at most; more requests wait for a slot.
-pub const QUEUE_RECORDS_MAX: usize = 16 * 1024;
+use crate::idempotency::Table;
+use crate::ledger::Ledger;
+use crate::usuario::Usuario;
+use data_dir::{DataDir, Fixed};
+use queue::Queue;
+use writer::{DeathWatch, Shared, Writer};
 
 /// Why the journal cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +72,16 @@ pub enum Error {
         /// Which setting differs, and how.
         reason: String,
     },
-    /// Damage that is not a torn tail: the start stops rather than lose data.
+    /// The data directory holds more than a setting allows.
+    #[error("{path}: {reason}")]
+    Exceeds {
+        /// The file being loaded.
+        path: PathBuf,
+        /// Which setting, and what to do.
+        reason: String,
+    },
+    /// Damage that is not a torn final batch: the start stops rather than
+    /// lose data.
     #[error("{path} at offset {offset}: {reason}")]
     Corrupt {
         /// The damaged file.
@@ -76,14 +98,16 @@ pub enum Error {
 #[error("the journal cannot make records durable")]
 pub struct Unavailable;
 
-/// Failures the journal's medium can be told to have, to prove the failure
-/// path (fault injection through the storage seam, used by tests and drills).
+/// Failures the journal can be told to have, to prove the failure paths
+/// (fault injection through the storage seam, used by tests and drills).
 #[derive(Debug, Default)]
 pub struct Faults {
     /// The next batch's write fails.
     pub fail_write: AtomicBool,
     /// The next batch's `fdatasync` fails.
     pub fail_sync: AtomicBool,
+    /// The writer thread panics at its next batch.
+    pub panic_writer: AtomicBool,
 }
 
 /// Counters of the writer's work.
@@ -97,22 +121,95 @@ pub struct Stats {
     pub snapshots: AtomicU64,
 }
 
-/// A record waiting for the writer, or a barrier (`record: None`) that is
-/// answered once everything queued before it is durable.
-pub struct Pending {
-    /// What to append.
-    pub record: Option<Record>,
-    /// Answered after the batch holding the record is synced and settled.
-    pub reply: oneshot::Sender<Result<(), Unavailable>>,
-    /// The queue slot this record holds; freed when the writer is done with it.
-    pub slot: OwnedSemaphorePermit,
+/// What the data directory must hold, from the configuration.
+pub struct Options<'a> {
+    /// The data directory.
+    pub dir: &'a Path,
+    /// Opening balance of implicit accounts.
+    pub opening_saldo: u64,
+    /// Seeded accounts, as the ledger was seeded with them.
+    pub seed: &'a [(Usuario, u64)],
+    /// A segment this large is closed and snapshotted.
+    pub segment_bytes_max: u64,
 }
 
-/// The running journal: hands records to the writer thread.
+/// A journal ready to take records, and what recovery did.
+pub struct Opened {
+    /// The running journal.
+    pub journal: Journal,
+    /// Records replayed from segments.
+    pub records_replayed: u64,
+    /// The snapshot loaded, by index, if any.
+    pub snapshot: Option<u64>,
+    /// Bytes of a torn final batch dropped from the last segment.
+    pub torn_bytes: u64,
+    /// How long recovery took.
+    pub elapsed: Duration,
+}
+
+/// Opens (or creates) the data directory on the real file system; see
+/// [`open_on`].
+pub fn open(options: &Options<'_>, ledger: Arc<Ledger>, keys: Arc<Table>) -> Result<Opened, Error> {
+    open_on(Arc::new(Os::new(options.dir)), options, ledger, keys)
+}
+
+/// Opens (or creates) the data directory on `medium`, restores the ledger
+/// and the idempotency table, and starts the writer. The ledger arrives
+/// seeded with `options.seed` (which the metadata check proves is the
+/// directory's own); the snapshot and the journal are applied over it.
+pub fn open_on(
+    medium: Arc<dyn Medium>,
+    options: &Options<'_>,
+    ledger: Arc<Ledger>,
+    keys: Arc<Table>,
+) -> Result<Opened, Error> {
+    let started = Instant::now();
+    let dir = Arc::new(DataDir::open(medium, options.dir)?);
+    let fixed = Fixed {
+        opening_saldo: options.opening_saldo,
+        seed: options.seed,
+    };
+    let recovered = recovery::recover(&dir, fixed, &ledger, &keys)?;
+    let queue = Arc::new(Queue::new());
+    let faults = Arc::new(Faults::default());
+    let stats = Arc::new(Stats::default());
+    let shared = Shared {
+        dir,
+        ledger,
+        keys,
+        queue: queue.clone(),
+        faults: faults.clone(),
+        stats: stats.clone(),
+    };
+    let writer = Writer::new(shared, recovered.tail, options.segment_bytes_max);
+    let thread_queue = queue.clone();
+    let thread = std::thread::Builder::new()
+        .name("saldos-journal".into())
+        .spawn(move || {
+            let _death = DeathWatch(&thread_queue);
+            writer.run();
+        })
+        .map_err(|source| Error::Io {
+            path: options.dir.to_owned(),
+            source,
+        })?;
+    Ok(Opened {
+        journal: Journal {
+            queue,
+            faults,
+            stats,
+            writer: Some(thread),
+        },
+        records_replayed: recovered.records_replayed,
+        snapshot: recovered.snapshot,
+        torn_bytes: recovered.torn_bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The running journal: hands entries to the writer thread.
 pub struct Journal {
-    queue: crossbeam_channel::Sender<Pending>,
-    slots: Arc<Semaphore>,
-    failed: Arc<AtomicBool>,
+    queue: Arc<Queue>,
     faults: Arc<Faults>,
     stats: Arc<Stats>,
     writer: Option<JoinHandle<()>>,
@@ -120,26 +217,26 @@ pub struct Journal {
 
 impl Journal {
     /// Waits for a queue slot (bounded back-pressure, no thread blocked).
-    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, Unavailable> {
-        if self.has_failed() {
-            return Err(Unavailable);
-        }
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Unavailable)
+    pub async fn slot(&self) -> Result<Slot<'_>, Unavailable> {
+        self.queue.slot().await
     }
 
-    /// Queues a record; never blocks (the slot guarantees room).
-    pub fn submit(&self, pending: Pending) -> Result<(), Unavailable> {
-        self.queue.try_send(pending).map_err(|_| Unavailable)
+    /// Queues an entry in its slot; never blocks. Called under the account's
+    /// shard lock, so the entries of one account are in debit order.
+    pub fn push(&self, slot: Slot<'_>, entry: Queued) -> Result<Ticket, Unavailable> {
+        self.queue.push(slot, entry)
     }
 
-    /// True once a write or sync failed: nothing more is acknowledged until a
-    /// restart, because the kernel may have dropped the unsynced pages.
+    /// Waits until the entry of `ticket` is durable and settled.
+    pub async fn wait(&self, ticket: Ticket) -> Result<(), Unavailable> {
+        self.queue.wait(ticket).await
+    }
+
+    /// True once a write or sync failed or a journal thread died: nothing
+    /// more is acknowledged until a restart, because the kernel may have
+    /// dropped the unsynced pages.
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.queue.has_failed()
     }
 
     /// The fault-injection switches.
@@ -154,11 +251,11 @@ impl Journal {
 }
 
 impl Drop for Journal {
-    /// Stops taking records, lets the writer make everything queued durable,
-    /// and waits for it (and so releases the directory's lock).
+    /// Stops taking entries, lets the writer make everything queued durable
+    /// and finish its snapshot, and waits for it (and so releases the
+    /// directory's lock).
     fn drop(&mut self) {
-        let (closed, _) = crossbeam_channel::bounded(0);
-        drop(std::mem::replace(&mut self.queue, closed));
+        self.queue.close();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }

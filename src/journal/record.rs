@@ -11,8 +11,9 @@
 //! A refused record changes no balance: it exists to remember a keyed
 //! request's `SALDO_INSUFICIENTE` answer as durably as a debit.
 
+use crate::api::MONTO_MAX;
 use crate::idempotency::{KEY_BYTES_MAX, Remembered};
-use crate::ledger::{DebitKind, Outcome};
+use crate::ledger::{DebitKind, Outcome, SALDO_MAX};
 use crate::usuario::{USUARIO_BYTES_MAX, Usuario};
 
 /// The record format's version; bumped on any change to the layout.
@@ -179,6 +180,12 @@ impl Record {
         if !reader.0.is_empty() {
             return Err(DecodeError::Corrupt("trailing bytes in record"));
         }
+        if !(1..=MONTO_MAX).contains(&monto) {
+            return Err(DecodeError::Corrupt("amount out of range"));
+        }
+        if saldo > SALDO_MAX {
+            return Err(DecodeError::Corrupt("balance out of range"));
+        }
         let kind = if flags & RETIRO != 0 {
             DebitKind::Retiro
         } else {
@@ -271,6 +278,23 @@ mod tests {
                     "cut {cut}"
                 );
             }
+        }
+    }
+
+    // A record whose checksum holds but whose amount or balance the service
+    // could never have written is refused.
+    #[test]
+    fn out_of_range_amounts_and_balances_are_corrupt() {
+        for (monto, saldo) in [(0, 1), (MONTO_MAX + 1, 1), (1, SALDO_MAX + 1)] {
+            let mut record = records().remove(0);
+            record.monto = monto;
+            record.outcome = Outcome::Debited { nuevo_saldo: saldo };
+            let mut bytes = Vec::new();
+            record.encode(&mut bytes);
+            assert!(
+                matches!(Record::decode(&bytes), Err(DecodeError::Corrupt(_))),
+                "{monto} {saldo}"
+            );
         }
     }
 

@@ -1,142 +1,244 @@
-//! Snapshots: every stored balance and every live idempotency key as of a
-//! segment boundary. `snapshot-K.snap` holds the state after all segments
-//! before K; recovery loads the newest and replays segments K and later.
+//! Snapshots: every stored balance and every live idempotency key, so a
+//! restart replays only the segments after it. `snapshot-K.snap` holds at
+//! least the state after every segment before K, whose first record is
+//! `next_record`.
 //!
 //! ```text
-//! snapshot = "SALDOSNP" version:u8 covers:u64le accounts:u64le
-//!            (usuario_len:u8 usuario saldo:u64le)*
-//!            keys:u64le record* crc32c(everything before):u32le
+//! snapshot = "SALDOSNP" version:u8 covers:u64le next_record:u64le entry* end
+//! entry    = 0x01 usuario_len:u8 usuario saldo:u64le last_record:u64le
+//!          | 0x02 record                     (a remembered key, record.rs)
+//! end      = 0xFF accounts:u64le keys:u64le crc32c(everything before):u32le
 //! ```
-//! Written atomically: a temporary file, `fsync`, `rename`, `fsync` of the
-//! directory. Older segments and snapshots are removed only after that.
+//!
+//! Written while the writer goes on (a consistent cut without stopping
+//! commits): one ledger shard at a time, each under its lock only while it
+//! is copied into a buffer, which is then appended to the file. An account
+//! may so be seen with debits from after the cut; it carries the number of the
+//! last record applied to it (`last_record`), and recovery replays a record
+//! over an account only when the account does not hold it yet. Keys are
+//! written the same way; replaying a settled key again is harmless. Memory
+//! beyond the ledger: one shard's encoding at a time.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
+use std::io;
 
-use super::recovery::{self, FileKind};
+use super::data_dir::{DataDir, FileKind};
+use super::medium::MediumFile;
 use super::{Error, Record};
+use crate::clock;
 use crate::idempotency::Table;
-use crate::ledger::{Ledger, SALDO_MAX};
+use crate::ledger::{Ledger, SALDO_MAX, Stored};
 use crate::usuario::Usuario;
 
 const MAGIC: &[u8; 8] = b"SALDOSNP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER_BYTES: usize = MAGIC.len() + 1 + 8 + 8;
+const ACCOUNT: u8 = 0x01;
+const KEY: u8 = 0x02;
+const END: u8 = 0xFF;
+const END_BYTES: usize = 1 + 8 + 8 + 4;
 
-/// Serializes the current durable state; call only from the writer thread.
-pub fn image(ledger: &Ledger, keys: &Table, covers: u64, now_ms: u64) -> Vec<u8> {
-    let mut image = Vec::with_capacity(HEADER_BYTES + ledger.accounts_stored() * 24);
-    image.extend_from_slice(MAGIC);
-    image.push(VERSION);
-    image.extend_from_slice(&covers.to_le_bytes());
-    image.extend_from_slice(&0u64.to_le_bytes());
-    let mut accounts = 0u64;
-    ledger.for_each_saldo(|usuario, saldo| {
-        image.push(usuario.len() as u8);
-        image.extend_from_slice(usuario.as_bytes());
-        image.extend_from_slice(&saldo.to_le_bytes());
-        accounts += 1;
-    });
-    image[HEADER_BYTES - 8..HEADER_BYTES].copy_from_slice(&accounts.to_le_bytes());
-    let remembered = keys.remembered(now_ms);
-    image.extend_from_slice(&(remembered.len() as u64).to_le_bytes());
-    for (key, remembered) in remembered {
-        Record::from_remembered(&key, &remembered).encode(&mut image);
-    }
-    let crc = crc32c::crc32c(&image);
-    image.extend_from_slice(&crc.to_le_bytes());
-    image
+/// Where a snapshot cuts the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The first segment it does not cover.
+    pub covers: u64,
+    /// The first record of that segment.
+    pub next_record: u64,
 }
 
-/// Makes `image` durable as snapshot `covers`, then removes what it replaces.
-pub fn persist(dir: &Path, covers: u64, image: &[u8]) -> std::io::Result<()> {
-    let final_path = dir.join(FileKind::Snapshot.name(covers));
-    let temporary = final_path.with_extension("tmp");
-    let mut file = File::create(&temporary)?;
-    file.write_all(image)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temporary, &final_path)?;
-    recovery::sync_dir(dir)?;
-    for (kind, index) in recovery::list(dir)? {
-        if index < covers {
-            fs::remove_file(dir.join(kind.name(index)))?;
-        }
-    }
-    recovery::sync_dir(dir)
+/// Appends to the snapshot file while keeping the running checksum.
+struct Out<'a> {
+    file: &'a mut dyn MediumFile,
+    crc: u32,
+    bytes: u64,
 }
 
-/// Reads and checks a snapshot, then hands each balance and each live key's
-/// record to the callbacks (nothing is handed over unless the whole file's
-/// checksum holds); any damage names the file and offset.
-pub fn load(
-    path: &Path,
-    mut balance: impl FnMut(&Usuario, u64) -> Result<(), Error>,
-    mut key: impl FnMut(&Record),
-) -> Result<(), Error> {
-    let bytes = fs::read(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
+impl Out<'_> {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.bytes += bytes.len() as u64;
+        self.file.append(bytes)
+    }
+}
+
+/// Writes snapshot `cut.covers` durably (then removes the files it replaces);
+/// returns its size in bytes.
+pub fn write(dir: &DataDir, cut: Cut, ledger: &Ledger, keys: &Table) -> io::Result<u64> {
+    let mut size = 0;
+    dir.write_snapshot(cut.covers, |file| {
+        let mut out = Out {
+            file,
+            crc: 0,
+            bytes: 0,
+        };
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.push(VERSION);
+        header.extend_from_slice(&cut.covers.to_le_bytes());
+        header.extend_from_slice(&cut.next_record.to_le_bytes());
+        out.append(&header)?;
+        let (accounts, keys) = write_entries(&mut out, ledger, keys)?;
+        let mut end = Vec::with_capacity(END_BYTES);
+        end.push(END);
+        end.extend_from_slice(&accounts.to_le_bytes());
+        end.extend_from_slice(&keys.to_le_bytes());
+        out.append(&end)?;
+        let crc = out.crc.to_le_bytes();
+        out.append(&crc)?;
+        size = out.bytes;
+        Ok(())
     })?;
+    dir.remove_before(cut.covers)?;
+    Ok(size)
+}
+
+/// Every account, then every live key, one shard at a time.
+fn write_entries(out: &mut Out<'_>, ledger: &Ledger, keys: &Table) -> io::Result<(u64, u64)> {
+    let mut buffer = Vec::new();
+    let mut accounts = 0u64;
+    for shard in 0..ledger.shard_count() {
+        buffer.clear();
+        ledger.for_each_in_shard(shard, |stored: Stored<'_>| {
+            buffer.push(ACCOUNT);
+            buffer.push(stored.usuario.len() as u8);
+            buffer.extend_from_slice(stored.usuario.as_bytes());
+            buffer.extend_from_slice(&stored.saldo.to_le_bytes());
+            buffer.extend_from_slice(&stored.last_record.to_le_bytes());
+            accounts += 1;
+        });
+        out.append(&buffer)?;
+    }
+    let now_ms = clock::unix_ms();
+    let mut key_count = 0u64;
+    for shard in 0..keys.shard_count() {
+        buffer.clear();
+        keys.for_each_remembered_in_shard(shard, now_ms, |key, remembered| {
+            buffer.push(KEY);
+            Record::from_remembered(key, remembered).encode(&mut buffer);
+            key_count += 1;
+        });
+        out.append(&buffer)?;
+    }
+    Ok((accounts, key_count))
+}
+
+/// What a snapshot hands to recovery, in file order.
+pub trait Restore {
+    /// An account with its balance and its last applied record.
+    fn account(&mut self, usuario: &Usuario, saldo: u64, last_record: u64) -> Result<(), Error>;
+    /// A remembered key, as the record that settled it.
+    fn key(&mut self, record: &Record);
+}
+
+/// Reads and checks a snapshot and hands each account and key to `restore`
+/// (nothing is handed over unless the whole file's checksum holds). Any
+/// damage names the file and offset; returns the snapshot's cut.
+pub fn load(dir: &DataDir, index: u64, restore: &mut impl Restore) -> Result<Cut, Error> {
+    let bytes = dir.read(FileKind::Snapshot, index)?;
+    let path = dir.path_of(FileKind::Snapshot, index);
     let corrupt = |offset: usize, reason: &str| Error::Corrupt {
-        path: path.to_owned(),
+        path: path.clone(),
         offset: offset as u64,
         reason: reason.to_owned(),
     };
-    if bytes.len() < HEADER_BYTES + 8 + 4 {
-        return Err(corrupt(0, "snapshot too short"));
+    parse(&bytes, index, restore).map_err(|(offset, reason)| corrupt(offset, reason))?
+}
+
+type Damage = (usize, &'static str);
+
+fn parse(
+    bytes: &[u8],
+    index: u64,
+    restore: &mut impl Restore,
+) -> Result<Result<Cut, Error>, Damage> {
+    if bytes.len() < HEADER_BYTES + END_BYTES {
+        return Err((0, "snapshot too short"));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err(corrupt(body.len(), "snapshot checksum mismatch"));
+        return Err((body.len(), "snapshot checksum mismatch"));
     }
     if &body[..MAGIC.len()] != MAGIC || body[MAGIC.len()] != VERSION {
-        return Err(corrupt(0, "not a snapshot of this format version"));
+        return Err((0, "not a snapshot of this format version"));
     }
-    let mut at = HEADER_BYTES;
-    let accounts = read_u64(body, HEADER_BYTES - 8);
-    for _ in 0..accounts {
-        let len = usize::from(
-            *body
-                .get(at)
-                .ok_or_else(|| corrupt(at, "truncated account"))?,
-        );
-        let name = body
-            .get(at + 1..at + 1 + len)
-            .and_then(|name| std::str::from_utf8(name).ok())
-            .and_then(|name| Usuario::new(name).ok())
-            .ok_or_else(|| corrupt(at, "invalid account name"))?;
-        let saldo_at = at + 1 + len;
-        if body.len() < saldo_at + 8 {
-            return Err(corrupt(at, "truncated account"));
+    let mut reader = Reader {
+        bytes: body,
+        at: MAGIC.len() + 1,
+    };
+    let cut = Cut {
+        covers: reader.u64()?,
+        next_record: reader.u64()?,
+    };
+    if cut.covers != index {
+        return Err((
+            MAGIC.len() + 1,
+            "snapshot covers other segments than its name says",
+        ));
+    }
+    let (mut accounts, mut keys) = (0u64, 0u64);
+    loop {
+        let entry_at = reader.at;
+        match reader.u8()? {
+            ACCOUNT => {
+                let len = usize::from(reader.u8()?);
+                let usuario = std::str::from_utf8(reader.take(len)?)
+                    .ok()
+                    .and_then(|name| Usuario::new(name).ok())
+                    .ok_or((entry_at, "invalid account name"))?;
+                let saldo = reader.u64()?;
+                let last_record = reader.u64()?;
+                if saldo > SALDO_MAX {
+                    return Err((entry_at, "balance out of range"));
+                }
+                if let Err(error) = restore.account(&usuario, saldo, last_record) {
+                    return Ok(Err(error));
+                }
+                accounts += 1;
+            }
+            KEY => {
+                let (record, len) = Record::decode(&reader.bytes[reader.at..])
+                    .map_err(|_| (reader.at, "invalid key record"))?;
+                reader.at += len;
+                restore.key(&record);
+                keys += 1;
+            }
+            END => break,
+            _ => return Err((entry_at, "unknown snapshot entry")),
         }
-        let saldo = read_u64(body, saldo_at);
-        if saldo > SALDO_MAX {
-            return Err(corrupt(saldo_at, "balance out of range"));
-        }
-        balance(&name, saldo)?;
-        at = saldo_at + 8;
     }
-    if body.len() < at + 8 {
-        return Err(corrupt(at, "truncated key count"));
+    let counts_at = reader.at;
+    if reader.u64()? != accounts || reader.u64()? != keys {
+        return Err((counts_at, "snapshot entry counts do not match"));
     }
-    let key_count = read_u64(body, at);
-    at += 8;
-    for _ in 0..key_count {
-        let (record, len) =
-            Record::decode(&body[at..]).map_err(|_| corrupt(at, "invalid key record"))?;
-        key(&record);
-        at += len;
+    if reader.at != body.len() {
+        return Err((reader.at, "trailing bytes in snapshot"));
     }
-    if at != body.len() {
-        return Err(corrupt(at, "trailing bytes in snapshot"));
-    }
-    Ok(())
+    Ok(Ok(cut))
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
+/// Reads fields off a checksummed snapshot body.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], Damage> {
+        let taken = self
+            .bytes
+            .get(self.at..self.at + len)
+            .ok_or((self.at, "snapshot ends inside an entry"))?;
+        self.at += len;
+        Ok(taken)
+    }
+
+    fn u8(&mut self) -> Result<u8, Damage> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, Damage> {
+        let mut word = [0; 8];
+        word.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(word))
+    }
 }

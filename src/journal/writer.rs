@@ -1,88 +1,142 @@
 //! The writer thread: group commit.
 //!
-//! It blocks for one record, then takes whatever else is queued (up to
-//! `BATCH_RECORDS_MAX` records or `BATCH_BYTES_MAX` bytes): while one batch is
-//! being synced, the next one accumulates, so batches grow with load and no
-//! timer adds latency when idle. Each batch is one `write` and one
-//! `fdatasync`; only then are its debits applied to the ledger, its keys
-//! settled, and its requests answered.
+//! It blocks until entries arrive, then takes everything queued (up to
+//! `batch::RECORDS_MAX`): while one batch is being synced the next one
+//! accumulates, so batches grow with load and no timer adds latency when idle.
+//! Each batch is one frame, one `write` and one `fdatasync`; only then are its
+//! debits applied to the ledger (in journal order), its keys settled, and its
+//! requests woken, all at once.
 //!
 //! On a failed write or sync nothing of the batch is applied, every request
 //! in it and after it gets `Unavailable`, and the segment is cut back to its
 //! last synced length (best effort): after `fsync` fails the page cache can no
 //! longer be trusted, so only a restart (which replays what is really on
 //! disk) may acknowledge debits again.
+//!
+//! A full segment is closed and a snapshot of the state as of its end is
+//! written by a second thread while batches go on; the writer joins it before
+//! it ends, so both are done before the directory's lock is released.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
-
-use super::{Faults, Pending, Record, Stats, Unavailable, recovery, snapshot};
-use crate::clock;
+use super::data_dir::DataDir;
+use super::medium::MediumFile;
+use super::queue::{Queue, Queued, Ticket};
+use super::{Faults, Stats, Unavailable, batch, snapshot};
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, Outcome};
 
-/// The most records in one batch.
-const BATCH_RECORDS_MAX: usize = 4096;
+/// Where the journal's end is: the segment being appended and the numbering.
+pub struct Tail {
+    /// The open segment.
+    pub segment: Box<dyn MediumFile>,
+    /// Its index.
+    pub segment_index: u64,
+    /// Bytes of it known to be on stable storage.
+    pub segment_bytes: u64,
+    /// The number the next record gets.
+    pub next_record: u64,
+}
 
-/// The most bytes in one batch.
-const BATCH_BYTES_MAX: usize = 1 << 20;
+/// What the writer shares with the rest of the journal.
+pub struct Shared {
+    /// The data directory (and its lock).
+    pub dir: Arc<DataDir>,
+    /// Balances to settle.
+    pub ledger: Arc<Ledger>,
+    /// Keys to settle.
+    pub keys: Arc<Table>,
+    /// Entries in, completions out.
+    pub queue: Arc<Queue>,
+    /// Injected failures.
+    pub faults: Arc<Faults>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
 
 /// The appending side of the journal, owned by its thread.
-pub(super) struct Writer {
-    pub dir: PathBuf,
-    pub segment: File,
-    pub segment_index: u64,
-    /// Bytes of the current segment known to be on stable storage.
-    pub segment_bytes: u64,
-    /// A segment this large is closed and a snapshot taken.
-    pub segment_bytes_max: u64,
-    pub queue: Receiver<Pending>,
-    pub ledger: Arc<Ledger>,
-    pub keys: Arc<Table>,
-    pub failed: Arc<AtomicBool>,
-    pub faults: Arc<Faults>,
-    pub stats: Arc<Stats>,
-    /// A snapshot is being written; at most one at a time.
-    pub snapshotting: Arc<AtomicBool>,
+pub struct Writer {
+    shared: Shared,
+    tail: Tail,
+    /// A segment this large is closed and snapshotted.
+    segment_bytes_max: u64,
+    /// The snapshot being written, at most one at a time.
+    snapshot: Option<JoinHandle<()>>,
 }
 
 impl Writer {
-    /// Runs until every sender is gone and the queue is empty.
+    /// A writer appending at `tail`.
+    pub fn new(shared: Shared, tail: Tail, segment_bytes_max: u64) -> Self {
+        Self {
+            shared,
+            tail,
+            segment_bytes_max,
+            snapshot: None,
+        }
+    }
+
+    /// Runs until the queue is closed and empty, then waits for the snapshot.
     pub fn run(mut self) {
-        let mut batch: Vec<Pending> = Vec::with_capacity(BATCH_RECORDS_MAX);
-        let mut bytes = Vec::with_capacity(BATCH_BYTES_MAX + 1024);
-        while let Ok(first) = self.queue.recv() {
-            bytes.clear();
-            encode(&first, &mut bytes);
-            batch.push(first);
-            while batch.len() < BATCH_RECORDS_MAX && bytes.len() < BATCH_BYTES_MAX {
-                let Ok(next) = self.queue.try_recv() else {
-                    break;
-                };
-                encode(&next, &mut bytes);
-                batch.push(next);
+        let mut batch: Vec<Queued> = Vec::with_capacity(batch::RECORDS_MAX);
+        let mut bytes = Vec::new();
+        while let Some(first) = self.shared.queue.take(&mut batch, batch::RECORDS_MAX) {
+            if self
+                .shared
+                .faults
+                .panic_writer
+                .swap(false, Ordering::Relaxed)
+            {
+                panic!("injected writer panic");
             }
-            let result = self.append(&bytes);
-            self.settle(&mut batch, result);
-            if result.is_ok() && self.segment_bytes >= self.segment_bytes_max {
+            let records = self.encode(&batch, &mut bytes);
+            let durable = self.append(&bytes).is_ok();
+            self.settle(&batch, first, durable);
+            if durable {
+                self.tail.next_record += records;
+                self.shared
+                    .stats
+                    .records
+                    .fetch_add(records, Ordering::Relaxed);
+            }
+            batch.clear();
+            if durable && self.tail.segment_bytes >= self.segment_bytes_max {
                 self.rotate();
             }
         }
+        if let Some(snapshot) = self.snapshot.take() {
+            let _ = snapshot.join();
+        }
         tracing::info!(
-            batches = self.stats.batches.load(Ordering::Relaxed),
-            records = self.stats.records.load(Ordering::Relaxed),
+            batches = self.shared.stats.batches.load(Ordering::Relaxed),
+            records = self.shared.stats.records.load(Ordering::Relaxed),
             "journal closed"
         );
     }
 
+    /// Frames the batch's records into `bytes` (empty for barriers only);
+    /// returns how many records it holds.
+    fn encode(&self, batch: &[Queued], bytes: &mut Vec<u8>) -> u64 {
+        bytes.clear();
+        let start = batch::start(bytes);
+        let mut records = 0u32;
+        for record in batch.iter().filter_map(|queued| queued.record.as_ref()) {
+            record.encode(bytes);
+            records += 1;
+        }
+        if records == 0 {
+            bytes.clear();
+        } else {
+            batch::finish(bytes, start, self.tail.next_record, records);
+        }
+        u64::from(records)
+    }
+
     /// Writes and syncs one batch.
     fn append(&mut self, bytes: &[u8]) -> Result<(), Unavailable> {
-        if self.failed.load(Ordering::Relaxed) {
+        if self.shared.queue.has_failed() {
             return Err(Unavailable);
         }
         if bytes.is_empty() {
@@ -90,19 +144,19 @@ impl Writer {
         }
         match self.write_and_sync(bytes) {
             Ok(()) => {
-                self.segment_bytes += bytes.len() as u64;
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.tail.segment_bytes += bytes.len() as u64;
+                self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(error) => {
-                self.failed.store(true, Ordering::Relaxed);
-                let cut = self
-                    .segment
-                    .set_len(self.segment_bytes)
-                    .and_then(|()| self.segment.sync_data());
+                self.shared.queue.fail();
+                let segment = &mut self.tail.segment;
+                let cut = segment
+                    .set_len(self.tail.segment_bytes)
+                    .and_then(|()| segment.sync_data());
                 tracing::error!(
                     %error,
-                    segment = self.segment_index,
+                    segment = self.tail.segment_index,
                     cut_back = cut.is_ok(),
                     "journal write failed: refusing debits until restart"
                 );
@@ -112,101 +166,113 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.faults.fail_write.swap(false, Ordering::Relaxed) {
+        let faults = &self.shared.faults;
+        if faults.fail_write.swap(false, Ordering::Relaxed) {
             return Err(io::Error::other("injected write failure"));
         }
-        self.segment.write_all(bytes)?;
-        if self.faults.fail_sync.swap(false, Ordering::Relaxed) {
+        self.tail.segment.append(bytes)?;
+        if faults.fail_sync.swap(false, Ordering::Relaxed) {
             return Err(io::Error::other("injected fdatasync failure"));
         }
-        self.segment.sync_data()
+        self.tail.segment.sync_data()
     }
 
-    /// Applies (or rolls back) each record of the batch, then answers it.
-    fn settle(&self, batch: &mut Vec<Pending>, result: Result<(), Unavailable>) {
-        let records = batch
-            .iter()
-            .filter(|pending| pending.record.is_some())
-            .count();
-        if result.is_ok() {
-            self.stats
-                .records
-                .fetch_add(records as u64, Ordering::Relaxed);
-        }
-        for pending in batch.drain(..) {
-            if let Some(record) = &pending.record {
-                self.settle_record(record, result.is_ok());
+    /// Applies (or releases) each entry in journal order, then completes the
+    /// batch: its requests wake.
+    fn settle(&self, batch: &[Queued], first: Ticket, durable: bool) {
+        let mut number = self.tail.next_record;
+        for queued in batch {
+            let Some(record) = &queued.record else {
+                continue;
+            };
+            if let (Some(account), Outcome::Debited { .. }) = (queued.account, record.outcome) {
+                let applied = durable.then_some(number);
+                self.shared
+                    .ledger
+                    .settle(account, &record.usuario, record.monto, applied);
             }
-            // A requester that went away no longer needs its answer.
-            let _ = pending.reply.send(result);
-        }
-    }
-
-    fn settle_record(&self, record: &Record, durable: bool) {
-        if let Outcome::Debited { .. } = record.outcome {
-            self.ledger.settle(&record.usuario, record.monto, durable);
-        }
-        if let Some((key, remembered)) = record.remembered() {
-            if durable {
-                self.keys.finish(key, remembered);
-            } else {
-                self.keys.abandon(key);
+            if let Some((key, remembered)) = record.remembered() {
+                if durable {
+                    self.shared.keys.finish(key, remembered);
+                } else {
+                    self.shared.keys.abandon(key);
+                }
             }
+            number += 1;
         }
+        self.shared.queue.complete(first, batch.len(), durable);
     }
 
-    /// Starts the next segment and snapshots the state as of the end of the
-    /// current one, unless a snapshot is still being written.
+    /// Starts the next segment and has a snapshot of the state as of the end
+    /// of the current one written, unless the previous snapshot is still
+    /// being written (the segment then grows a little longer).
     fn rotate(&mut self) {
-        if self.snapshotting.load(Ordering::Acquire) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|running| !running.is_finished())
+        {
             return;
         }
-        let next = self.segment_index + 1;
-        let segment = match recovery::create_segment(&self.dir, next) {
+        if let Some(finished) = self.snapshot.take() {
+            let _ = finished.join();
+        }
+        let next = self.tail.segment_index + 1;
+        let segment = match self.shared.dir.create_segment(next) {
             Ok(segment) => segment,
             Err(error) => {
                 tracing::warn!(%error, "cannot start a new journal segment; keeping the current one");
                 return;
             }
         };
-        self.segment = segment;
-        self.segment_index = next;
-        self.segment_bytes = 0;
-        // The writer is the only one changing durable state, and it is here:
-        // the image is exactly the state after every segment before `next`.
-        let image = snapshot::image(&self.ledger, &self.keys, next, clock::unix_ms());
-        self.snapshotting.store(true, Ordering::Release);
-        let (dir, snapshotting, stats) = (
-            self.dir.clone(),
-            self.snapshotting.clone(),
-            self.stats.clone(),
+        self.tail.segment = segment;
+        self.tail.segment_index = next;
+        self.tail.segment_bytes = 0;
+        let cut = snapshot::Cut {
+            covers: next,
+            next_record: self.tail.next_record,
+        };
+        let (dir, ledger, keys, queue, stats) = (
+            self.shared.dir.clone(),
+            self.shared.ledger.clone(),
+            self.shared.keys.clone(),
+            self.shared.queue.clone(),
+            self.shared.stats.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name("saldos-snapshot".into())
             .spawn(move || {
-                match snapshot::persist(&dir, next, &image) {
-                    Ok(()) => {
+                let _death = DeathWatch(&queue);
+                match snapshot::write(&dir, cut, &ledger, &keys) {
+                    Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(
-                            covers_segments_before = next,
-                            bytes = image.len(),
-                            "snapshot written"
-                        );
+                        tracing::info!(covers_segments_before = next, bytes, "snapshot written");
                     }
                     Err(error) => {
                         tracing::warn!(%error, "snapshot failed; the journal keeps every segment")
                     }
                 }
-                snapshotting.store(false, Ordering::Release);
             });
-        if spawned.is_err() {
-            self.snapshotting.store(false, Ordering::Release);
+        match spawned {
+            Ok(handle) => self.snapshot = Some(handle),
+            Err(error) => tracing::warn!(%error, "cannot start the snapshot thread"),
         }
     }
 }
 
-fn encode(pending: &Pending, bytes: &mut Vec<u8>) {
-    if let Some(record) = &pending.record {
-        record.encode(bytes);
+/// Marks the journal failed when the thread holding it dies by a panic: a
+/// dead writer or snapshot thread must show in the health probes, not leave
+/// every debit waiting.
+pub struct DeathWatch<'a>(pub &'a Queue);
+
+impl Drop for DeathWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                thread = std::thread::current().name().unwrap_or("?"),
+                "a journal thread died: refusing debits until restart"
+            );
+            self.0.fail();
+        }
     }
 }

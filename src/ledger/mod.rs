@@ -13,6 +13,11 @@
 //! `saldo`, or released. Reads show `saldo` only, so no read shows a debit a
 //! crash could take back. Memory storage debits `saldo` directly.
 //!
+//! Each account also keeps the number of the last journal record applied to
+//! its `saldo` (`last_record`): a snapshot taken while debits go on stores it
+//! beside the balance, so recovery replays exactly the records the snapshot
+//! does not hold yet, account by account.
+//!
 //! Invariants:
 //! - A balance is never negative: `pendiente <= saldo` always, and a debit is
 //!   reserved only when `monto <= saldo - pendiente`, under the shard's lock.
@@ -125,6 +130,60 @@ struct Account {
     saldo: u64,
     /// Reserved debits not yet settled; never above `saldo`.
     pendiente: u64,
+    /// The journal record that last changed `saldo` (0: none).
+    last_record: u64,
+}
+
+/// Finds a reserved account again without hashing its name twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountRef {
+    hash: u64,
+}
+
+/// One account as a snapshot stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    /// The name.
+    pub usuario: &'a str,
+    /// The durable balance.
+    pub saldo: u64,
+    /// The journal record that last changed it (0: none).
+    pub last_record: u64,
+}
+
+/// Why a journal record cannot be replayed over the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The replayed debit does not leave the balance the record says.
+    #[error("debit of {monto} leaves {usuario} at {found} but the journal says {recorded}")]
+    Disagrees {
+        /// The account.
+        usuario: Usuario,
+        /// The amount.
+        monto: u64,
+        /// What the replay computed.
+        found: u64,
+        /// What the record says.
+        recorded: u64,
+    },
+    /// The debit exceeds the balance.
+    #[error("debit of {monto} from {usuario} exceeds its balance of {saldo}")]
+    Exceeds {
+        /// The account.
+        usuario: Usuario,
+        /// The amount.
+        monto: u64,
+        /// The balance.
+        saldo: u64,
+    },
+    /// The record would store one account more than `--max-accounts` allows.
+    #[error(
+        "the data directory holds more accounts than --max-accounts ({accounts_max}) allows: raise it"
+    )]
+    TooManyAccounts {
+        /// The configured limit.
+        accounts_max: usize,
+    },
 }
 
 impl Ledger {
@@ -150,12 +209,58 @@ impl Ledger {
 
     /// Sets an account's balance, as seeding a fresh data directory does.
     pub fn seed(&self, usuario: &Usuario, saldo: u64) -> Result<(), Error> {
+        self.restore(usuario, saldo, 0)
+    }
+
+    /// Sets an account as a snapshot stored it.
+    pub fn restore(&self, usuario: &Usuario, saldo: u64, last_record: u64) -> Result<(), Error> {
         assert!(saldo <= SALDO_MAX);
         self.update(usuario, |account| {
             debug_assert_eq!(account.pendiente, 0);
             account.saldo = saldo;
+            account.last_record = last_record;
             Ok(())
         })
+    }
+
+    /// Replays journal record `record` (a debit that left `nuevo_saldo`),
+    /// unless the account already holds it (from a snapshot taken after it).
+    pub fn replay(
+        &self,
+        usuario: &Usuario,
+        monto: u64,
+        record: u64,
+        nuevo_saldo: u64,
+    ) -> Result<(), ReplayError> {
+        let replayed = self.update(usuario, |account| {
+            if record <= account.last_record {
+                return Ok(Ok(()));
+            }
+            let Some(found) = account.saldo.checked_sub(monto) else {
+                return Ok(Err(ReplayError::Exceeds {
+                    usuario: *usuario,
+                    monto,
+                    saldo: account.saldo,
+                }));
+            };
+            if found != nuevo_saldo {
+                return Ok(Err(ReplayError::Disagrees {
+                    usuario: *usuario,
+                    monto,
+                    found,
+                    recorded: nuevo_saldo,
+                }));
+            }
+            account.saldo = found;
+            account.last_record = record;
+            Ok(Ok(()))
+        });
+        match replayed {
+            Ok(result) => result,
+            Err(_) => Err(ReplayError::TooManyAccounts {
+                accounts_max: self.accounts_max,
+            }),
+        }
     }
 
     /// The account's balance (the opening balance if it was never stored).
@@ -185,42 +290,67 @@ impl Ledger {
         &self,
         usuario: &Usuario,
         monto: u64,
-        reserved: impl FnOnce(&Debit) -> R,
+        reserved: impl FnOnce(&Debit, AccountRef) -> R,
     ) -> Result<(Debit, R), Error> {
-        self.update(usuario, |account| {
+        let hash = self.hash(usuario);
+        self.update_hashed(hash, usuario, |account| {
             let debit = check(account, monto)?;
             account.pendiente += monto;
             debug_assert!(account.pendiente <= account.saldo);
-            Ok((debit, reserved(&debit)))
+            Ok((debit, reserved(&debit, AccountRef { hash })))
         })
     }
 
-    /// Ends a reservation: applies it to the durable balance (`applied`) or
-    /// releases it.
-    pub fn settle(&self, usuario: &Usuario, monto: u64, applied: bool) {
-        let settled = self.update(usuario, |account| {
+    /// Ends a reservation of `monto` on a stored account: applies it to the
+    /// durable balance as journal record `applied`, or releases it (`None`).
+    /// Only looks up: a reserved account is stored, so nothing is inserted.
+    ///
+    /// # Panics
+    /// If the account is not stored or holds less than `monto` in reserve: a
+    /// broken invariant, which stops the journal's writer (and so marks the
+    /// journal failed) rather than apply a wrong balance.
+    pub fn settle(&self, account: AccountRef, usuario: &Usuario, monto: u64, applied: Option<u64>) {
+        let mut shard = self.shard_at(account.hash);
+        let name = usuario.as_str();
+        let stored = shard
+            .accounts
+            .find_mut(account.hash, |stored| &*stored.usuario == name)
+            .expect("a reserved account is stored");
+        assert!(stored.pendiente >= monto, "settling more than was reserved");
+        stored.pendiente -= monto;
+        if let Some(record) = applied {
             assert!(
-                account.pendiente >= monto,
-                "settling more than was reserved"
+                record > stored.last_record,
+                "records settle in journal order"
             );
-            account.pendiente -= monto;
-            if applied {
-                account.saldo -= monto;
-            }
-            Ok(())
-        });
-        debug_assert!(settled.is_ok(), "a reserved account is stored");
+            stored.saldo -= monto;
+            stored.last_record = record;
+        }
     }
 
-    /// Calls `visit` with every stored account's name and durable balance,
-    /// one shard at a time, each locked only while it is visited.
-    pub fn for_each_saldo(&self, mut visit: impl FnMut(&str, u64)) {
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for account in shard.accounts.iter() {
-                visit(&account.usuario, account.saldo);
-            }
+    /// Number of shards, for [`Ledger::for_each_in_shard`].
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `visit` with every account of shard `index`, under its lock:
+    /// each account is seen whole, and debits of other shards go on.
+    pub fn for_each_in_shard(&self, index: usize, mut visit: impl FnMut(Stored<'_>)) {
+        let shard = self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for account in shard.accounts.iter() {
+            visit(Stored {
+                usuario: &account.usuario,
+                saldo: account.saldo,
+                last_record: account.last_record,
+            });
         }
+    }
+
+    /// The most accounts the ledger stores.
+    pub fn accounts_max(&self) -> usize {
+        self.accounts_max
     }
 
     /// Number of accounts stored (seeded or debited at least once).
@@ -230,15 +360,22 @@ impl Ledger {
 
     /// The one place a name is hashed: the hash picks the shard (bits 32..)
     /// and is reused for the table lookup (which uses the low and top bits).
-    fn shard_for(&self, usuario: &Usuario) -> (u64, MutexGuard<'_, Shard>) {
-        let hash = self.hasher.hash_one(usuario.as_str());
+    fn hash(&self, usuario: &Usuario) -> u64 {
+        self.hasher.hash_one(usuario.as_str())
+    }
+
+    fn shard_at(&self, hash: u64) -> MutexGuard<'_, Shard> {
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
         // A poisoned shard still holds consistent balances: every write to an
         // account is a single assignment made after all checks.
-        let shard = self.shards[index]
+        self.shards[index]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        (hash, shard)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shard_for(&self, usuario: &Usuario) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.hash(usuario);
+        (hash, self.shard_at(hash))
     }
 
     /// Runs `change` on an account under its shard's lock, with one table
@@ -249,7 +386,16 @@ impl Ledger {
         usuario: &Usuario,
         change: impl FnOnce(&mut Account) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let (hash, mut shard) = self.shard_for(usuario);
+        self.update_hashed(self.hash(usuario), usuario, change)
+    }
+
+    fn update_hashed<R>(
+        &self,
+        hash: u64,
+        usuario: &Usuario,
+        change: impl FnOnce(&mut Account) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut shard = self.shard_at(hash);
         let name = usuario.as_str();
         let rehash = |account: &Account| self.hasher.hash_one(&*account.usuario);
         match shard
@@ -270,6 +416,7 @@ impl Ledger {
                     usuario: Box::default(),
                     saldo: self.opening_saldo,
                     pendiente: 0,
+                    last_record: 0,
                 };
                 match change(&mut account) {
                     Ok(result) => {

@@ -162,20 +162,51 @@ fn reservations_hold_funds_until_settled() {
     let ledger = ledger(2, 10);
     let ana = usuario("ana");
     ledger.seed(&ana, 100).unwrap();
-    let (debit, queued) = ledger.reserve(&ana, 60, |debit| debit.nuevo_saldo).unwrap();
+    let (debit, (queued, first)) = ledger
+        .reserve(&ana, 60, |debit, account| (debit.nuevo_saldo, account))
+        .unwrap();
     assert_eq!((debit.nuevo_saldo, queued), (40, 40));
     assert_eq!(ledger.saldo(&ana), 100, "a pending debit is not shown");
     assert_eq!(
-        ledger.reserve(&ana, 41, |_| ()).unwrap_err(),
+        ledger.reserve(&ana, 41, |_, _| ()).unwrap_err(),
         Error::SaldoInsuficiente {
             saldo_disponible: 40,
             pendiente: 60
         }
     );
-    let (second, ()) = ledger.reserve(&ana, 40, |_| ()).unwrap();
-    assert_eq!(second.nuevo_saldo, 0);
-    ledger.settle(&ana, 60, true);
-    ledger.settle(&ana, 40, false);
+    let (second, account) = ledger.reserve(&ana, 40, |_, account| account).unwrap();
+    assert_eq!((second.nuevo_saldo, account), (0, first));
+    ledger.settle(first, &ana, 60, Some(1));
+    ledger.settle(account, &ana, 40, None);
     assert_eq!(ledger.saldo(&ana), 40);
     assert_eq!(ledger.debit(&ana, 40).unwrap().nuevo_saldo, 0);
+}
+
+// Replay applies a record once: a snapshot that already holds it skips it,
+// and a record that disagrees with the balance is refused.
+#[test]
+fn replay_applies_each_record_once_and_checks_it() {
+    let ledger = ledger(2, 1);
+    let ana = usuario("ana");
+    ledger.restore(&ana, 100, 5).unwrap();
+    ledger.replay(&ana, 10, 5, 12345).unwrap();
+    assert_eq!(ledger.saldo(&ana), 100, "record 5 is in the snapshot");
+    ledger.replay(&ana, 10, 6, 90).unwrap();
+    assert_eq!(ledger.saldo(&ana), 90);
+    assert!(matches!(
+        ledger.replay(&ana, 10, 7, 81),
+        Err(ReplayError::Disagrees {
+            found: 80,
+            recorded: 81,
+            ..
+        })
+    ));
+    assert!(matches!(
+        ledger.replay(&ana, 91, 8, 0),
+        Err(ReplayError::Exceeds { saldo: 90, .. })
+    ));
+    assert_eq!(
+        ledger.replay(&usuario("bea"), 1, 9, 99_999),
+        Err(ReplayError::TooManyAccounts { accounts_max: 1 })
+    );
 }

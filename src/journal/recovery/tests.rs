@@ -1,5 +1,11 @@
-use super::*;
-use crate::ledger::{DebitKind, Limits};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::idempotency::Table;
+use crate::journal::medium::{Medium, PowerCut};
+use crate::journal::{Error, FileKind, Opened, Options, Record, batch, open, open_on};
+use crate::ledger::{DebitKind, Ledger, Limits, Outcome};
+use crate::usuario::Usuario;
 
 const OPENING: u64 = 100_000;
 
@@ -7,139 +13,323 @@ fn usuario(name: &str) -> Usuario {
     Usuario::new(name).unwrap()
 }
 
-fn seed() -> Vec<(Usuario, u64)> {
-    vec![(usuario("usuario1"), 10_000)]
-}
-
-struct Opened {
+struct Started {
     ledger: Arc<Ledger>,
-    result: Result<Recovered, Error>,
+    result: Result<Opened, Error>,
 }
 
-fn open_dir(dir: &Path, opening_saldo: u64, segment_bytes_max: u64) -> Opened {
+fn start_on(medium: &PowerCut, opening_saldo: u64, accounts_max: usize) -> Started {
     let ledger = Arc::new(Ledger::new(Limits {
         shard_count: 4,
         opening_saldo,
-        accounts_max: 1_000,
+        accounts_max,
     }));
     let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 1_000));
-    let seed = seed();
+    let seed = [(usuario("usuario1"), 10_000)];
     let options = Options {
-        dir,
+        dir: std::path::Path::new("/data"),
         opening_saldo,
         seed: &seed,
-        segment_bytes_max,
+        segment_bytes_max: 1 << 20,
     };
-    let result = open(&options, ledger.clone(), keys);
-    Opened { ledger, result }
+    let medium: Arc<dyn Medium> = Arc::new(medium.clone());
+    let result = open_on(medium, &options, ledger.clone(), keys);
+    Started { ledger, result }
 }
 
-/// Ten debits of 1..=10 from "ana", encoded back to back.
-fn debits() -> (Vec<u8>, Vec<usize>) {
+/// Three batches of debits from "ana" (1..=3, 4..=6, 7..=10, each debit of
+/// its record number), framed back to back; and where each batch starts.
+fn batches() -> (Vec<u8>, Vec<usize>) {
     let mut bytes = Vec::new();
-    let mut ends = Vec::new();
+    let mut starts = Vec::new();
     let mut saldo = OPENING;
-    for monto in 1..=10 {
-        saldo -= monto;
+    for numbers in [1..=3u64, 4..=6, 7..=10] {
+        starts.push(bytes.len());
+        let first = *numbers.start();
+        let at = batch::start(&mut bytes);
+        let mut count = 0;
+        for monto in numbers {
+            saldo -= monto;
+            Record {
+                kind: DebitKind::Pago,
+                usuario: usuario("ana"),
+                monto,
+                outcome: Outcome::Debited { nuevo_saldo: saldo },
+                time_ms: 1,
+                key: None,
+            }
+            .encode(&mut bytes);
+            count += 1;
+        }
+        batch::finish(&mut bytes, at, first, count);
+    }
+    (bytes, starts)
+}
+
+/// A directory as a first start leaves it, its first segment then holding
+/// `bytes`, everything durable.
+fn directory_with_segment(bytes: &[u8]) -> PowerCut {
+    let first = PowerCut::new();
+    drop(start_on(&first, OPENING, 100).result.unwrap());
+    let mut files = first.files();
+    for (name, contents) in &mut files {
+        if *name == FileKind::Segment.name(1) {
+            *contents = bytes.to_vec();
+        }
+    }
+    PowerCut::with_files(
+        files
+            .iter()
+            .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+    )
+}
+
+fn segment(medium: &PowerCut, index: u64) -> Vec<u8> {
+    medium.read(&FileKind::Segment.name(index)).unwrap()
+}
+
+/// ana's balance after the debits of records 1..=n.
+fn after_records(n: u64) -> u64 {
+    OPENING - (1..=n).sum::<u64>()
+}
+
+// A segment cut at any byte recovers exactly the whole batches before the
+// cut, and is cut back to them.
+#[test]
+fn a_cut_write_recovers_the_batches_before_it() {
+    let (bytes, starts) = batches();
+    for cut in 0..=bytes.len() {
+        let medium = directory_with_segment(&bytes[..cut]);
+        let started = start_on(&medium, OPENING, 100);
+        let opened = started
+            .result
+            .unwrap_or_else(|error| panic!("cut {cut}: {error}"));
+        let whole = starts
+            .iter()
+            .skip(1)
+            .chain([&bytes.len()])
+            .filter(|end| **end <= cut)
+            .count();
+        let records = [0, 3, 6, 10][whole];
+        assert_eq!(opened.records_replayed, records, "cut {cut}");
+        assert_eq!(
+            started.ledger.saldo(&usuario("ana")),
+            after_records(records),
+            "cut {cut}"
+        );
+        let valid = starts.get(whole).copied().unwrap_or(bytes.len());
+        assert_eq!(opened.torn_bytes, (cut - valid) as u64, "cut {cut}");
+        drop(opened);
+        assert_eq!(segment(&medium, 1).len(), valid, "cut {cut}");
+    }
+}
+
+// Every byte of the journal damaged in turn: inside the final batch, the
+// batch is dropped (its write was never acknowledged); anywhere before it,
+// the start is refused at the damaged batch's offset, and nothing is cut.
+#[test]
+fn damage_is_dropped_only_inside_the_final_batch() {
+    let (bytes, starts) = batches();
+    let final_start = starts[2];
+    for at in 0..bytes.len() {
+        for garbage in [0x00, 0xFF, bytes[at] ^ 0x01] {
+            if garbage == bytes[at] {
+                continue;
+            }
+            let mut damaged = bytes.clone();
+            damaged[at] = garbage;
+            let medium = directory_with_segment(&damaged);
+            let started = start_on(&medium, OPENING, 100);
+            let batch_start = *starts.iter().rev().find(|start| **start <= at).unwrap();
+            match started.result {
+                Ok(opened) if at >= final_start => {
+                    assert_eq!(opened.records_replayed, 6, "byte {at}");
+                    assert_eq!(started.ledger.saldo(&usuario("ana")), after_records(6));
+                }
+                Ok(_) => panic!("byte {at} of an acknowledged batch damaged, start accepted"),
+                Err(Error::Corrupt { path, offset, .. }) if at < final_start => {
+                    assert_eq!(
+                        path,
+                        std::path::Path::new("/data").join(FileKind::Segment.name(1))
+                    );
+                    assert_eq!(offset, batch_start as u64, "byte {at}");
+                    assert_eq!(segment(&medium, 1), damaged, "byte {at}: nothing cut");
+                }
+                Err(error) => panic!("byte {at}: {error}"),
+            }
+        }
+    }
+}
+
+// A cut write need not be a clean prefix: the disk may keep some sectors of
+// the final batch and not others. Such a tail was never acknowledged.
+#[test]
+fn a_final_batch_with_garbled_sectors_is_dropped() {
+    let (mut bytes, _) = batches();
+    let final_start = bytes.len();
+    let at = batch::start(&mut bytes);
+    let mut saldo = after_records(10);
+    for number in 11..=40u64 {
+        saldo -= 1;
         Record {
-            kind: DebitKind::Pago,
+            kind: DebitKind::Retiro,
             usuario: usuario("ana"),
-            monto,
+            monto: 1,
             outcome: Outcome::Debited { nuevo_saldo: saldo },
-            time_ms: 1,
+            time_ms: number,
             key: None,
         }
         .encode(&mut bytes);
-        ends.push(bytes.len());
     }
-    (bytes, ends)
-}
-
-fn segment_path(dir: &Path) -> PathBuf {
-    dir.join(FileKind::Segment.name(1))
-}
-
-/// A directory created by a first start, whose segment then holds `bytes`.
-fn directory_with_segment(bytes: &[u8]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open_dir(dir.path(), OPENING, 1 << 20).result.unwrap());
-    fs::write(segment_path(dir.path()), bytes).unwrap();
-    dir
-}
-
-// A tail cut at any byte recovers exactly the complete records before it,
-// and the file is truncated back to them.
-#[test]
-fn a_truncated_tail_recovers_the_prefix() {
-    let (bytes, ends) = debits();
-    for cut in 0..=bytes.len() {
-        let dir = directory_with_segment(&bytes[..cut]);
-        let opened = open_dir(dir.path(), OPENING, 1 << 20);
-        let recovered = opened
-            .result
-            .unwrap_or_else(|error| panic!("cut {cut}: {error}"));
-        let complete = ends.iter().filter(|end| **end <= cut).count() as u64;
-        assert_eq!(recovered.records_replayed, complete, "cut {cut}");
-        let debited: u64 = (1..=complete).sum();
-        assert_eq!(
-            opened.ledger.saldo(&usuario("ana")),
-            OPENING - debited,
-            "cut {cut}"
-        );
-        let valid = if complete == 0 {
-            0
-        } else {
-            ends[complete as usize - 1]
-        };
-        assert_eq!(recovered.torn_bytes, (cut - valid) as u64);
-        drop(recovered);
-        assert_eq!(
-            fs::metadata(segment_path(dir.path())).unwrap().len(),
-            valid as u64
-        );
+    batch::finish(&mut bytes, at, 11, 30);
+    assert!(bytes.len() - final_start > 1024, "the batch spans sectors");
+    for (from, to) in [
+        (final_start, final_start + 512),
+        (final_start + 512, final_start + 1024),
+    ] {
+        let mut garbled = bytes.clone();
+        garbled[from..to]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        garbled.extend_from_slice(&[0; 700]);
+        let medium = directory_with_segment(&garbled);
+        let started = start_on(&medium, OPENING, 100);
+        let opened = started.result.unwrap();
+        assert_eq!(opened.records_replayed, 10);
+        assert_eq!(opened.torn_bytes, (garbled.len() - final_start) as u64);
     }
 }
 
-// Zeros after the last record (unwritten pages) are a torn tail too.
+// A missing segment, or batches numbered with a gap, refuse the start.
 #[test]
-fn zeroed_tail_is_torn() {
-    let (mut bytes, _) = debits();
-    bytes.extend_from_slice(&[0; 300]);
-    let dir = directory_with_segment(&bytes);
-    let recovered = open_dir(dir.path(), OPENING, 1 << 20).result.unwrap();
-    assert_eq!(
-        (recovered.records_replayed, recovered.torn_bytes),
-        (10, 300)
-    );
-}
-
-// Damage before the end stops the start, naming the file and the offset.
-#[test]
-fn a_corrupted_middle_record_refuses_to_start() {
-    let (bytes, ends) = debits();
-    for record in 0..9 {
-        let start = if record == 0 { 0 } else { ends[record - 1] };
-        let mut damaged = bytes.clone();
-        damaged[start + 12] ^= 0x40;
-        let dir = directory_with_segment(&damaged);
-        match open_dir(dir.path(), OPENING, 1 << 20).result {
-            Err(Error::Corrupt { path, offset, .. }) => {
-                assert_eq!(path, segment_path(dir.path()));
-                assert_eq!(offset, start as u64, "record {record}");
-            }
-            Err(other) => panic!("record {record}: {other}"),
-            Ok(_) => panic!("record {record}: damage went unnoticed"),
+fn missing_segments_and_batches_are_refused() {
+    let (bytes, starts) = batches();
+    let mut without_second = bytes[..starts[1]].to_vec();
+    without_second.extend_from_slice(&bytes[starts[2]..]);
+    let medium = directory_with_segment(&without_second);
+    match start_on(&medium, OPENING, 100).result {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, starts[1] as u64);
+            assert!(reason.contains("records are missing"), "{reason}");
         }
-        // Nothing was cut: the operator still has every byte.
-        assert_eq!(fs::read(segment_path(dir.path())).unwrap(), damaged);
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a missing batch went unnoticed"),
     }
+
+    let medium = directory_with_segment(&bytes);
+    let mut third = medium.create(&FileKind::Segment.name(3)).unwrap();
+    third.append(&[]).unwrap();
+    match start_on(&medium, OPENING, 100).result {
+        Err(Error::Corrupt { path, reason, .. }) => {
+            assert!(
+                path.ends_with(FileKind::Segment.name(2)),
+                "{}",
+                path.display()
+            );
+            assert!(reason.contains("segment missing"), "{reason}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a missing segment went unnoticed"),
+    }
+}
+
+// A snapshot whose first segment is gone, or whose contents name other
+// segments than its file name, refuses the start.
+#[test]
+fn a_snapshot_that_does_not_match_its_segments_is_refused() {
+    let medium = PowerCut::new();
+    fill_small_segments(&medium);
+    let snapshots: Vec<String> = medium
+        .files()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("snapshot-"))
+        .collect();
+    let newest = snapshots.last().expect("a snapshot was written").clone();
+    let index: u64 = newest["snapshot-".len()..newest.len() - ".snap".len()]
+        .parse()
+        .unwrap();
+
+    let renamed = medium.survivor(0);
+    renamed
+        .rename(&newest, &FileKind::Snapshot.name(index + 1))
+        .unwrap();
+    match start_on(&renamed, OPENING, 1_000).result {
+        Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("covers"), "{reason}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a renamed snapshot was accepted"),
+    }
+
+    let headless = medium.survivor(0);
+    headless.remove(&FileKind::Segment.name(index)).unwrap();
+    match start_on(&headless, OPENING, 1_000).result {
+        Err(Error::Corrupt { reason, .. }) => {
+            assert!(reason.contains("segment missing"), "{reason}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a snapshot without its segment was accepted"),
+    }
+}
+
+/// Debits 18 accounts through a journal of 1 KiB segments, so that
+/// snapshots happen, then closes it.
+fn fill_small_segments(medium: &PowerCut) {
+    let ledger = Arc::new(Ledger::new(Limits {
+        shard_count: 4,
+        opening_saldo: OPENING,
+        accounts_max: 1_000,
+    }));
+    let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 1_000));
+    let seed = [(usuario("usuario1"), 10_000)];
+    let options = Options {
+        dir: std::path::Path::new("/data"),
+        opening_saldo: OPENING,
+        seed: &seed,
+        segment_bytes_max: 1024,
+    };
+    let storage_medium: Arc<dyn Medium> = Arc::new(medium.clone());
+    let opened = open_on(storage_medium, &options, ledger.clone(), keys.clone()).unwrap();
+    let storage = crate::storage::Storage::journal(ledger, keys, opened.journal);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for n in 0..200 {
+            let order = crate::storage::Order {
+                kind: DebitKind::Retiro,
+                usuario: usuario(&format!("cuenta{}", n % 17)),
+                monto: 1,
+                key: None,
+            };
+            storage.debit(order).await.unwrap();
+        }
+    });
+    drop(storage);
+}
+
+// Fewer accounts allowed than the directory holds: said as such, not as damage.
+#[test]
+fn a_lower_account_limit_is_named() {
+    let medium = PowerCut::new();
+    fill_small_segments(&medium);
+    for accounts_max in [3, 10] {
+        match start_on(&medium.survivor(0), OPENING, accounts_max).result {
+            Err(error @ Error::Exceeds { .. }) => {
+                assert!(error.to_string().contains("--max-accounts"), "{error}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("{accounts_max} accounts allowed, 18 stored, start accepted"),
+        }
+    }
+    assert!(start_on(&medium.survivor(0), OPENING, 18).result.is_ok());
 }
 
 #[test]
 fn a_different_opening_balance_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open_dir(dir.path(), OPENING, 1 << 20).result.unwrap());
-    match open_dir(dir.path(), 5, 1 << 20).result {
+    let medium = PowerCut::new();
+    drop(start_on(&medium, OPENING, 100).result.unwrap());
+    match start_on(&medium, 5, 100).result {
         Err(error @ Error::Mismatch { .. }) => {
             let message = error.to_string();
             assert!(
@@ -155,15 +345,27 @@ fn a_different_opening_balance_refuses_to_start() {
 #[test]
 fn a_second_owner_is_refused_with_the_holders_pid() {
     let dir = tempfile::tempdir().unwrap();
-    let first = open_dir(dir.path(), OPENING, 1 << 20).result.unwrap();
-    match open_dir(dir.path(), OPENING, 1 << 20).result {
+    let open_dir = || {
+        let ledger = Arc::new(Ledger::new(Limits {
+            shard_count: 4,
+            opening_saldo: OPENING,
+            accounts_max: 100,
+        }));
+        let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 100));
+        let options = Options {
+            dir: dir.path(),
+            opening_saldo: OPENING,
+            seed: &[],
+            segment_bytes_max: 1 << 20,
+        };
+        open(&options, ledger, keys)
+    };
+    let first = open_dir().unwrap();
+    match open_dir() {
         Err(Error::Locked { holder, .. }) => assert_eq!(holder, std::process::id().to_string()),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("two owners"),
     }
     drop(first);
-    assert!(
-        open_dir(dir.path(), OPENING, 1 << 20).result.is_ok(),
-        "free once the owner closed"
-    );
+    assert!(open_dir().is_ok(), "free once the owner closed");
 }

@@ -1,0 +1,281 @@
+//! The data directory: ownership, metadata, the numbered files, and every
+//! creation, rename and removal with the directory sync that makes it
+//! durable. The one place to audit the crash model's directory rule (SPEC
+//! section 2: an entry change survives a power cut only once its directory
+//! was synced):
+//!
+//! | change | synced before |
+//! |---|---|
+//! | the directory itself (and missing parents) | the lock is taken |
+//! | `LOCK` | the metadata is checked |
+//! | `saldos.meta` (temporary, `fsync`, rename) | the first segment is created |
+//! | `journal-<n>.log` created | its first batch is written |
+//! | a torn tail cut off (`set_len`) | `fsync` of the segment before new batches |
+//! | `snapshot-<n>.snap` (temporary, `fsync`, rename) | older files are removed |
+//! | older segments and snapshots removed | — (a survivor is ignored: the snapshot covers it) |
+//!
+//! Layout:
+//! - `LOCK`: held by the owning process, which writes its PID into it.
+//! - `saldos.meta`: format version, opening balance and seed, fixed at creation.
+//! - `journal-<n>.log`: segments of batches, appended in index order.
+//! - `snapshot-<n>.snap`: the state after every segment before `n`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::Error;
+use super::medium::{Locked, Medium, MediumFile};
+use crate::usuario::Usuario;
+
+const META_FILE: &str = "saldos.meta";
+const META_TEMPORARY: &str = "saldos.meta.tmp";
+/// The data directory's format; version 1 framed records without batches.
+const META_VERSION: &str = "saldos-data-dir 2";
+const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// The two kinds of numbered files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FileKind {
+    /// `journal-<index>.log`.
+    Segment,
+    /// `snapshot-<index>.snap`.
+    Snapshot,
+}
+
+impl FileKind {
+    /// The file name for `index`.
+    pub fn name(self, index: u64) -> String {
+        match self {
+            Self::Segment => format!("journal-{index:020}.log"),
+            Self::Snapshot => format!("snapshot-{index:020}.snap"),
+        }
+    }
+
+    fn parse(name: &str) -> Option<(Self, u64)> {
+        let (kind, digits) = if let Some(rest) = name.strip_prefix("journal-") {
+            (Self::Segment, rest.strip_suffix(".log")?)
+        } else {
+            let rest = name.strip_prefix("snapshot-")?;
+            (Self::Snapshot, rest.strip_suffix(".snap")?)
+        };
+        let canonical = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
+        canonical
+            .then(|| digits.parse().ok())
+            .flatten()
+            .map(|index| (kind, index))
+    }
+}
+
+/// The numbered files found in a data directory, each list sorted.
+#[derive(Debug, Default)]
+pub struct Files {
+    /// Segment indexes.
+    pub segments: Vec<u64>,
+    /// Snapshot indexes.
+    pub snapshots: Vec<u64>,
+}
+
+/// The settings a data directory is created with and keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Fixed<'a> {
+    /// Opening balance of implicit accounts.
+    pub opening_saldo: u64,
+    /// Seeded accounts.
+    pub seed: &'a [(Usuario, u64)],
+}
+
+/// An owned, open data directory.
+pub struct DataDir {
+    medium: Arc<dyn Medium>,
+    path: PathBuf,
+    /// Held for as long as the directory is ours.
+    _lock: Box<dyn Send + Sync>,
+}
+
+impl DataDir {
+    /// Creates the directory if needed (durably) and takes its ownership.
+    pub fn open(medium: Arc<dyn Medium>, path: &Path) -> Result<Self, Error> {
+        let io_error = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        medium.create_root().map_err(io_error)?;
+        let lock = medium.lock().map_err(|locked| match locked {
+            Locked::By(holder) => Error::Locked {
+                path: path.join("LOCK"),
+                holder,
+            },
+            Locked::Io(source) => Error::Io {
+                path: path.join("LOCK"),
+                source,
+            },
+        })?;
+        medium.sync_dir().map_err(io_error)?;
+        Ok(Self {
+            medium,
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// The path of a numbered file, for messages.
+    pub fn path_of(&self, kind: FileKind, index: u64) -> PathBuf {
+        self.path.join(kind.name(index))
+    }
+
+    /// The numbered files; stray temporary files (snapshots or metadata that
+    /// never completed) are removed.
+    pub fn list(&self) -> Result<Files, Error> {
+        let mut files = Files::default();
+        for name in self
+            .medium
+            .list()
+            .map_err(|source| self.io_error(&self.path, source))?
+        {
+            if name.ends_with(TEMPORARY_SUFFIX) {
+                self.medium
+                    .remove(&name)
+                    .map_err(|source| self.io_error(&self.path.join(&name), source))?;
+            } else {
+                match FileKind::parse(&name) {
+                    Some((FileKind::Segment, index)) => files.segments.push(index),
+                    Some((FileKind::Snapshot, index)) => files.snapshots.push(index),
+                    None => {}
+                }
+            }
+        }
+        files.segments.sort_unstable();
+        files.snapshots.sort_unstable();
+        Ok(files)
+    }
+
+    /// Writes the metadata of a directory without data, or checks it.
+    pub fn check_meta(&self, fixed: Fixed<'_>, has_data: bool) -> Result<(), Error> {
+        let path = self.path.join(META_FILE);
+        let expected = meta_text(fixed);
+        match self.medium.read(META_FILE) {
+            Ok(found) if found == expected.as_bytes() => Ok(()),
+            Ok(found) => Err(Error::Mismatch {
+                path,
+                reason: describe_mismatch(&String::from_utf8_lossy(&found), &expected),
+            }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound && !has_data => self
+                .replace_durably(META_TEMPORARY, META_FILE, |file| {
+                    file.append(expected.as_bytes())
+                })
+                .map_err(|source| self.io_error(&path, source)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(Error::Mismatch {
+                path,
+                reason: "missing, but journal files exist: restore it from backup".into(),
+            }),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    /// A whole numbered file.
+    pub fn read(&self, kind: FileKind, index: u64) -> Result<Vec<u8>, Error> {
+        self.medium
+            .read(&kind.name(index))
+            .map_err(|source| self.io_error(&self.path_of(kind, index), source))
+    }
+
+    /// Creates an empty segment and makes its name durable.
+    pub fn create_segment(&self, index: u64) -> io::Result<Box<dyn MediumFile>> {
+        let file = self.medium.create(&FileKind::Segment.name(index))?;
+        self.medium.sync_dir()?;
+        Ok(file)
+    }
+
+    /// Opens the last segment for appending, cut back durably to `valid_bytes`.
+    pub fn open_segment(&self, index: u64, valid_bytes: u64) -> Result<Box<dyn MediumFile>, Error> {
+        let path = self.path_of(FileKind::Segment, index);
+        let reopen = || {
+            let mut file = self.medium.open_append(&FileKind::Segment.name(index))?;
+            if file.length()? != valid_bytes {
+                file.set_len(valid_bytes)?;
+                file.sync_data()?;
+            }
+            Ok(file)
+        };
+        reopen().map_err(|source| self.io_error(&path, source))
+    }
+
+    /// Writes snapshot `index` through `fill` into a temporary file, syncs
+    /// it, renames it into place and syncs the directory.
+    pub fn write_snapshot(
+        &self,
+        index: u64,
+        fill: impl FnOnce(&mut dyn MediumFile) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let name = FileKind::Snapshot.name(index);
+        self.replace_durably(&format!("{name}{TEMPORARY_SUFFIX}"), &name, fill)
+    }
+
+    /// Removes every segment and snapshot numbered below `index`, then syncs
+    /// the directory. Only called once a durable snapshot covers them.
+    pub fn remove_before(&self, index: u64) -> io::Result<()> {
+        let files = self.list().map_err(io::Error::other)?;
+        let segments = files.segments.iter().map(|n| (FileKind::Segment, *n));
+        let snapshots = files.snapshots.iter().map(|n| (FileKind::Snapshot, *n));
+        for (kind, older) in segments.chain(snapshots).filter(|(_, n)| *n < index) {
+            self.medium.remove(&kind.name(older))?;
+        }
+        self.medium.sync_dir()
+    }
+
+    /// Temporary file, filled and synced, renamed over `name`, directory synced.
+    fn replace_durably(
+        &self,
+        temporary: &str,
+        name: &str,
+        fill: impl FnOnce(&mut dyn MediumFile) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut file = self.medium.create(temporary)?;
+        fill(file.as_mut())?;
+        file.sync_data()?;
+        drop(file);
+        self.medium.rename(temporary, name)?;
+        self.medium.sync_dir()
+    }
+
+    fn io_error(&self, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+fn meta_text(fixed: Fixed<'_>) -> String {
+    let mut seed: Vec<String> = fixed
+        .seed
+        .iter()
+        .map(|(usuario, saldo)| format!("{usuario}={saldo}"))
+        .collect();
+    seed.sort();
+    format!(
+        "{META_VERSION}\nopening_balance {}\nseed {}\n",
+        fixed.opening_saldo,
+        seed.join(",")
+    )
+}
+
+fn describe_mismatch(found: &str, expected: &str) -> String {
+    let differing: Vec<String> = found
+        .lines()
+        .zip(expected.lines())
+        .filter(|(found, expected)| found != expected)
+        .map(|(found, expected)| {
+            format!("the directory has '{found}', the configuration asks for '{expected}'")
+        })
+        .collect();
+    if differing.is_empty() {
+        "unrecognised metadata".into()
+    } else {
+        format!(
+            "{}; a data directory keeps the format, opening balance and seed it was created with",
+            differing.join("; ")
+        )
+    }
+}

@@ -1,0 +1,59 @@
+//! The file layer under the journal: the only operations it performs on its
+//! data directory, behind a trait so that a test can run the journal over a
+//! layer it controls ([`PowerCut`]) and cut the power at any instant.
+//!
+//! Every name is a plain file name inside the data directory; the directory
+//! itself is the medium's root. Nothing here decides *when* to sync: that is
+//! `data_dir`'s job, the one place to audit the crash model.
+
+mod os;
+mod power_cut;
+
+use std::io;
+
+pub use os::Os;
+pub use power_cut::PowerCut;
+
+/// A data directory's file operations.
+pub trait Medium: Send + Sync {
+    /// Creates the directory (and its parents) if missing, and makes its own
+    /// entry durable in its parent.
+    fn create_root(&self) -> io::Result<()>;
+    /// Takes the directory's ownership for this process, or names the holder.
+    fn lock(&self) -> Result<Box<dyn Send + Sync>, Locked>;
+    /// The names of the directory's files.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// A whole file.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Creates a new, empty file for appending; fails if it exists.
+    fn create(&self, name: &str) -> io::Result<Box<dyn MediumFile>>;
+    /// Opens an existing file for appending.
+    fn open_append(&self, name: &str) -> io::Result<Box<dyn MediumFile>>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// A file open for appending.
+pub trait MediumFile: Send {
+    /// Appends all of `bytes`.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes the file's bytes and length durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts (or extends) the file to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// The file's length now.
+    fn length(&self) -> io::Result<u64>;
+}
+
+/// Another process owns the data directory.
+#[derive(Debug)]
+pub enum Locked {
+    /// The holder's PID, as it wrote it in the lock file.
+    By(String),
+    /// The lock file could not be used.
+    Io(io::Error),
+}
