@@ -249,3 +249,24 @@ async fn failed_writes_and_syncs_acknowledge_nothing() {
         stop(server).await;
     }
 }
+
+// A writer thread that dies (a panic) fails the journal: the debit it held
+// and every later one get 503, and both probes say the process must go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writer_fails_both_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = journal_server(dir.path(), &[]).await;
+    let mut client = server.client().await;
+    let body = r#"{"usuario":"usuario2","monto":1000}"#;
+    assert_eq!(client.post("/retiro", body).await.status, 200);
+    let faults = server.storage.journal_handle().unwrap().faults();
+    faults.panic_writer.store(true, Ordering::Relaxed);
+    assert_eq!(client.post("/retiro", body).await.status, 503);
+    assert_eq!(client.post("/retiro", body).await.status, 503);
+    for probe in ["/health", "/health/live"] {
+        assert_eq!(client.get(probe).await.status, 503, "{probe}");
+    }
+    client.assert_saldo("usuario2", 14_000).await;
+    drop(client);
+    stop(server).await;
+}

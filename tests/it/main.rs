@@ -7,5 +7,6 @@ mod crash;
 mod errors;
 mod http;
 mod journal;
+mod power_loss;
 mod process;
 mod util;
