@@ -7,6 +7,7 @@ mod crash;
 mod errors;
 mod http;
 mod journal;
+mod model;
 mod power_loss;
 mod process;
 mod util;

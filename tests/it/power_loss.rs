@@ -32,9 +32,13 @@ const CUT_WINDOW_OPS: u64 = 160;
 /// Tiny segments: rotations and snapshots happen every few batches.
 const SEGMENT_BYTES_MAX: u64 = 2048;
 /// Every account can pay every debit of every round.
-const OPENING: u64 = 1 << 52;
+pub const OPENING: u64 = 1 << 52;
 /// Seeded at zero: every debit of it is refused (and remembered when keyed).
-const POBRE: &str = "pobre";
+pub const POBRE: &str = "pobre";
+/// Seeded with a little: some debits of it go through, then refusals.
+pub const JUSTO: &str = "justo";
+/// `JUSTO`'s seeded balance.
+pub const JUSTO_SALDO: u64 = 500;
 
 fn usuario(name: &str) -> Usuario {
     Usuario::new(name).unwrap()
@@ -55,20 +59,27 @@ struct Request {
     answer: Option<Outcome>,
 }
 
-struct Opened {
-    storage: Storage,
-    torn_bytes: u64,
+/// A journal storage recovered from a medium.
+pub struct Opened {
+    /// The storage, with the journal running.
+    pub storage: Storage,
+    /// Bytes of a torn final batch recovery dropped.
+    pub torn_bytes: u64,
 }
 
-fn open(medium: &PowerCut) -> Result<Opened, journal::Error> {
+/// Recovers journal storage from `medium`, with tiny segments, `pobre`
+/// seeded at zero and `justo` with a little.
+pub fn open(medium: &PowerCut) -> Result<Opened, journal::Error> {
     let ledger = Arc::new(Ledger::new(Limits {
         shard_count: 4,
         opening_saldo: OPENING,
         accounts_max: 1_000,
     }));
     let keys = Arc::new(Table::new(4, Duration::from_secs(24 * 3600), 100_000));
-    let seed = [(usuario(POBRE), 0)];
-    ledger.seed(&seed[0].0, 0).unwrap();
+    let seed = [(usuario(POBRE), 0), (usuario(JUSTO), JUSTO_SALDO)];
+    for (name, saldo) in &seed {
+        ledger.seed(name, *saldo).unwrap();
+    }
     let options = journal::Options {
         dir: std::path::Path::new("/power-cut"),
         opening_saldo: OPENING,
@@ -116,8 +127,16 @@ impl Model {
                 .unwrap_or_else(|| panic!("{context}: {name} gained money: {before} -> {now}"));
             let asked = requested.get(name.as_str()).copied().unwrap_or(0);
             let acked = acknowledged.get(name.as_str()).copied().unwrap_or(0);
-            assert_eq!(lost & !asked, 0, "{context}: {name} lost debits never requested");
-            assert_eq!(lost & acked, acked, "{context}: {name} lost acknowledged debits");
+            assert_eq!(
+                lost & !asked,
+                0,
+                "{context}: {name} lost debits never requested"
+            );
+            assert_eq!(
+                lost & acked,
+                acked,
+                "{context}: {name} lost acknowledged debits"
+            );
             durable_bits.insert(name.clone(), lost);
             self.saldos.insert(name, now);
         }
@@ -126,7 +145,11 @@ impl Model {
             let Some(key) = &request.key else { continue };
             let remembered = remembered(storage.keys(), key, request.fingerprint);
             if let Some(answer) = request.answer {
-                assert_eq!(remembered, Some(answer), "{context}: acknowledged key {key}");
+                assert_eq!(
+                    remembered,
+                    Some(answer),
+                    "{context}: acknowledged key {key}"
+                );
                 self.keys.insert(key.clone(), (request.fingerprint, answer));
             }
             // Remembered as debited exactly when its debit is durable.
@@ -134,7 +157,10 @@ impl Model {
                 .get(&request.account)
                 .is_some_and(|bits| bits & request.monto != 0);
             let remembered_debit = matches!(remembered, Some(Outcome::Debited { .. }));
-            assert_eq!(remembered_debit, durable, "{context}: key {key} vs its debit");
+            assert_eq!(
+                remembered_debit, durable,
+                "{context}: key {key} vs its debit"
+            );
         }
         for (key, (fingerprint, answer)) in &self.keys {
             assert_eq!(
@@ -149,7 +175,7 @@ impl Model {
 
 /// The outcome a key replays, if it is remembered (a key found new is put
 /// back as it was).
-fn remembered(keys: &Table, key: &str, fingerprint: u64) -> Option<Outcome> {
+pub fn remembered(keys: &Table, key: &str, fingerprint: u64) -> Option<Outcome> {
     match keys.begin(key, fingerprint, saldos::clock::unix_ms()) {
         Begin::Replay(Remembered { outcome, .. }) => Some(outcome),
         Begin::Started => {
@@ -190,27 +216,64 @@ fn requests(round: usize, random: &mut fastrand::Rng) -> Vec<Request> {
 }
 
 async fn send(storage: &Storage, request: &Request) -> Option<Outcome> {
-    let keyed = match &request.key {
+    match debit(
+        storage,
+        &request.account,
+        request.monto,
+        request.key.as_deref(),
+        request.fingerprint,
+    )
+    .await
+    {
+        Debited::Answered(outcome) => Some(outcome),
+        Debited::Unavailable => None,
+        Debited::Key(other) => panic!("a fresh key answered {other:?}"),
+    }
+}
+
+/// How a debit request through the storage seam ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Debited {
+    /// Applied or refused, durably.
+    Answered(Outcome),
+    /// 503: nothing acknowledged.
+    Unavailable,
+    /// The key decided (replay, conflict, in flight, full): nothing ran.
+    Key(Begin),
+}
+
+/// A `retiro` as the handler makes it: the key checked first, then the debit.
+pub async fn debit(
+    storage: &Storage,
+    account: &str,
+    monto: u64,
+    key: Option<&str>,
+    fingerprint: u64,
+) -> Debited {
+    let keyed = match key {
         None => None,
         Some(key) => match storage
             .keys()
-            .begin(key, request.fingerprint, saldos::clock::unix_ms())
+            .begin(key, fingerprint, saldos::clock::unix_ms())
         {
             Begin::Started => Some(Keyed {
                 key,
-                fingerprint: request.fingerprint,
+                fingerprint,
                 guard: InFlightGuard::new(storage.keys(), key),
             }),
-            other => panic!("a fresh key answered {other:?}"),
+            other => return Debited::Key(other),
         },
     };
     let order = Order {
         kind: DebitKind::Retiro,
-        usuario: usuario(&request.account),
-        monto: request.monto,
+        usuario: usuario(account),
+        monto,
         key: keyed,
     };
-    storage.debit(order).await.ok()
+    match storage.debit(order).await {
+        Ok(outcome) => Debited::Answered(outcome),
+        Err(_) => Debited::Unavailable,
+    }
 }
 
 /// Sends the requests from `TASKS` concurrent tasks; fills in the answers.
@@ -277,7 +340,11 @@ fn every_acknowledged_debit_survives_power_cuts() {
         model.unverified.extend(answered);
         let stats = storage.journal_handle().expect("journal storage").stats();
         snapshots += stats.snapshots.load(std::sync::atomic::Ordering::Relaxed);
-        drop(Arc::try_unwrap(storage).ok().expect("the round's tasks are done"));
+        drop(
+            Arc::try_unwrap(storage)
+                .ok()
+                .expect("the round's tasks are done"),
+        );
         medium = medium.survivor(random.u64(..));
     }
     let last = open(&medium).unwrap_or_else(|error| panic!("seed {seed}: final recovery: {error}"));
@@ -289,7 +356,10 @@ fn every_acknowledged_debit_survives_power_cuts() {
     );
     // The cuts really fell everywhere: some acknowledged work, some torn
     // batches, some crashes of recovery itself.
-    assert!(acknowledged > ROUNDS, "seed {seed}: too few answers to check");
+    assert!(
+        acknowledged > ROUNDS,
+        "seed {seed}: too few answers to check"
+    );
     assert!(torn_tails > 0, "seed {seed}: no cut left a torn batch");
     assert!(cuts_in_recovery > 0, "seed {seed}: no cut fell in recovery");
     assert!(snapshots > 0, "seed {seed}: no snapshot was written");
