@@ -31,17 +31,22 @@ impl Os {
 impl Medium for Os {
     fn create_root(&self) -> io::Result<()> {
         // Every directory this call creates gets its entry synced in its
-        // parent, top down: a power cut must not take the directory away from
-        // under a journal that already acknowledged debits in it.
-        let mut missing = Vec::new();
-        let mut at = self.root.as_path();
-        while !at.as_os_str().is_empty() && fs::symlink_metadata(at).is_err() {
-            missing.push(at.to_owned());
-            at = at.parent().unwrap_or(Path::new(""));
+        // parent, top down, and the root's own entry is synced even when it
+        // exists (a crashed earlier start may have created it unsynced): a
+        // power cut must not take the directory away from under a journal
+        // that acknowledged debits in it.
+        let mut entries = vec![self.root.clone()];
+        let mut at = self.root.parent();
+        while let Some(dir) = at.filter(|dir| !dir.as_os_str().is_empty()) {
+            if fs::symlink_metadata(dir).is_ok() {
+                break;
+            }
+            entries.push(dir.to_owned());
+            at = dir.parent();
         }
         fs::create_dir_all(&self.root)?;
-        for created in missing.iter().rev() {
-            let parent = match created.parent() {
+        for entry in entries.iter().rev() {
+            let parent = match entry.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => parent,
                 _ => Path::new("."),
             };
