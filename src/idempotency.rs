@@ -9,14 +9,11 @@
 //!
 //! The table does no I/O: the journal persists outcomes and restores them.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_utils::CachePadded;
-use hashbrown::HashMap;
-
 use crate::ledger::{DebitKind, Outcome};
+use crate::sharded::Sharded;
 use crate::usuario::Usuario;
 
 /// The longest key, in bytes (SPEC section 1).
@@ -71,8 +68,11 @@ enum Entry {
     Done(Remembered),
 }
 
-/// One shard of the table.
-type Shard = HashMap<Box<str>, Entry>;
+/// A key and its state, as a shard stores it.
+struct Slot {
+    key: Box<str>,
+    entry: Entry,
+}
 
 /// What a keyed request should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,12 +91,9 @@ pub enum Begin {
 
 /// All remembered keys.
 pub struct Table {
-    shards: Box<[CachePadded<Mutex<Shard>>]>,
-    hasher: ahash::RandomState,
+    /// The keys (in flight or done), bounded by `keys_max`.
+    keys: Sharded<Slot>,
     ttl_ms: u64,
-    keys_max: usize,
-    /// Keys stored (in flight or done) across shards.
-    keys_stored: AtomicUsize,
     /// New keys refused because the table was full.
     refused_full: AtomicU64,
     /// No settled key expires before this time (ms): sweeping sooner frees
@@ -107,15 +104,9 @@ pub struct Table {
 impl Table {
     /// An empty table.
     pub fn new(shard_count: usize, ttl: Duration, keys_max: usize) -> Self {
-        assert!(shard_count.is_power_of_two());
         Self {
-            shards: (0..shard_count)
-                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
-                .collect(),
-            hasher: ahash::RandomState::new(),
+            keys: Sharded::new(shard_count, keys_max),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
-            keys_max,
-            keys_stored: AtomicUsize::new(0),
             refused_full: AtomicU64::new(0),
             next_sweep_ms: AtomicU64::new(0),
         }
@@ -123,26 +114,30 @@ impl Table {
 
     /// Looks `key` up and, when it is new, marks it in flight.
     pub fn begin(&self, key: &str, fingerprint: u64, now_ms: u64) -> Begin {
-        let mut shard = self.shard(key);
-        if let Some(entry) = shard.get_mut(key) {
-            return self.begin_seen(entry, fingerprint, now_ms);
+        let hash = self.keys.hash(key);
+        let mut shard = self.keys.lock(hash);
+        if let Some(slot) = shard.find_mut(hash, |slot| &*slot.key == key) {
+            return self.begin_seen(&mut slot.entry, fingerprint, now_ms);
         }
-        if self.keys_stored.load(Ordering::Relaxed) >= self.keys_max && self.is_sweep_due(now_ms) {
+        if self.keys.is_full() && self.is_sweep_due(now_ms) {
             // Full: expired keys of every shard make room, not only this
             // one's. No shard lock is held while sweeping the others.
             drop(shard);
             self.sweep(now_ms);
-            shard = self.shard(key);
-            if let Some(entry) = shard.get_mut(key) {
-                return self.begin_seen(entry, fingerprint, now_ms);
+            shard = self.keys.lock(hash);
+            if let Some(slot) = shard.find_mut(hash, |slot| &*slot.key == key) {
+                return self.begin_seen(&mut slot.entry, fingerprint, now_ms);
             }
         }
-        if self.keys_stored.fetch_add(1, Ordering::Relaxed) >= self.keys_max {
-            self.keys_stored.fetch_sub(1, Ordering::Relaxed);
+        if !self.keys.take_room() {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
             return Begin::Full;
         }
-        shard.insert(key.into(), Entry::InFlight { fingerprint });
+        let slot = Slot {
+            key: key.into(),
+            entry: Entry::InFlight { fingerprint },
+        };
+        shard.insert_unique(hash, slot, |slot| self.keys.hash(&slot.key));
         Begin::Started
     }
 
@@ -163,23 +158,31 @@ impl Table {
 
     /// Records the settled outcome of a key (in flight, or being restored).
     pub fn finish(&self, key: &str, remembered: Remembered) {
-        let mut shard = self.shard(key);
-        match shard.get_mut(key) {
-            Some(entry) => *entry = Entry::Done(remembered),
+        let hash = self.keys.hash(key);
+        let mut shard = self.keys.lock(hash);
+        match shard.find_mut(hash, |slot| &*slot.key == key) {
+            Some(slot) => slot.entry = Entry::Done(remembered),
             None => {
                 // Restoring at start: the table is sized for what was saved.
-                self.keys_stored.fetch_add(1, Ordering::Relaxed);
-                shard.insert(key.into(), Entry::Done(remembered));
+                self.keys.count_restored();
+                let slot = Slot {
+                    key: key.into(),
+                    entry: Entry::Done(remembered),
+                };
+                shard.insert_unique(hash, slot, |slot| self.keys.hash(&slot.key));
             }
         }
     }
 
     /// Forgets a key whose request ended without an outcome.
     pub fn abandon(&self, key: &str) {
-        let mut shard = self.shard(key);
-        if let Some(Entry::InFlight { .. }) = shard.get(key) {
-            shard.remove(key);
-            self.keys_stored.fetch_sub(1, Ordering::Relaxed);
+        let hash = self.keys.hash(key);
+        let mut shard = self.keys.lock(hash);
+        let in_flight =
+            |slot: &Slot| &*slot.key == key && matches!(slot.entry, Entry::InFlight { .. });
+        if let Ok(found) = shard.find_entry(hash, in_flight) {
+            found.remove();
+            self.keys.give_back(1);
         }
     }
 
@@ -187,13 +190,11 @@ impl Table {
     /// key can expire, so a full table does not sweep again before then.
     pub fn sweep(&self, now_ms: u64) -> usize {
         let mut next_expiry_ms = now_ms.saturating_add(self.ttl_ms);
-        let removed = self
-            .shards
-            .iter()
-            .map(|shard| {
-                let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let removed = (0..self.keys.shard_count())
+            .map(|index| {
+                let mut shard = self.keys.lock_index(index);
                 let before = shard.len();
-                shard.retain(|_, entry| match entry {
+                shard.retain(|slot| match &slot.entry {
                     Entry::Done(done) if self.is_expired(done, now_ms) => false,
                     Entry::Done(done) => {
                         next_expiry_ms = next_expiry_ms.min(self.expiry_ms(done));
@@ -204,7 +205,7 @@ impl Table {
                 before - shard.len()
             })
             .sum();
-        self.keys_stored.fetch_sub(removed, Ordering::Relaxed);
+        self.keys.give_back(removed);
         // A key in flight now settles with a time a little before now: sweep
         // again no later than its expiry could be.
         let in_flight_expiry_ms = now_ms
@@ -217,7 +218,7 @@ impl Table {
 
     /// Number of shards, for [`Table::for_each_remembered_in_shard`].
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.keys.shard_count()
     }
 
     /// Calls `visit` with every settled, unexpired key of shard `index`, under
@@ -228,21 +229,18 @@ impl Table {
         now_ms: u64,
         mut visit: impl FnMut(&str, &Remembered),
     ) {
-        let shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (key, entry) in shard.iter() {
-            if let Entry::Done(done) = entry
+        for slot in self.keys.lock_index(index).iter() {
+            if let Entry::Done(done) = &slot.entry
                 && !self.is_expired(done, now_ms)
             {
-                visit(key, done);
+                visit(&slot.key, done);
             }
         }
     }
 
     /// Keys stored now (in flight or settled).
     pub fn keys_stored(&self) -> usize {
-        self.keys_stored.load(Ordering::Relaxed)
+        self.keys.stored()
     }
 
     /// New keys refused so far because the table was full.
@@ -262,13 +260,6 @@ impl Table {
     /// True when a sweep could free a key now.
     fn is_sweep_due(&self, now_ms: u64) -> bool {
         self.next_sweep_ms.load(Ordering::Relaxed) <= now_ms
-    }
-
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let index = self.hasher.hash_one(key) as usize & (self.shards.len() - 1);
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`journal`]: write-ahead journal, group commit, snapshots, recovery.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
 //! - [`ledger`]: sharded in-memory balances and check-and-debit; no I/O.
+//! - [`sharded`]: the bounded, sharded hash tables the ledger and the keys share.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
 //! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
@@ -26,6 +27,7 @@ pub mod render;
 pub mod request_id;
 pub mod router;
 pub mod server;
+pub mod sharded;
 pub mod storage;
 pub mod usuario;
 

@@ -28,13 +28,9 @@
 //! The ledger does no I/O and never blocks on anything but a shard lock held for
 //! a few hundred nanoseconds.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-use crossbeam_utils::CachePadded;
-use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+use crate::sharded::Sharded;
 use crate::usuario::Usuario;
 
 /// The most shards a ledger may have.
@@ -107,21 +103,10 @@ pub struct Debit {
 
 /// All balances. Shared by reference between every request.
 pub struct Ledger {
-    /// The account tables; `shards.len()` is a power of two.
-    shards: Box<[CachePadded<Mutex<Shard>>]>,
-    /// Keyed hasher for account names, random per process.
-    hasher: ahash::RandomState,
+    /// The accounts, bounded by [`Limits::accounts_max`]; only grows.
+    accounts: Sharded<Account>,
     /// See [`Limits::opening_saldo`].
     opening_saldo: u64,
-    /// See [`Limits::accounts_max`].
-    accounts_max: usize,
-    /// Accounts stored across all shards; only grows.
-    accounts_stored: AtomicUsize,
-}
-
-#[derive(Default)]
-struct Shard {
-    accounts: HashTable<Account>,
 }
 
 struct Account {
@@ -195,15 +180,9 @@ impl Ledger {
         );
         assert!(limits.shard_count <= SHARDS_MAX);
         assert!(limits.opening_saldo <= SALDO_MAX);
-        let shards = (0..limits.shard_count)
-            .map(|_| CachePadded::new(Mutex::new(Shard::default())))
-            .collect();
         Self {
-            shards,
-            hasher: ahash::RandomState::new(),
+            accounts: Sharded::new(limits.shard_count, limits.accounts_max),
             opening_saldo: limits.opening_saldo,
-            accounts_max: limits.accounts_max,
-            accounts_stored: AtomicUsize::new(0),
         }
     }
 
@@ -258,17 +237,17 @@ impl Ledger {
         match replayed {
             Ok(result) => result,
             Err(_) => Err(ReplayError::TooManyAccounts {
-                accounts_max: self.accounts_max,
+                accounts_max: self.accounts_max(),
             }),
         }
     }
 
     /// The account's balance (the opening balance if it was never stored).
     pub fn saldo(&self, usuario: &Usuario) -> u64 {
-        let (hash, shard) = self.shard_for(usuario);
         let name = usuario.as_str();
-        shard
-            .accounts
+        let hash = self.accounts.hash(name);
+        self.accounts
+            .lock(hash)
             .find(hash, |account| &*account.usuario == name)
             .map_or(self.opening_saldo, |account| account.saldo)
     }
@@ -292,7 +271,7 @@ impl Ledger {
         monto: u64,
         reserved: impl FnOnce(&Debit, AccountRef) -> R,
     ) -> Result<(Debit, R), Error> {
-        let hash = self.hash(usuario);
+        let hash = self.accounts.hash(usuario.as_str());
         self.update_hashed(hash, usuario, |account| {
             let debit = check(account, monto)?;
             account.pendiente += monto;
@@ -310,10 +289,9 @@ impl Ledger {
     /// broken invariant, which stops the journal's writer (and so marks the
     /// journal failed) rather than apply a wrong balance.
     pub fn settle(&self, account: AccountRef, usuario: &Usuario, monto: u64, applied: Option<u64>) {
-        let mut shard = self.shard_at(account.hash);
+        let mut shard = self.accounts.lock(account.hash);
         let name = usuario.as_str();
         let stored = shard
-            .accounts
             .find_mut(account.hash, |stored| &*stored.usuario == name)
             .expect("a reserved account is stored");
         assert!(stored.pendiente >= monto, "settling more than was reserved");
@@ -330,16 +308,13 @@ impl Ledger {
 
     /// Number of shards, for [`Ledger::for_each_in_shard`].
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.accounts.shard_count()
     }
 
     /// Calls `visit` with every account of shard `index`, under its lock:
     /// each account is seen whole, and debits of other shards go on.
     pub fn for_each_in_shard(&self, index: usize, mut visit: impl FnMut(Stored<'_>)) {
-        let shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for account in shard.accounts.iter() {
+        for account in self.accounts.lock_index(index).iter() {
             visit(Stored {
                 usuario: &account.usuario,
                 saldo: account.saldo,
@@ -350,32 +325,12 @@ impl Ledger {
 
     /// The most accounts the ledger stores.
     pub fn accounts_max(&self) -> usize {
-        self.accounts_max
+        self.accounts.stored_max()
     }
 
     /// Number of accounts stored (seeded or debited at least once).
     pub fn accounts_stored(&self) -> usize {
-        self.accounts_stored.load(Ordering::Relaxed)
-    }
-
-    /// The one place a name is hashed: the hash picks the shard (bits 32..)
-    /// and is reused for the table lookup (which uses the low and top bits).
-    fn hash(&self, usuario: &Usuario) -> u64 {
-        self.hasher.hash_one(usuario.as_str())
-    }
-
-    fn shard_at(&self, hash: u64) -> MutexGuard<'_, Shard> {
-        let index = (hash >> 32) as usize & (self.shards.len() - 1);
-        // A poisoned shard still holds consistent balances: every write to an
-        // account is a single assignment made after all checks.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn shard_for(&self, usuario: &Usuario) -> (u64, MutexGuard<'_, Shard>) {
-        let hash = self.hash(usuario);
-        (hash, self.shard_at(hash))
+        self.accounts.stored()
     }
 
     /// Runs `change` on an account under its shard's lock, with one table
@@ -386,7 +341,7 @@ impl Ledger {
         usuario: &Usuario,
         change: impl FnOnce(&mut Account) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        self.update_hashed(self.hash(usuario), usuario, change)
+        self.update_hashed(self.accounts.hash(usuario.as_str()), usuario, change)
     }
 
     fn update_hashed<R>(
@@ -395,19 +350,15 @@ impl Ledger {
         usuario: &Usuario,
         change: impl FnOnce(&mut Account) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let mut shard = self.shard_at(hash);
+        let mut shard = self.accounts.lock(hash);
         let name = usuario.as_str();
-        let rehash = |account: &Account| self.hasher.hash_one(&*account.usuario);
-        match shard
-            .accounts
-            .entry(hash, |account| &*account.usuario == name, rehash)
-        {
+        let rehash = |account: &Account| self.accounts.hash(&account.usuario);
+        match shard.entry(hash, |account| &*account.usuario == name, rehash) {
             Entry::Occupied(mut entry) => change(entry.get_mut()),
             Entry::Vacant(entry) => {
                 // Room is taken before `change` runs: it may enqueue work that
                 // must not happen for an account the ledger then refuses.
-                if self.accounts_stored.fetch_add(1, Ordering::Relaxed) >= self.accounts_max {
-                    self.accounts_stored.fetch_sub(1, Ordering::Relaxed);
+                if !self.accounts.take_room() {
                     return Err(Error::LedgerFull);
                 }
                 // The name is copied to the heap only once the account is kept:
@@ -425,7 +376,7 @@ impl Ledger {
                         Ok(result)
                     }
                     Err(error) => {
-                        self.accounts_stored.fetch_sub(1, Ordering::Relaxed);
+                        self.accounts.give_back(1);
                         Err(error)
                     }
                 }
