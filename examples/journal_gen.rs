@@ -1,6 +1,7 @@
 //! Writes a synthetic journal for recovery benchmarks: `debits_per_account`
 //! debits of 1 CLP for each of `accounts` accounts, in rounds (every account
-//! once, then again), into segments of at most `segment_bytes`.
+//! once, then again), framed in batches of 1024 records, into segments of
+//! about `segment_bytes`.
 //!
 //! The data directory must already exist with its metadata (start and stop
 //! `saldos` on it once, with the same opening balance and an empty seed);
@@ -12,9 +13,12 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use saldos::journal::Record;
+use saldos::journal::{Record, batch};
 use saldos::ledger::{DebitKind, Outcome};
 use saldos::usuario::Usuario;
+
+/// Records per batch.
+const BATCH_RECORDS: usize = 1024;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,9 +38,28 @@ fn main() -> std::io::Result<()> {
     let mut segment = 0;
     let mut written = u64::MAX;
     let mut out = BufWriter::new(File::create(dir.join("unused"))?);
-    let mut bytes = Vec::with_capacity(128);
-    for round in 1..=debits_per_account {
-        for account in 0..accounts {
+    let mut batch = Vec::with_capacity(BATCH_RECORDS * 128);
+    let mut first_record = 1;
+    let mut records = 0u32;
+    let debits = (1..=debits_per_account)
+        .flat_map(|round| (0..accounts).map(move |account| (round, account)));
+    for (round, account) in debits {
+        if records == 0 {
+            batch::start(&mut batch);
+        }
+        Record {
+            kind: DebitKind::Retiro,
+            usuario: Usuario::new(&format!("cuenta{account}")).map_err(std::io::Error::other)?,
+            monto: 1,
+            outcome: Outcome::Debited {
+                nuevo_saldo: opening - round,
+            },
+            time_ms: 0,
+            key: None,
+        }
+        .encode(&mut batch);
+        records += 1;
+        if records as usize == BATCH_RECORDS {
             if written >= segment_bytes {
                 out.flush()?;
                 segment += 1;
@@ -45,22 +68,17 @@ fn main() -> std::io::Result<()> {
                 )?);
                 written = 0;
             }
-            bytes.clear();
-            Record {
-                kind: DebitKind::Retiro,
-                usuario: Usuario::new(&format!("cuenta{account}"))
-                    .map_err(std::io::Error::other)?,
-                monto: 1,
-                outcome: Outcome::Debited {
-                    nuevo_saldo: opening - round,
-                },
-                time_ms: 0,
-                key: None,
-            }
-            .encode(&mut bytes);
-            out.write_all(&bytes)?;
-            written += bytes.len() as u64;
+            batch::finish(&mut batch, 0, first_record, records);
+            out.write_all(&batch)?;
+            written += batch.len() as u64;
+            first_record += u64::from(records);
+            records = 0;
+            batch.clear();
         }
+    }
+    if records > 0 {
+        batch::finish(&mut batch, 0, first_record, records);
+        out.write_all(&batch)?;
     }
     out.flush()?;
     drop(out);

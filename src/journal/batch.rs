@@ -44,7 +44,7 @@ pub struct Frame<'a> {
 
 impl Frame<'_> {
     /// Bytes the batch takes in its segment, header included.
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         HEADER_BYTES + self.records.len()
     }
 
@@ -171,7 +171,7 @@ mod tests {
             (frame.first_record, frame.record_count, frame.records),
             (7, 2, &b"some records"[..])
         );
-        assert_eq!((frame.len(), frame.next_record()), (bytes.len(), 9));
+        assert_eq!((frame.bytes(), frame.next_record()), (bytes.len(), 9));
         for cut in 0..bytes.len() {
             assert_eq!(decode(&bytes[..cut]), Err(Damage::Short), "cut {cut}");
         }

@@ -18,7 +18,7 @@
 //! table's settled keys change only on the writer thread, after the record
 //! that justifies the change is synced, in journal order.
 
-mod batch;
+pub mod batch;
 mod data_dir;
 pub mod medium;
 mod queue;

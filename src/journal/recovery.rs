@@ -195,7 +195,7 @@ fn replay_segment(
             },
         )?;
         next_record = frame.next_record();
-        at += frame.len();
+        at += frame.bytes();
     }
     let torn_bytes = (bytes.len() - at) as u64;
     if torn_bytes > 0 {
