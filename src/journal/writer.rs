@@ -243,6 +243,7 @@ impl Writer {
             .name("saldos-snapshot".into())
             .spawn(move || {
                 let _death = DeathWatch(&queue);
+                yield_to_requests();
                 match snapshot::write(&dir, cut, &ledger, &keys) {
                     Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -256,6 +257,24 @@ impl Writer {
         match spawned {
             Ok(handle) => self.snapshot = Some(handle),
             Err(error) => tracing::warn!(%error, "cannot start the snapshot thread"),
+        }
+    }
+}
+
+/// Puts the calling thread in the idle scheduling class (Linux `SCHED_IDLE`):
+/// on a task with one or two vCPUs the snapshot must not take CPU time from
+/// the requests. It still gets the CPU whenever a request waits for a shard
+/// it holds (the waiting thread sleeps), so it never holds a lock long, and
+/// it progresses in the gaps of the load.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        let parameters = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sets the calling thread's (pid 0) policy from a valid,
+        // initialized parameter block; no memory is shared with the kernel.
+        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &parameters) };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "snapshot thread keeps its priority");
         }
     }
 }
