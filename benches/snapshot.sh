@@ -6,7 +6,8 @@
 # `steady` never rotates (1 TiB segments), `snapshotting` rotates every
 # SEGMENT_BYTES, so a snapshot of the whole ledger is being written during
 # most of every run. wrk on CPU 1 alternates between them. Prints medians of
-# req/s and p99, the snapshots written, and each server's peak RSS (VmHWM).
+# req/s and p99, the snapshots written, and each server's peak RSS during the
+# runs (VmRSS sampled every 100 ms; VmHWM would include recovery's peak).
 #
 # usage: benches/snapshot.sh [ROUNDS] [SECONDS] [ACCOUNTS] [SEGMENT_BYTES]
 #        (defaults: 3 rounds of 10 s, 1,000,000 accounts, 8 MiB segments)
@@ -49,9 +50,20 @@ prepare() { # name port segment_bytes
 prepare steady 5611 $((1 << 40))
 prepare snapshotting 5612 "$segment_bytes"
 
+sample_rss() { # pid file: highest VmRSS (KiB) until killed
+  local peak=0 rss
+  while rss=$(awk '/VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null); do
+    ((rss > peak)) && { peak=$rss; echo "$peak" >"$2"; }
+    sleep 0.1
+  done
+}
+
 run() { # name port
-  local out
+  local out sampler
+  sample_rss "$(cat "$work/$1.pid")" "$work/$1.rss.$RANDOM" &
+  sampler=$!
   out=$(WRK_ACCOUNTS=$accounts taskset -c 1 wrk -t1 -c256 -d"${seconds}s" --latency -s benches/wrk/retiro.lua "http://127.0.0.1:$2")
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
   echo "$out" | awk -v s="$1" '/Requests\/sec/ { rps = $2 } $1 == "99%" { p99 = $2 } END { print s, rps, p99 }' >>"$work/results"
 }
 
@@ -62,7 +74,7 @@ for round in $(seq "$rounds"); do
 done
 
 for name in steady snapshotting; do
-  hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$(cat "$work/$name.pid")/status")
+  hwm=$(cat "$work/$name".rss.* | sort -n | tail -1)
   echo "$name peak_rss_kib $hwm snapshots $(grep -c 'snapshot written' "$work/$name.log" || true)" >>"$work/results"
 done
 

@@ -244,10 +244,12 @@ impl Writer {
             .spawn(move || {
                 let _death = DeathWatch(&queue);
                 yield_to_requests();
+                let started = std::time::Instant::now();
                 match snapshot::write(&dir, cut, &ledger, &keys) {
                     Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(covers_segments_before = next, bytes, "snapshot written");
+                        let elapsed_ms = started.elapsed().as_millis() as u64;
+                        tracing::info!(covers_segments_before = next, bytes, elapsed_ms, "snapshot written");
                     }
                     Err(error) => {
                         tracing::warn!(%error, "snapshot failed; the journal keeps every segment")
