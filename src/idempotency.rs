@@ -19,11 +19,6 @@ use crate::usuario::Usuario;
 /// The longest key, in bytes (SPEC section 1).
 pub const KEY_BYTES_MAX: usize = 255;
 
-/// The longest a request keeps a key in flight, in ms (body timeout, queue
-/// wait and sync, with a wide margin): bounds how early before a sweep the
-/// time of a key that settles after it can be.
-const IN_FLIGHT_MS_MAX: u64 = 60_000;
-
 /// The header carrying the key.
 pub const HEADER: &str = "idempotency-key";
 
@@ -59,7 +54,8 @@ pub struct Remembered {
     pub monto: u64,
     /// What happened.
     pub outcome: Outcome,
-    /// When it was settled, in ms since the Unix epoch.
+    /// When its request was accepted (reserved), in ms since the Unix epoch;
+    /// the TTL counts from here.
     pub time_ms: u64,
 }
 
@@ -158,6 +154,10 @@ impl Table {
 
     /// Records the settled outcome of a key (in flight, or being restored).
     pub fn finish(&self, key: &str, remembered: Remembered) {
+        // A key settled now may expire before the next planned sweep (its
+        // time is when its request was reserved, a while ago).
+        self.next_sweep_ms
+            .fetch_min(self.expiry_ms(&remembered), Ordering::Relaxed);
         let hash = self.keys.hash(key);
         let mut shard = self.keys.lock(hash);
         match shard.find_mut(hash, |slot| &*slot.key == key) {
@@ -189,6 +189,8 @@ impl Table {
     /// Removes every expired key; returns how many went. Notes when the next
     /// key can expire, so a full table does not sweep again before then.
     pub fn sweep(&self, now_ms: u64) -> usize {
+        // Recomputed from scratch below; `finish` may lower it meanwhile.
+        self.next_sweep_ms.store(u64::MAX, Ordering::Relaxed);
         let mut next_expiry_ms = now_ms.saturating_add(self.ttl_ms);
         let removed = (0..self.keys.shard_count())
             .map(|index| {
@@ -206,13 +208,9 @@ impl Table {
             })
             .sum();
         self.keys.give_back(removed);
-        // A key in flight now settles with a time a little before now: sweep
-        // again no later than its expiry could be.
-        let in_flight_expiry_ms = now_ms
-            .saturating_add(self.ttl_ms)
-            .saturating_sub(IN_FLIGHT_MS_MAX);
+        // Keys settled meanwhile lowered it already (`finish`): keep theirs.
         self.next_sweep_ms
-            .store(next_expiry_ms.min(in_flight_expiry_ms), Ordering::Relaxed);
+            .fetch_min(next_expiry_ms, Ordering::Relaxed);
         removed
     }
 

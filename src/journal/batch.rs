@@ -22,6 +22,10 @@ use super::record::{HEADER_BYTES as RECORD_HEADER_BYTES, PAYLOAD_BYTES_MAX};
 /// "SLDB" little-endian: the first bytes of every batch.
 const MAGIC: u32 = u32::from_le_bytes(*b"SLDB");
 
+/// The highest first record number a batch may have: numbering stays far from
+/// `u64::MAX`, so `first_record + record_count` never overflows.
+pub const FIRST_RECORD_MAX: u64 = 1 << 62;
+
 /// Bytes of a batch header.
 pub const HEADER_BYTES: usize = 4 + 8 + 4 + 4 + 4 + 4;
 
@@ -142,7 +146,8 @@ fn decode_header(header: &[u8]) -> Result<(u64, u32, usize, u32), Damage> {
     let first_record = u64::from_le_bytes(first_record);
     let record_count = word(12);
     let records_len = word(16) as usize;
-    if first_record == 0 || record_count == 0 || record_count as usize > RECORDS_MAX {
+    let numbering_fits = (1..=FIRST_RECORD_MAX).contains(&first_record);
+    if !numbering_fits || record_count == 0 || record_count as usize > RECORDS_MAX {
         return Err(Damage::Header("batch numbering out of range"));
     }
     if records_len > RECORDS_BYTES_MAX {

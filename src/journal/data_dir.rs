@@ -180,11 +180,46 @@ impl DataDir {
             .map_err(|source| self.io_error(&self.path_of(kind, index), source))
     }
 
-    /// Creates an empty segment and makes its name durable.
+    /// Creates an empty segment and makes its name durable. An empty segment
+    /// of that name left by an earlier attempt whose directory sync failed is
+    /// taken over.
     pub fn create_segment(&self, index: u64) -> io::Result<Box<dyn MediumFile>> {
-        let file = self.medium.create(&FileKind::Segment.name(index))?;
+        let name = FileKind::Segment.name(index);
+        let file = match self.medium.create(&name) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                let file = self.medium.open_append(&name)?;
+                if file.length()? != 0 {
+                    return Err(error);
+                }
+                file
+            }
+            Err(error) => return Err(error),
+        };
         self.medium.sync_dir()?;
         Ok(file)
+    }
+
+    /// True when segment `index` holds no bytes.
+    pub fn is_segment_empty(&self, index: u64) -> Result<bool, Error> {
+        let path = self.path_of(FileKind::Segment, index);
+        let file = self
+            .medium
+            .open_append(&FileKind::Segment.name(index))
+            .map_err(|source| self.io_error(&path, source))?;
+        let length = file
+            .length()
+            .map_err(|source| self.io_error(&path, source))?;
+        Ok(length == 0)
+    }
+
+    /// Removes an empty segment and syncs the directory.
+    pub fn remove_empty_segment(&self, index: u64) -> Result<(), Error> {
+        let path = self.path_of(FileKind::Segment, index);
+        self.medium
+            .remove(&FileKind::Segment.name(index))
+            .and_then(|()| self.medium.sync_dir())
+            .map_err(|source| self.io_error(&path, source))
     }
 
     /// Opens the last segment for appending, cut back durably to `valid_bytes`.
@@ -232,9 +267,14 @@ impl DataDir {
         fill: impl FnOnce(&mut dyn MediumFile) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut file = self.medium.create(temporary)?;
-        fill(file.as_mut())?;
-        file.sync_data()?;
+        let written = fill(file.as_mut()).and_then(|()| file.sync_data());
         drop(file);
+        if let Err(error) = written {
+            // A half-written temporary file (a snapshot can be large) must
+            // not wait for the next start to go, least of all on a full disk.
+            let _ = self.medium.remove(temporary);
+            return Err(error);
+        }
         self.medium.rename(temporary, name)?;
         self.medium.sync_dir()
     }

@@ -186,7 +186,7 @@ pub fn open_on(
     let thread = std::thread::Builder::new()
         .name("saldos-journal".into())
         .spawn(move || {
-            let _death = DeathWatch(&thread_queue);
+            let _death = DeathWatch::writer(&thread_queue);
             writer.run();
         })
         .map_err(|source| Error::Io {
@@ -221,8 +221,9 @@ impl Journal {
         self.queue.slot().await
     }
 
-    /// Queues an entry in its slot; never blocks. Called under the account's
-    /// shard lock, so the entries of one account are in debit order.
+    /// Queues an entry in its slot; never blocks. A debit is queued under its
+    /// account's shard lock, so the entries of one account are in debit
+    /// order; a refusal, which changes no balance, need not be.
     pub fn push(&self, slot: Slot<'_>, entry: Queued) -> Result<Ticket, Unavailable> {
         self.queue.push(slot, entry)
     }

@@ -7,6 +7,16 @@
 //! ticket of the batch (`done`) and wakes the waiting requests once: a
 //! request whose ticket is at or below `done` is durable. No allocation, no
 //! channel per request.
+//!
+//! Only what is known not to be durable gets `Unavailable` ("nothing
+//! applied"): tickets after `lost_after`. A failed write or sync sets it to
+//! `done` (the writer appends nothing after a failure); a dead writer sets it
+//! to the last ticket whose bytes it may have written, so a batch whose
+//! outcome is unknown (its sync may have completed) is never answered: those requests wait
+//! until the process is replaced and their connections are cut, which a
+//! client reads as "outcome unknown", not as a refusal it may retry blindly.
+//! A dead snapshot thread only marks the journal failed: batches in flight
+//! complete as they would.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -55,8 +65,12 @@ pub struct Queue {
     entries: Mutex<Entries>,
     /// Wakes the writer when entries arrive or the queue closes.
     arrived: Condvar,
-    /// The last ticket made durable (or released, after a failure: see `failed`).
+    /// The last ticket made durable and settled.
     done: AtomicU64,
+    /// Tickets after this one will never be durable (`u64::MAX`: none known).
+    lost_after: AtomicU64,
+    /// The last ticket whose record the writer may have written.
+    written: AtomicU64,
     /// Wakes the requests waiting for `done` to move.
     completed: Notify,
     /// Set once: a write or sync failed, or a journal thread died.
@@ -72,6 +86,8 @@ impl Queue {
             entries: Mutex::new(Entries::default()),
             arrived: Condvar::new(),
             done: AtomicU64::new(0),
+            lost_after: AtomicU64::new(u64::MAX),
+            written: AtomicU64::new(0),
             completed: Notify::new(),
             failed: AtomicBool::new(false),
             slots: Semaphore::new(ENTRIES_MAX),
@@ -114,7 +130,7 @@ impl Queue {
             if self.done.load(Ordering::Acquire) >= ticket.0 {
                 return Ok(());
             }
-            if self.has_failed() {
+            if ticket.0 > self.lost_after.load(Ordering::Acquire) {
                 return Err(Unavailable);
             }
             completed.await;
@@ -126,10 +142,31 @@ impl Queue {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Marks the journal failed and wakes every waiting request.
+    /// Marks the journal failed: the probes say so and new debits are
+    /// refused at once (waiting for a slot included). Entries already queued
+    /// are still written or released by the writer.
     pub fn fail(&self) {
         self.failed.store(true, Ordering::Release);
+        self.slots.close();
+    }
+
+    /// The writer died: entries it never wrote are released, a batch it may
+    /// have written is left unanswered (see the module's comment).
+    pub fn writer_died(&self) {
+        self.fail();
+        let written = self.written.load(Ordering::Acquire);
+        self.lost_after.store(
+            written.max(self.done.load(Ordering::Acquire)),
+            Ordering::Release,
+        );
         self.completed.notify_waiters();
+    }
+
+    /// The writer's side: the batch from `first` of `count` entries is about
+    /// to be written; from here its outcome is unknown until it completes.
+    pub(super) fn writing(&self, first: Ticket, count: usize) {
+        self.written
+            .store(first.0 + count as u64 - 1, Ordering::Release);
     }
 
     /// Stops taking entries; the writer drains what is queued, then ends.
@@ -167,7 +204,11 @@ impl Queue {
             self.done
                 .store(first.0 + count as u64 - 1, Ordering::Release);
         } else {
-            self.failed.store(true, Ordering::Release);
+            // Nothing is appended after a failure: whatever was not durable
+            // by now never will be.
+            self.lost_after
+                .store(self.done.load(Ordering::Acquire), Ordering::Release);
+            self.fail();
         }
         self.slots.add_permits(count);
         self.completed.notify_waiters();

@@ -47,20 +47,34 @@ pub fn recover(
         ledger,
         keys,
         now_ms: clock::unix_ms(),
-        path: dir.path_of(FileKind::Snapshot, 0),
+        path: None,
     };
     let snapshot = files.snapshots.last().copied();
-    let cut = match snapshot {
+    let (cut, last_record_max) = match snapshot {
         Some(index) => {
-            restorer.path = dir.path_of(FileKind::Snapshot, index);
-            snapshot::load(dir, index, &mut restorer)?
+            restorer.path = Some(dir.path_of(FileKind::Snapshot, index));
+            let loaded = snapshot::load(dir, index, &mut restorer)?;
+            (loaded.cut, Some(loaded.last_record_max))
         }
-        None => Cut {
-            covers: 1,
-            next_record: 1,
-        },
+        None => (
+            Cut {
+                covers: 1,
+                next_record: 1,
+            },
+            None,
+        ),
     };
-    let segments = segments_after(dir, &files, cut, snapshot.is_some())?;
+    let mut segments = segments_after(dir, &files, cut, snapshot.is_some())?;
+    // Empty segments at the end (a rotation whose directory sync failed, or
+    // a cut right after one) hold nothing: the journal's final batch is the
+    // last one of the last segment with bytes, where the writer goes on.
+    while let [_, .., last] = segments[..] {
+        if !dir.is_segment_empty(last)? {
+            break;
+        }
+        dir.remove_empty_segment(last)?;
+        segments.pop();
+    }
     let mut next_record = cut.next_record;
     let mut records_replayed = 0;
     let mut end = None;
@@ -70,6 +84,17 @@ pub fn recover(
         records_replayed += replayed.next_record - next_record;
         next_record = replayed.next_record;
         end = Some((*index, replayed));
+    }
+    if let (Some(index), Some((record, offset))) = (snapshot, last_record_max)
+        && record >= next_record
+    {
+        return Err(Error::Corrupt {
+            path: dir.path_of(FileKind::Snapshot, index),
+            offset,
+            reason: format!(
+                "the snapshot holds record {record} but the journal ends before it: it does not match its segments"
+            ),
+        });
     }
     let (tail, torn_bytes) = match end {
         Some((index, replayed)) => {
@@ -258,7 +283,7 @@ struct Restorer<'a> {
     keys: &'a Table,
     now_ms: u64,
     /// The snapshot being loaded, for messages.
-    path: std::path::PathBuf,
+    path: Option<std::path::PathBuf>,
 }
 
 impl Restorer<'_> {
@@ -276,7 +301,10 @@ impl Restore for Restorer<'_> {
     fn account(&mut self, usuario: &Usuario, saldo: u64, last_record: u64) -> Result<(), Error> {
         self.ledger
             .restore(usuario, saldo, last_record)
-            .map_err(|_| too_many_accounts(&self.path, self.ledger.accounts_max()))
+            .map_err(|_| {
+                let path = self.path.as_deref().unwrap_or(Path::new("snapshot"));
+                too_many_accounts(path, self.ledger.accounts_max())
+            })
     }
 
     fn key(&mut self, record: &Record) {

@@ -36,6 +36,9 @@ const ACCOUNT: u8 = 0x01;
 const KEY: u8 = 0x02;
 const END: u8 = 0xFF;
 const END_BYTES: usize = 1 + 8 + 8 + 4;
+/// Record numbers stay far from `u64::MAX` (2^62 records is centuries at any
+/// rate): a snapshot claiming more is not one the writer wrote.
+const NEXT_RECORD_MAX: u64 = super::batch::FIRST_RECORD_MAX;
 
 /// Where a snapshot cuts the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,36 +133,56 @@ pub trait Restore {
     fn key(&mut self, record: &Record);
 }
 
-/// Reads and checks a snapshot and hands each account and key to `restore`
-/// (nothing is handed over unless the whole file's checksum holds). Any
-/// damage names the file and offset; returns the snapshot's cut.
-pub fn load(dir: &DataDir, index: u64, restore: &mut impl Restore) -> Result<Cut, Error> {
-    let bytes = dir.read(FileKind::Snapshot, index)?;
-    let path = dir.path_of(FileKind::Snapshot, index);
-    let corrupt = |offset: usize, reason: &str| Error::Corrupt {
-        path: path.clone(),
-        offset: offset as u64,
-        reason: reason.to_owned(),
-    };
-    parse(&bytes, index, restore).map_err(|(offset, reason)| corrupt(offset, reason))?
+/// A loaded snapshot: its cut, and the newest record any account holds,
+/// which the journal after the cut must reach (else the snapshot holds debits
+/// the segments lack: it does not match them).
+#[derive(Debug, Clone, Copy)]
+pub struct Loaded {
+    /// Where the snapshot cuts the journal.
+    pub cut: Cut,
+    /// The highest `last_record` of an account, and the offset of its entry.
+    pub last_record_max: (u64, u64),
 }
 
-type Damage = (usize, &'static str);
+/// Why a snapshot did not load.
+enum Refusal {
+    /// Damage at an offset.
+    Damage(usize, &'static str),
+    /// `restore` refused an entry.
+    Restore(Error),
+}
 
-fn parse(
-    bytes: &[u8],
-    index: u64,
-    restore: &mut impl Restore,
-) -> Result<Result<Cut, Error>, Damage> {
+impl From<(usize, &'static str)> for Refusal {
+    fn from((offset, reason): (usize, &'static str)) -> Self {
+        Self::Damage(offset, reason)
+    }
+}
+
+/// Reads and checks a snapshot and hands each account and key to `restore`
+/// (nothing is handed over unless the whole file's checksum holds). Any
+/// damage names the file and offset.
+pub fn load(dir: &DataDir, index: u64, restore: &mut impl Restore) -> Result<Loaded, Error> {
+    let bytes = dir.read(FileKind::Snapshot, index)?;
+    parse(&bytes, index, restore).map_err(|refusal| match refusal {
+        Refusal::Damage(offset, reason) => Error::Corrupt {
+            path: dir.path_of(FileKind::Snapshot, index),
+            offset: offset as u64,
+            reason: reason.to_owned(),
+        },
+        Refusal::Restore(error) => error,
+    })
+}
+
+fn parse(bytes: &[u8], index: u64, restore: &mut impl Restore) -> Result<Loaded, Refusal> {
     if bytes.len() < HEADER_BYTES + END_BYTES {
-        return Err((0, "snapshot too short"));
+        return Err((0, "snapshot too short").into());
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err((body.len(), "snapshot checksum mismatch"));
+        return Err((body.len(), "snapshot checksum mismatch").into());
     }
     if &body[..MAGIC.len()] != MAGIC || body[MAGIC.len()] != VERSION {
-        return Err((0, "not a snapshot of this format version"));
+        return Err((0, "not a snapshot of this format version").into());
     }
     let mut reader = Reader {
         bytes: body,
@@ -173,9 +196,14 @@ fn parse(
         return Err((
             MAGIC.len() + 1,
             "snapshot covers other segments than its name says",
-        ));
+        )
+            .into());
+    }
+    if cut.next_record == 0 || cut.next_record > NEXT_RECORD_MAX {
+        return Err((MAGIC.len() + 9, "snapshot record numbering out of range").into());
     }
     let (mut accounts, mut keys) = (0u64, 0u64);
+    let mut last_record_max = (0, 0);
     loop {
         let entry_at = reader.at;
         match reader.u8()? {
@@ -188,11 +216,14 @@ fn parse(
                 let saldo = reader.u64()?;
                 let last_record = reader.u64()?;
                 if saldo > SALDO_MAX {
-                    return Err((entry_at, "balance out of range"));
+                    return Err((entry_at, "balance out of range").into());
                 }
-                if let Err(error) = restore.account(&usuario, saldo, last_record) {
-                    return Ok(Err(error));
+                if last_record > last_record_max.0 {
+                    last_record_max = (last_record, entry_at as u64);
                 }
+                restore
+                    .account(&usuario, saldo, last_record)
+                    .map_err(Refusal::Restore)?;
                 accounts += 1;
             }
             KEY => {
@@ -203,17 +234,20 @@ fn parse(
                 keys += 1;
             }
             END => break,
-            _ => return Err((entry_at, "unknown snapshot entry")),
+            _ => return Err((entry_at, "unknown snapshot entry").into()),
         }
     }
     let counts_at = reader.at;
     if reader.u64()? != accounts || reader.u64()? != keys {
-        return Err((counts_at, "snapshot entry counts do not match"));
+        return Err((counts_at, "snapshot entry counts do not match").into());
     }
     if reader.at != body.len() {
-        return Err((reader.at, "trailing bytes in snapshot"));
+        return Err((reader.at, "trailing bytes in snapshot").into());
     }
-    Ok(Ok(cut))
+    Ok(Loaded {
+        cut,
+        last_record_max,
+    })
 }
 
 /// Reads fields off a checksummed snapshot body.
@@ -223,7 +257,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], Damage> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], (usize, &'static str)> {
         let taken = self
             .bytes
             .get(self.at..self.at + len)
@@ -232,11 +266,11 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn u8(&mut self) -> Result<u8, Damage> {
+    fn u8(&mut self) -> Result<u8, (usize, &'static str)> {
         Ok(self.take(1)?[0])
     }
 
-    fn u64(&mut self) -> Result<u64, Damage> {
+    fn u64(&mut self) -> Result<u64, (usize, &'static str)> {
         let mut word = [0; 8];
         word.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(word))

@@ -65,6 +65,8 @@ pub struct Writer {
     segment_bytes_max: u64,
     /// The snapshot being written, at most one at a time.
     snapshot: Option<JoinHandle<()>>,
+    /// The last rotation failed (its warning was logged).
+    rotation_failing: bool,
 }
 
 impl Writer {
@@ -75,6 +77,7 @@ impl Writer {
             tail,
             segment_bytes_max,
             snapshot: None,
+            rotation_failing: false,
         }
     }
 
@@ -92,6 +95,7 @@ impl Writer {
                 panic!("injected writer panic");
             }
             let records = self.encode(&batch, &mut bytes);
+            self.shared.queue.writing(first, batch.len());
             let durable = self.append(&bytes).is_ok();
             self.settle(&batch, first, durable);
             if durable {
@@ -221,10 +225,15 @@ impl Writer {
         let segment = match self.shared.dir.create_segment(next) {
             Ok(segment) => segment,
             Err(error) => {
-                tracing::warn!(%error, "cannot start a new journal segment; keeping the current one");
+                // Retried at every batch; said once until it works again.
+                if !self.rotation_failing {
+                    tracing::warn!(%error, "cannot start a new journal segment; keeping the current one");
+                }
+                self.rotation_failing = true;
                 return;
             }
         };
+        self.rotation_failing = false;
         self.tail.segment = segment;
         self.tail.segment_index = next;
         self.tail.segment_bytes = 0;
@@ -242,14 +251,19 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("saldos-snapshot".into())
             .spawn(move || {
-                let _death = DeathWatch(&queue);
+                let _death = DeathWatch::snapshot(&queue);
                 yield_to_requests();
                 let started = std::time::Instant::now();
                 match snapshot::write(&dir, cut, &ledger, &keys) {
                     Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
                         let elapsed_ms = started.elapsed().as_millis() as u64;
-                        tracing::info!(covers_segments_before = next, bytes, elapsed_ms, "snapshot written");
+                        tracing::info!(
+                            covers_segments_before = next,
+                            bytes,
+                            elapsed_ms,
+                            "snapshot written"
+                        );
                     }
                     Err(error) => {
                         tracing::warn!(%error, "snapshot failed; the journal keeps every segment")
@@ -284,7 +298,28 @@ fn yield_to_requests() {
 /// Marks the journal failed when the thread holding it dies by a panic: a
 /// dead writer or snapshot thread must show in the health probes, not leave
 /// every debit waiting.
-pub struct DeathWatch<'a>(pub &'a Queue);
+pub struct DeathWatch<'a> {
+    queue: &'a Queue,
+    is_writer: bool,
+}
+
+impl<'a> DeathWatch<'a> {
+    /// Watches the writer thread: its death also answers the queued entries.
+    pub fn writer(queue: &'a Queue) -> Self {
+        Self {
+            queue,
+            is_writer: true,
+        }
+    }
+
+    /// Watches the snapshot thread.
+    pub fn snapshot(queue: &'a Queue) -> Self {
+        Self {
+            queue,
+            is_writer: false,
+        }
+    }
+}
 
 impl Drop for DeathWatch<'_> {
     fn drop(&mut self) {
@@ -293,7 +328,11 @@ impl Drop for DeathWatch<'_> {
                 thread = std::thread::current().name().unwrap_or("?"),
                 "a journal thread died: refusing debits until restart"
             );
-            self.0.fail();
+            if self.is_writer {
+                self.queue.writer_died();
+            } else {
+                self.queue.fail();
+            }
         }
     }
 }

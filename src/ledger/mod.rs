@@ -252,8 +252,8 @@ impl Ledger {
             .map_or(self.opening_saldo, |account| account.saldo)
     }
 
-    /// Atomically checks `monto <= saldo` and subtracts it (memory storage
-    /// and journal replay: nothing is pending).
+    /// Atomically checks `monto <= saldo` and subtracts it (memory storage:
+    /// nothing is pending).
     pub fn debit(&self, usuario: &Usuario, monto: u64) -> Result<Debit, Error> {
         self.update(usuario, |account| {
             let debit = check(account, monto)?;

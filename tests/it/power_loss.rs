@@ -9,7 +9,8 @@
 //! nothing that was not requested. Each debit of an account in a round takes
 //! a distinct power of two, so the balance lost by an account names exactly
 //! which debits are durable. The seed is printed on failure; set
-//! `POWER_LOSS_SEED` to replay one.
+//! `POWER_LOSS_SEED` to run the same requests, cut points and crash choices
+//! again (thread interleavings may still differ).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,13 +23,17 @@ use saldos::storage::{Keyed, Order, Storage};
 use saldos::usuario::Usuario;
 
 const ROUNDS: usize = 300;
-const ACCOUNTS: usize = 4;
+const ACCOUNTS: usize = 5;
 /// Debits per account per round: distinct powers of two up to 2^35.
 const DEBITS_PER_ACCOUNT: u32 = 36;
 /// Tasks issuing debits at once.
 const TASKS: usize = 8;
 /// The cut falls within this many file operations of a round's start.
 const CUT_WINDOW_OPS: u64 = 160;
+/// Every this many rounds, the cut falls within recovery's first operations
+/// (metadata, truncation of a torn batch, a fresh segment).
+const RECOVERY_CUT_EVERY_ROUNDS: usize = 10;
+const RECOVERY_CUT_WINDOW_OPS: u64 = 4;
 /// Tiny segments: rotations and snapshots happen every few batches.
 const SEGMENT_BYTES_MAX: u64 = 2048;
 /// Every account can pay every debit of every round.
@@ -44,9 +49,19 @@ fn usuario(name: &str) -> Usuario {
     Usuario::new(name).unwrap()
 }
 
+/// The accounts whose every debit is a distinct power of two; the last is
+/// `JUSTO`, seeded with less than the sum, so some debits are refused (with
+/// debits of it pending: a refusal then waits for them).
 fn account(n: usize) -> String {
-    format!("cuenta-{n}")
+    if n + 1 == ACCOUNTS {
+        JUSTO.to_owned()
+    } else {
+        format!("cuenta-{n}")
+    }
 }
+
+/// `JUSTO` gets the smaller powers of two only: their sum exceeds its balance.
+const JUSTO_DEBITS: u32 = 10;
 
 /// One debit request of a round.
 #[derive(Debug, Clone)]
@@ -120,7 +135,8 @@ impl Model {
         let mut durable_bits: HashMap<String, u64> = HashMap::new();
         for n in 0..ACCOUNTS {
             let name = account(n);
-            let before = *self.saldos.get(&name).unwrap_or(&OPENING);
+            let opening = if name == JUSTO { JUSTO_SALDO } else { OPENING };
+            let before = *self.saldos.get(&name).unwrap_or(&opening);
             let now = storage.saldo(&usuario(&name));
             let lost = before
                 .checked_sub(now)
@@ -191,7 +207,12 @@ pub fn remembered(keys: &Table, key: &str, fingerprint: u64) -> Option<Outcome> 
 fn requests(round: usize, random: &mut fastrand::Rng) -> Vec<Request> {
     let mut requests = Vec::new();
     for n in 0..ACCOUNTS {
-        for bit in 0..DEBITS_PER_ACCOUNT {
+        let bits = if account(n) == JUSTO {
+            JUSTO_DEBITS
+        } else {
+            DEBITS_PER_ACCOUNT
+        };
+        for bit in 0..bits {
             let keyed = random.bool();
             requests.push(Request {
                 account: account(n),
@@ -321,7 +342,12 @@ fn every_acknowledged_debit_survives_power_cuts() {
     let mut model = Model::default();
     let (mut cuts_in_recovery, mut torn_tails, mut acknowledged, mut snapshots) = (0, 0, 0, 0);
     for round in 0..ROUNDS {
-        medium.cut_after(random.u64(..CUT_WINDOW_OPS));
+        let window = if round % RECOVERY_CUT_EVERY_ROUNDS == 0 {
+            RECOVERY_CUT_WINDOW_OPS
+        } else {
+            CUT_WINDOW_OPS
+        };
+        medium.cut_after(random.u64(..window));
         let opened = match open(&medium) {
             Ok(opened) => opened,
             Err(_) if medium.is_cut() => {

@@ -369,3 +369,131 @@ fn a_second_owner_is_refused_with_the_holders_pid() {
     drop(first);
     assert!(open_dir().is_ok(), "free once the owner closed");
 }
+
+/// A snapshot's bytes, as `snapshot::write` lays them out.
+fn snapshot_bytes(covers: u64, next_record: u64, accounts: &[(&str, u64, u64)]) -> Vec<u8> {
+    let mut out = b"SALDOSNP".to_vec();
+    out.push(2);
+    out.extend_from_slice(&covers.to_le_bytes());
+    out.extend_from_slice(&next_record.to_le_bytes());
+    for (name, saldo, last_record) in accounts {
+        out.push(1);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&saldo.to_le_bytes());
+        out.extend_from_slice(&last_record.to_le_bytes());
+    }
+    out.push(0xFF);
+    out.extend_from_slice(&(accounts.len() as u64).to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A first start's metadata with `files` beside it, all durable.
+fn directory_with(files: Vec<(String, Vec<u8>)>) -> PowerCut {
+    let first = PowerCut::new();
+    drop(start_on(&first, OPENING, 100).result.unwrap());
+    let mut all: Vec<_> = first
+        .files()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("journal-"))
+        .collect();
+    all.extend(files);
+    PowerCut::with_files(
+        all.iter()
+            .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+    )
+}
+
+// A snapshot holding a record the journal does not reach does not match its
+// segments: refused, naming the snapshot (not accepted, to kill the writer at
+// the account's next debit).
+#[test]
+fn a_snapshot_ahead_of_its_segments_is_refused() {
+    let medium = directory_with(vec![
+        (
+            FileKind::Snapshot.name(2),
+            snapshot_bytes(2, 5, &[("ana", 500, 1_000)]),
+        ),
+        (FileKind::Segment.name(2), Vec::new()),
+    ]);
+    match start_on(&medium, OPENING, 100).result {
+        Err(Error::Corrupt { path, reason, .. }) => {
+            assert!(
+                path.ends_with(FileKind::Snapshot.name(2)),
+                "{}",
+                path.display()
+            );
+            assert!(reason.contains("record 1000"), "{reason}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a snapshot ahead of the journal was accepted"),
+    }
+    let medium = directory_with(vec![
+        (
+            FileKind::Snapshot.name(2),
+            snapshot_bytes(2, 5, &[("ana", 500, 4)]),
+        ),
+        (FileKind::Segment.name(2), Vec::new()),
+    ]);
+    let started = start_on(&medium, OPENING, 100);
+    assert!(started.result.is_ok());
+    assert_eq!(started.ledger.saldo(&usuario("ana")), 500);
+}
+
+// Record numbers near `u64::MAX`, in a snapshot or a batch, are refused
+// (never an overflow).
+#[test]
+fn record_numbering_out_of_range_is_refused() {
+    let first = u64::MAX - 1;
+    let mut segment = Vec::new();
+    let at = batch::start(&mut segment);
+    Record {
+        kind: DebitKind::Retiro,
+        usuario: usuario("ana"),
+        monto: 1,
+        outcome: Outcome::Debited {
+            nuevo_saldo: OPENING - 1,
+        },
+        time_ms: 0,
+        key: None,
+    }
+    .encode(&mut segment);
+    batch::finish(&mut segment, at, first, 1);
+    for next_record in [first, 0] {
+        let medium = directory_with(vec![
+            (
+                FileKind::Snapshot.name(2),
+                snapshot_bytes(2, next_record, &[]),
+            ),
+            (FileKind::Segment.name(2), segment.clone()),
+        ]);
+        match start_on(&medium, OPENING, 100).result {
+            Err(Error::Corrupt { reason, .. }) => {
+                assert!(reason.contains("out of range"), "{reason}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("record numbering {next_record} accepted"),
+        }
+    }
+}
+
+// An empty segment after the last one with bytes (a rotation whose directory
+// sync failed, or a cut just after one) does not make the final batch before
+// it an acknowledged one: the torn batch is dropped, the empty segment
+// removed, and the writer goes on in the segment before it.
+#[test]
+fn empty_segments_at_the_end_do_not_hide_the_final_batch() {
+    let (bytes, starts) = batches();
+    let medium = directory_with_segment(&bytes[..bytes.len() - 3]);
+    medium.create(&FileKind::Segment.name(2)).unwrap();
+    let started = start_on(&medium, OPENING, 100);
+    let opened = started.result.unwrap();
+    assert_eq!(opened.records_replayed, 6);
+    assert_eq!(opened.torn_bytes, (bytes.len() - 3 - starts[2]) as u64);
+    drop(opened);
+    assert!(medium.read(&FileKind::Segment.name(2)).is_err(), "removed");
+    assert_eq!(segment(&medium, 1).len(), starts[2]);
+}
