@@ -4,9 +4,11 @@
 mod api;
 mod concurrency;
 mod crash;
+mod cut_points;
 mod errors;
 mod http;
 mod journal;
+mod journal_support;
 mod model;
 mod power_loss;
 mod process;

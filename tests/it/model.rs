@@ -11,7 +11,9 @@ use saldos::journal::PowerCut;
 use saldos::ledger::Outcome;
 use saldos::storage::Storage;
 
-use crate::power_loss::{Debited, JUSTO, JUSTO_SALDO, OPENING, POBRE, debit, open, remembered};
+use crate::journal_support::{
+    Debited, JUSTO, JUSTO_SALDO, OPENING, POBRE, debit, open, remembered,
+};
 
 const ACCOUNTS: [&str; 4] = ["cuenta-0", "cuenta-1", POBRE, JUSTO];
 

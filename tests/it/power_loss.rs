@@ -14,13 +14,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use saldos::idempotency::{Begin, InFlightGuard, Remembered, Table};
-use saldos::journal::{self, Medium, PowerCut};
-use saldos::ledger::{DebitKind, Ledger, Limits, Outcome};
-use saldos::storage::{Keyed, Order, Storage};
-use saldos::usuario::Usuario;
+use saldos::journal::PowerCut;
+use saldos::ledger::Outcome;
+use saldos::storage::Storage;
+
+use crate::journal_support::{
+    Debited, JUSTO, JUSTO_SALDO, OPENING, POBRE, debit, open, remembered, usuario,
+};
 
 const ROUNDS: usize = 300;
 const ACCOUNTS: usize = 5;
@@ -34,21 +35,6 @@ const CUT_WINDOW_OPS: u64 = 160;
 /// (metadata, truncation of a torn batch, a fresh segment).
 const RECOVERY_CUT_EVERY_ROUNDS: usize = 10;
 const RECOVERY_CUT_WINDOW_OPS: u64 = 4;
-/// Tiny segments: rotations and snapshots happen every few batches.
-const SEGMENT_BYTES_MAX: u64 = 2048;
-/// Every account can pay every debit of every round.
-pub const OPENING: u64 = 1 << 52;
-/// Seeded at zero: every debit of it is refused (and remembered when keyed).
-pub const POBRE: &str = "pobre";
-/// Seeded with a little: some debits of it go through, then refusals.
-pub const JUSTO: &str = "justo";
-/// `JUSTO`'s seeded balance.
-pub const JUSTO_SALDO: u64 = 500;
-
-fn usuario(name: &str) -> Usuario {
-    Usuario::new(name).unwrap()
-}
-
 /// The accounts whose every debit is a distinct power of two; the last is
 /// `JUSTO`, seeded with less than the sum, so some debits are refused (with
 /// debits of it pending: a refusal then waits for them).
@@ -72,41 +58,6 @@ struct Request {
     fingerprint: u64,
     /// The answer it got, if any: `None` for 503 (or none at all).
     answer: Option<Outcome>,
-}
-
-/// A journal storage recovered from a medium.
-pub struct Opened {
-    /// The storage, with the journal running.
-    pub storage: Storage,
-    /// Bytes of a torn final batch recovery dropped.
-    pub torn_bytes: u64,
-}
-
-/// Recovers journal storage from `medium`, with tiny segments, `pobre`
-/// seeded at zero and `justo` with a little.
-pub fn open(medium: &PowerCut) -> Result<Opened, journal::Error> {
-    let ledger = Arc::new(Ledger::new(Limits {
-        shard_count: 4,
-        opening_saldo: OPENING,
-        accounts_max: 1_000,
-    }));
-    let keys = Arc::new(Table::new(4, Duration::from_secs(24 * 3600), 100_000));
-    let seed = [(usuario(POBRE), 0), (usuario(JUSTO), JUSTO_SALDO)];
-    for (name, saldo) in &seed {
-        ledger.seed(name, *saldo).unwrap();
-    }
-    let options = journal::Options {
-        dir: std::path::Path::new("/power-cut"),
-        opening_saldo: OPENING,
-        seed: &seed,
-        segment_bytes_max: SEGMENT_BYTES_MAX,
-    };
-    let medium: Arc<dyn Medium> = Arc::new(medium.clone());
-    let opened = journal::open_on(medium, &options, ledger.clone(), keys.clone())?;
-    Ok(Opened {
-        torn_bytes: opened.torn_bytes,
-        storage: Storage::journal(ledger, keys, opened.journal),
-    })
 }
 
 /// What the durable state must agree with.
@@ -189,19 +140,6 @@ impl Model {
     }
 }
 
-/// The outcome a key replays, if it is remembered (a key found new is put
-/// back as it was).
-pub fn remembered(keys: &Table, key: &str, fingerprint: u64) -> Option<Outcome> {
-    match keys.begin(key, fingerprint, saldos::clock::unix_ms()) {
-        Begin::Replay(Remembered { outcome, .. }) => Some(outcome),
-        Begin::Started => {
-            drop(InFlightGuard::new(keys, key));
-            None
-        }
-        other => panic!("key {key}: {other:?}"),
-    }
-}
-
 /// The round's requests: every account gets each power of two once, some
 /// with keys; pobre gets keyed refusals.
 fn requests(round: usize, random: &mut fastrand::Rng) -> Vec<Request> {
@@ -249,51 +187,6 @@ async fn send(storage: &Storage, request: &Request) -> Option<Outcome> {
         Debited::Answered(outcome) => Some(outcome),
         Debited::Unavailable => None,
         Debited::Key(other) => panic!("a fresh key answered {other:?}"),
-    }
-}
-
-/// How a debit request through the storage seam ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Debited {
-    /// Applied or refused, durably.
-    Answered(Outcome),
-    /// 503: nothing acknowledged.
-    Unavailable,
-    /// The key decided (replay, conflict, in flight, full): nothing ran.
-    Key(Begin),
-}
-
-/// A `retiro` as the handler makes it: the key checked first, then the debit.
-pub async fn debit(
-    storage: &Storage,
-    account: &str,
-    monto: u64,
-    key: Option<&str>,
-    fingerprint: u64,
-) -> Debited {
-    let keyed = match key {
-        None => None,
-        Some(key) => match storage
-            .keys()
-            .begin(key, fingerprint, saldos::clock::unix_ms())
-        {
-            Begin::Started => Some(Keyed {
-                key,
-                fingerprint,
-                guard: InFlightGuard::new(storage.keys(), key),
-            }),
-            other => return Debited::Key(other),
-        },
-    };
-    let order = Order {
-        kind: DebitKind::Retiro,
-        usuario: usuario(account),
-        monto,
-        key: keyed,
-    };
-    match storage.debit(order).await {
-        Ok(outcome) => Debited::Answered(outcome),
-        Err(_) => Debited::Unavailable,
     }
 }
 
