@@ -6,7 +6,6 @@
 //! so a request allocates nothing here once the thread is warm.
 
 use std::cell::RefCell;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -14,6 +13,7 @@ use hyper::body::{Body as _, Incoming};
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
 use super::ApiError;
+use crate::server;
 use crate::usuario::{Invalid, Usuario};
 
 /// The largest request body, in bytes (SPEC section 1).
@@ -21,9 +21,6 @@ pub const BODY_BYTES_MAX: usize = 4096;
 
 /// The largest `monto`: 10^12 CLP.
 pub const MONTO_MAX: u64 = 1_000_000_000_000;
-
-/// How long a client may take to send a body once its headers arrived.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most out-of-range numbers one body may hold; each costs one more parse.
 const OUT_OF_RANGE_NUMBERS_MAX: usize = 8;
@@ -38,14 +35,15 @@ pub struct DebitRequest {
 }
 
 /// Reads the whole body, refusing more than [`BODY_BYTES_MAX`] whether the
-/// size is declared (refused before reading) or streamed.
+/// size is declared (refused before reading) or streamed, and answering 408
+/// past the connection's body timeout ([`server::body_deadline`]).
 pub async fn read(body: Incoming) -> Result<Bytes, ApiError> {
     if body.size_hint().lower() > BODY_BYTES_MAX as u64 {
         return Err(ApiError::CuerpoDemasiadoGrande);
     }
     let collect = Limited::new(body, BODY_BYTES_MAX).collect();
-    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
-        Err(_elapsed) => Err(ApiError::TiempoAgotado),
+    match server::body_deadline(collect).await {
+        Err(server::BodyTimedOut) => Err(ApiError::TiempoAgotado),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.is::<LengthLimitError>() => Err(ApiError::CuerpoDemasiadoGrande),
         // Broken chunked framing or a connection cut mid-body.
