@@ -181,6 +181,10 @@ async fn serve_connection(stream: TcpStream, storage: Arc<Storage>, watched: Wat
     });
     let connection = http1::Builder::new()
         .keep_alive(true)
+        // Every response is a small head and a body under 512 bytes: copying
+        // the body after the head and sending both with one `write` costs less
+        // than hyper's default `writev` of two buffers (measured side by side).
+        .writev(false)
         .max_buf_size(HEAD_BYTES_MAX)
         .max_headers(HEADERS_MAX)
         .serve_connection(io, service);
