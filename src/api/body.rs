@@ -7,8 +7,8 @@
 
 use std::cell::RefCell;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
@@ -41,14 +41,42 @@ pub async fn read(body: Incoming) -> Result<Bytes, ApiError> {
     if body.size_hint().lower() > BODY_BYTES_MAX as u64 {
         return Err(ApiError::CuerpoDemasiadoGrande);
     }
-    let collect = Limited::new(body, BODY_BYTES_MAX).collect();
-    match server::body_deadline(collect).await {
+    match server::body_deadline(collect(body)).await {
         Err(server::BodyTimedOut) => Err(ApiError::TiempoAgotado),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(ApiError::CuerpoDemasiadoGrande),
-        // Broken chunked framing or a connection cut mid-body.
-        Ok(Err(_)) => Err(ApiError::JsonInvalido),
+        Ok(collected) => collected,
     }
+}
+
+/// Gathers the body's data, refusing more than [`BODY_BYTES_MAX`]. A body in
+/// one frame (a small body sent with its head, the usual case) is kept as
+/// hyper's buffer: no copy and no allocation; only later frames are joined.
+async fn collect(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut length = 0;
+    while let Some(frame) = body.frame().await {
+        // Broken chunked framing or a connection cut mid-body.
+        let frame = frame.map_err(|_| ApiError::JsonInvalido)?;
+        // Trailers carry nothing the API reads.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        length += data.len();
+        if length > BODY_BYTES_MAX {
+            return Err(ApiError::CuerpoDemasiadoGrande);
+        }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buffer = BytesMut::with_capacity(BODY_BYTES_MAX);
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
+    }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 struct Parser {
