@@ -16,6 +16,20 @@ const SLAB_BYTES: usize = 64 * 1024;
 /// Lowercase hexadecimal digits, by value.
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// The two lowercase hexadecimal digits of every byte, by value: one lookup
+/// per byte instead of two shifts and lookups.
+const HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
+
+const fn hex_pairs() -> [[u8; 2]; 256] {
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX_DIGITS[byte >> 4], HEX_DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+}
+
 /// The most one rendering may write; a longer one gets its own allocation.
 const RENDER_BYTES_MAX: usize = 512;
 
@@ -48,8 +62,21 @@ impl Writer<'_> {
     /// Appends `text` as a JSON string, quotes included.
     pub fn string(&mut self, text: &str) {
         self.0.put_u8(b'"');
+        // Names rarely need escaping: one scan, then one copy.
+        match text
+            .bytes()
+            .position(|byte| matches!(byte, b'"' | b'\\' | 0x00..=0x1f))
+        {
+            None => self.0.put_slice(text.as_bytes()),
+            Some(first) => self.escaped(text, first),
+        }
+        self.0.put_u8(b'"');
+    }
+
+    /// Appends `text` escaped, knowing it is clean before byte `first`.
+    fn escaped(&mut self, text: &str, first: usize) {
         let mut clean_from = 0;
-        for (i, byte) in text.bytes().enumerate() {
+        for (i, byte) in text.bytes().enumerate().skip(first) {
             let escaped: &[u8] = match byte {
                 b'"' => b"\\\"",
                 b'\\' => b"\\\\",
@@ -66,7 +93,6 @@ impl Writer<'_> {
             clean_from = i + 1;
         }
         self.0.put_slice(&text.as_bytes()[clean_from..]);
-        self.0.put_u8(b'"');
     }
 
     /// Appends an integer.
@@ -77,10 +103,11 @@ impl Writer<'_> {
 
     /// Appends an integer as 16 lowercase hexadecimal digits.
     pub fn hex_u64(&mut self, value: u64) {
-        for shift in (0..16).rev() {
-            self.0
-                .put_u8(HEX_DIGITS[(value >> (shift * 4)) as usize & 0xf]);
+        let mut digits = [0u8; 16];
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(value.to_be_bytes()) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
+        self.0.put_slice(&digits);
     }
 
     fn control(&mut self, byte: u8) {
@@ -125,5 +152,9 @@ mod tests {
             assert_eq!(bytes, format!("{{\"n\":{i}}}").as_bytes());
         }
         assert_eq!(&render(|w| w.hex_u64(0xdead_beef))[..], b"00000000deadbeef");
+        assert_eq!(
+            &render(|w| w.hex_u64(0x0123_4567_89ab_cdef))[..],
+            b"0123456789abcdef"
+        );
     }
 }

@@ -7,13 +7,13 @@
 
 use std::cell::Cell;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::header::is_visible_ascii;
 use crate::render::render;
 
-/// The header's name.
-pub const HEADER: &str = "x-request-id";
+/// The header's name, parsed once: a lookup by `&str` would parse it per request.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest request id kept from a caller, in bytes (SPEC section 1).
 pub const REQUEST_ID_BYTES_MAX: usize = 128;

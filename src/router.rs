@@ -1,7 +1,7 @@
 //! The router: the one place that maps a method and path to a handler, and
 //! every refusal to its response. Also stamps `X-Request-Id` on every answer.
 
-use http::{HeaderName, Method, Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::api::{self, ApiError, Body};
@@ -52,13 +52,13 @@ impl<'a> Route<'a> {
 
 /// Answers one request. Never fails: every refusal is a response.
 pub async fn handle(storage: &Storage, request: Request<Incoming>) -> Response<Body> {
-    let request_id = request_id::for_request(request.headers().get(request_id::HEADER));
+    let request_id = request_id::for_request(request.headers().get(&request_id::HEADER));
     let mut response = route(storage, request)
         .await
         .unwrap_or_else(ApiError::into_response);
     response
         .headers_mut()
-        .insert(HeaderName::from_static(request_id::HEADER), request_id);
+        .insert(request_id::HEADER, request_id);
     response
 }
 

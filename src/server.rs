@@ -2,24 +2,33 @@
 //! HTTP/1.1 on each with hyper, enforces the connection timeouts, and drains
 //! on shutdown.
 //!
-//! Timeouts, per connection, measured by [`Activity`]:
+//! Timeouts, per connection:
 //! - idle: a keep-alive connection with no request for `idle_timeout` closes.
 //!   It is longer than an ALB's 60 s idle timeout, so the balancer always
 //!   closes first and never reuses a connection the server is closing (a 502).
 //! - request head: once the first byte of a request arrives, its headers must
 //!   be complete within `head_timeout`, or the connection is cut (slowloris).
-//! - body: see `api::body` (the handler bounds its own read).
+//! - body: a handler reading a request body ([`body_deadline`]) gets
+//!   `body_timeout` from the start of the read, then answers 408 and closes.
+//!
+//! No timer is armed per connection or per request: each connection only
+//! records which [`Phase`] it is in, in one atomic with a count of phase
+//! changes. One [`Watchdog`] task per server sweeps every connection a few
+//! times per timeout, notes which changed phase since the last sweep, and flags
+//! and wakes those that stayed too long in a timed phase. A deadline is thus
+//! enforced never early and at most one sweep
+//! (`min(head_timeout, body_timeout) / SWEEPS_PER_TIMEOUT`) late.
 //!
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, wait for them up to the grace period.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -27,8 +36,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::MissedTickBehavior;
 
 use crate::router;
 use crate::storage::Storage;
@@ -38,6 +47,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How long a request's head may take from its first byte, by default.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a handler may take to read a request body, by default.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sweeps per head or body timeout (the shorter): how late a deadline may be
+/// enforced, as a fraction of it.
+const SWEEPS_PER_TIMEOUT: u32 = 8;
 
 /// The largest request head (request line and headers); larger gets 431.
 const HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -59,6 +75,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// See [`HEAD_TIMEOUT`].
     pub head_timeout: Duration,
+    /// See [`BODY_TIMEOUT`].
+    pub body_timeout: Duration,
 }
 
 impl Settings {
@@ -69,6 +87,7 @@ impl Settings {
             shutdown_grace,
             idle_timeout: IDLE_TIMEOUT,
             head_timeout: HEAD_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
         }
     }
 }
@@ -89,8 +108,10 @@ pub async fn run(
 ) -> Drained {
     assert!(settings.connections_max > 0);
     assert!(!settings.head_timeout.is_zero() && settings.head_timeout <= settings.idle_timeout);
+    assert!(!settings.body_timeout.is_zero());
     let permits = Arc::new(Semaphore::new(settings.connections_max));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let watchdog = Arc::new(Watchdog::new(settings));
+    let sweeper = tokio::spawn(watchdog.clone().sweep_forever());
     // Every connection task holds a clone of `open_tx`; when all are dropped,
     // `open_rx` yields `None` and the drain is complete (mini-redis' shape).
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -113,22 +134,20 @@ pub async fn run(
                 continue;
             }
         };
-        let connection = Connection {
-            storage: storage.clone(),
-            activity: Arc::new(Activity::new(settings)),
-        };
-        let (stop_rx, open_tx) = (stop_rx.clone(), open_tx.clone());
+        let watched = watchdog.register();
+        let (storage, open_tx) = (storage.clone(), open_tx.clone());
         tokio::spawn(async move {
-            connection.serve(stream, stop_rx).await;
+            serve_connection(stream, storage, watched).await;
             drop((permit, open_tx));
         });
     }
     drop(listener);
     let open = settings.connections_max - permits.available_permits();
     tracing::info!(connections = open, "draining");
-    let _ = stop_tx.send(true);
+    watchdog.drain();
     drop(open_tx);
     let drained = tokio::time::timeout(settings.shutdown_grace, open_rx.recv()).await;
+    sweeper.abort();
     let connections_cut = match drained {
         Ok(_) => 0,
         Err(_) => settings.connections_max - permits.available_permits(),
@@ -136,148 +155,337 @@ pub async fn run(
     Drained { connections_cut }
 }
 
-/// One client connection's shared state.
-struct Connection {
-    storage: Arc<Storage>,
-    activity: Arc<Activity>,
+tokio::task_local! {
+    /// The [`Watch`] of the connection whose task is running, for the request
+    /// handlers inside it (the body deadline).
+    static CURRENT: Arc<Watch>;
 }
 
-impl Connection {
-    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
-        // Small responses must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(Tracked {
-            stream,
-            activity: self.activity.clone(),
-        });
-        let activity = self.activity.clone();
-        let context = Arc::new(self);
-        let service = service_fn(move |request| {
-            let context = context.clone();
-            async move {
-                context.activity.request_started();
-                let response = router::handle(&context.storage, request).await;
-                context.activity.request_finished();
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let connection = http1::Builder::new()
-            .keep_alive(true)
-            .max_buf_size(HEAD_BYTES_MAX)
-            .max_headers(HEADERS_MAX)
-            .serve_connection(io, service);
-        tokio::pin!(connection);
-        let mut draining = *stop.borrow();
-        if draining {
+/// Serves one connection until it closes, times out or finishes draining.
+async fn serve_connection(stream: TcpStream, storage: Arc<Storage>, watched: Watched) {
+    // Small responses must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let watch = watched.watch.clone();
+    let io = TokioIo::new(Tracked {
+        stream,
+        watch: watch.clone(),
+    });
+    let service = service_fn(move |request| {
+        let storage = storage.clone();
+        async move {
+            let _ = CURRENT.try_with(|watch| watch.enter(Phase::Handling));
+            let response = router::handle(&storage, request).await;
+            let _ = CURRENT.try_with(|watch| watch.enter(Phase::Idle));
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = http1::Builder::new()
+        .keep_alive(true)
+        // Every response is a small head and a body under 512 bytes: copying
+        // the body after the head and sending both with one `write` costs less
+        // than hyper's default `writev` of two buffers (measured side by side).
+        .writev(false)
+        .max_buf_size(HEAD_BYTES_MAX)
+        .max_headers(HEADERS_MAX)
+        .serve_connection(io, service);
+    let mut connection = pin!(connection);
+    let mut waker_stored: Option<Waker> = None;
+    let mut draining = false;
+    let served = poll_fn(|cx| {
+        // The waker first, so a flag raised after the checks still wakes us.
+        watch.store_waker(cx.waker(), &mut waker_stored);
+        if !draining && watch.draining.load(Ordering::Acquire) {
+            draining = true;
             connection.as_mut().graceful_shutdown();
         }
+        // While draining, the grace period bounds the connection instead.
+        if !draining && matches!(watch.overdue_phase(), Some(Phase::Idle | Phase::Head)) {
+            return Poll::Ready(None);
+        }
+        connection.as_mut().poll(cx).map(Some)
+    });
+    match CURRENT.scope(watch.clone(), served).await {
+        None => tracing::debug!("connection timed out"),
+        Some(Err(error)) => tracing::debug!(%error, "connection ended with an error"),
+        Some(Ok(())) => {}
+    }
+    drop(watched);
+}
+
+/// A request body's read took longer than the body timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTimedOut;
+
+/// Runs `read`, a request body's read, under the serving connection's body
+/// deadline: `Err(BodyTimedOut)` once `body_timeout` has passed since it
+/// started. Outside a server connection (benchmarks drive the router
+/// directly) there is no deadline.
+pub async fn body_deadline<F: Future>(read: F) -> Result<F::Output, BodyTimedOut> {
+    let _ = CURRENT.try_with(|watch| watch.enter(Phase::Body));
+    let mut read = pin!(read);
+    let output = poll_fn(|cx| {
+        let overdue = CURRENT
+            .try_with(|watch| watch.overdue_phase() == Some(Phase::Body))
+            .unwrap_or(false);
+        if overdue {
+            return Poll::Ready(Err(BodyTimedOut));
+        }
+        read.as_mut().poll(cx).map(Ok)
+    })
+    .await;
+    let _ = CURRENT.try_with(|watch| watch.enter(Phase::Handling));
+    output
+}
+
+/// What a connection is doing, as far as its timeouts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: `idle_timeout` applies.
+    Idle = 0,
+    /// Reading a request's head: `head_timeout` applies.
+    Head = 1,
+    /// A handler is working (waiting on the journal, say): no timeout.
+    Handling = 2,
+    /// A handler is reading the body: `body_timeout` applies.
+    Body = 3,
+}
+
+impl Phase {
+    /// Bits of a [`Watch`] state holding the phase; the rest count changes.
+    const BITS: u32 = 2;
+
+    fn of(state: u64) -> Self {
+        match state & ((1 << Self::BITS) - 1) {
+            0 => Self::Idle,
+            1 => Self::Head,
+            2 => Self::Handling,
+            _ => Self::Body,
+        }
+    }
+}
+
+/// One connection's phase, as its task reports it and the watchdog reads it.
+/// Updated with relaxed atomics: the only writer is the connection's task,
+/// and a stale read only delays a verdict by one sweep.
+struct Watch {
+    /// The [`Phase`] in the low bits, above them a count of phase changes, so
+    /// every phase entered has its own value. Never 0.
+    state: AtomicU64,
+    /// The `state` the watchdog found overdue, 0 for none; it counts only
+    /// while it is still the current `state`.
+    overdue: AtomicU64,
+    /// Shutdown asked the connection to finish its request and close.
+    draining: AtomicBool,
+    /// The connection task's waker, for the watchdog and the drain.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            state: AtomicU64::new(1 << Phase::BITS | Phase::Idle as u64),
+            overdue: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::of(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Starts `phase`, with its own state value. Only the connection's task
+    /// calls this, so a load and a store suffice.
+    fn enter(&self, phase: Phase) {
+        let changes = self.state.load(Ordering::Relaxed) >> Phase::BITS;
+        let state = (changes + 1) << Phase::BITS | phase as u64;
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: from idle, that is a request head starting.
+    fn bytes_read(&self) {
+        if self.phase() == Phase::Idle {
+            self.enter(Phase::Head);
+        }
+    }
+
+    /// The current phase if the watchdog found it overdue.
+    fn overdue_phase(&self) -> Option<Phase> {
+        let state = self.state.load(Ordering::Relaxed);
+        (self.overdue.load(Ordering::Acquire) == state).then(|| Phase::of(state))
+    }
+
+    /// Keeps `waker` for [`Self::wake`] unless `stored` (the task's copy of
+    /// the kept one) already wakes the same task: one comparison per poll.
+    fn store_waker(&self, waker: &Waker, stored: &mut Option<Waker>) {
+        if stored.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+            return;
+        }
+        *lock(&self.waker) = Some(waker.clone());
+        *stored = Some(waker.clone());
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = lock(&self.waker).as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: every value guarded here stays valid
+/// if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Enforces every connection's timeouts and tells them to drain.
+struct Watchdog {
+    connections: Mutex<Connections>,
+    /// Time between sweeps.
+    sweep_interval: Duration,
+    /// How many sweeps a connection may stay idle, in a head, in a body read.
+    idle_sweeps: u64,
+    head_sweeps: u64,
+    body_sweeps: u64,
+}
+
+/// The connections being watched, in reusable slots.
+#[derive(Default)]
+struct Connections {
+    slots: Vec<Option<Slot>>,
+    /// Indices of empty slots.
+    free: Vec<usize>,
+    /// Sweeps done so far.
+    sweeps: u64,
+}
+
+/// One watched connection and what the last sweeps saw of it.
+struct Slot {
+    watch: Arc<Watch>,
+    /// The state seen at the last sweep.
+    seen_state: u64,
+    /// The sweep that first saw `seen_state`.
+    seen_since_sweep: u64,
+}
+
+impl Watchdog {
+    fn new(settings: Settings) -> Self {
+        let sweep_interval = settings.head_timeout.min(settings.body_timeout) / SWEEPS_PER_TIMEOUT;
+        assert!(!sweep_interval.is_zero());
+        // Rounded up: a phase first seen by a sweep started before it, so it
+        // has lasted at least `sweeps * sweep_interval` when cut.
+        let sweeps = |timeout: Duration| {
+            let sweeps = timeout.as_nanos().div_ceil(sweep_interval.as_nanos());
+            u64::try_from(sweeps).unwrap_or(u64::MAX)
+        };
+        Self {
+            connections: Mutex::new(Connections::default()),
+            sweep_interval,
+            idle_sweeps: sweeps(settings.idle_timeout),
+            head_sweeps: sweeps(settings.head_timeout),
+            body_sweeps: sweeps(settings.body_timeout),
+        }
+    }
+
+    /// Starts watching a new connection, until the returned guard drops.
+    fn register(self: &Arc<Self>) -> Watched {
+        let watch = Arc::new(Watch::new());
+        let mut connections = lock(&self.connections);
+        let slot = Slot {
+            watch: watch.clone(),
+            seen_state: 0,
+            seen_since_sweep: 0,
+        };
+        let index = match connections.free.pop() {
+            Some(index) => {
+                connections.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                connections.slots.push(Some(slot));
+                connections.slots.len() - 1
+            }
+        };
+        Watched {
+            watchdog: self.clone(),
+            watch,
+            index,
+        }
+    }
+
+    /// How many sweeps `phase` may last, if it is timed.
+    fn sweeps_allowed(&self, phase: Phase) -> Option<u64> {
+        match phase {
+            Phase::Idle => Some(self.idle_sweeps),
+            Phase::Head => Some(self.head_sweeps),
+            Phase::Body => Some(self.body_sweeps),
+            Phase::Handling => None,
+        }
+    }
+
+    async fn sweep_forever(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.sweep_interval);
+        // Never two sweeps closer than the interval, or phases would be cut early.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            // Wake at the deadline, or sooner: a request's first byte can move
-            // the deadline earlier while this task sleeps.
-            let check = Instant::now() + activity.check_interval();
-            let wake = activity
-                .deadline()
-                .map_or(check, |deadline| deadline.min(check));
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                    return;
-                }
-                () = tokio::time::sleep_until(wake), if !draining => {
-                    if activity.deadline().is_some_and(|deadline| deadline <= Instant::now()) {
-                        tracing::debug!("connection timed out");
-                        return;
-                    }
-                }
-                _ = stop.changed(), if !draining => {
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+            ticks.tick().await;
+            self.sweep();
+        }
+    }
+
+    /// Flags and wakes every connection that stayed in a timed phase for its
+    /// whole allowance of sweeps.
+    fn sweep(&self) {
+        let mut guard = lock(&self.connections);
+        let connections = &mut *guard;
+        connections.sweeps += 1;
+        let sweep = connections.sweeps;
+        for slot in connections.slots.iter_mut().flatten() {
+            let state = slot.watch.state.load(Ordering::Relaxed);
+            if state != slot.seen_state {
+                slot.seen_state = state;
+                slot.seen_since_sweep = sweep;
+                continue;
+            }
+            let Some(allowed) = self.sweeps_allowed(Phase::of(state)) else {
+                continue;
+            };
+            let is_flagged = slot.watch.overdue.load(Ordering::Relaxed) == state;
+            if sweep - slot.seen_since_sweep >= allowed && !is_flagged {
+                slot.watch.overdue.store(state, Ordering::Release);
+                slot.watch.wake();
             }
         }
     }
-}
 
-/// When a connection last did something, to enforce its timeouts. Updated
-/// with relaxed atomics: the values are hints for a timer, not synchronisation.
-struct Activity {
-    /// Time zero for the millisecond fields.
-    opened: Instant,
-    /// Last read or completed response, in ms since `opened`.
-    last_io_ms: AtomicU64,
-    /// First byte of the request head being read, in ms; `NONE` when idle.
-    head_started_ms: AtomicU64,
-    /// A request is being handled (its body read, its debit applied).
-    in_flight: AtomicBool,
-    idle_timeout: Duration,
-    head_timeout: Duration,
-}
-
-impl Activity {
-    const NONE: u64 = u64::MAX;
-
-    fn new(settings: Settings) -> Self {
-        Self {
-            opened: Instant::now(),
-            last_io_ms: AtomicU64::new(0),
-            head_started_ms: AtomicU64::new(Self::NONE),
-            in_flight: AtomicBool::new(false),
-            idle_timeout: settings.idle_timeout,
-            head_timeout: settings.head_timeout,
+    /// Asks every connection to finish its request in flight and close.
+    fn drain(&self) {
+        for slot in lock(&self.connections).slots.iter().flatten() {
+            slot.watch.draining.store(true, Ordering::Release);
+            slot.watch.wake();
         }
-    }
-
-    /// How often the connection re-reads its deadline: a head is cut at most
-    /// a quarter of its timeout late.
-    fn check_interval(&self) -> Duration {
-        self.head_timeout / 4
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64
-    }
-
-    fn bytes_read(&self) {
-        let now = self.now_ms();
-        self.last_io_ms.store(now, Ordering::Relaxed);
-        let idle = !self.in_flight.load(Ordering::Relaxed);
-        if idle && self.head_started_ms.load(Ordering::Relaxed) == Self::NONE {
-            self.head_started_ms.store(now, Ordering::Relaxed);
-        }
-    }
-
-    fn request_started(&self) {
-        self.in_flight.store(true, Ordering::Relaxed);
-        self.head_started_ms.store(Self::NONE, Ordering::Relaxed);
-    }
-
-    fn request_finished(&self) {
-        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
-        self.in_flight.store(false, Ordering::Relaxed);
-    }
-
-    /// When the connection must be cut unless something happens; `None` while
-    /// a request is in flight.
-    fn deadline(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) {
-            return None;
-        }
-        let head_started_ms = self.head_started_ms.load(Ordering::Relaxed);
-        let deadline = if head_started_ms == Self::NONE {
-            Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed)) + self.idle_timeout
-        } else {
-            Duration::from_millis(head_started_ms) + self.head_timeout
-        };
-        Some(self.opened + deadline)
     }
 }
 
-/// A TCP stream that reports reads to its connection's [`Activity`].
+/// A connection's registration with the [`Watchdog`]; dropping it frees the slot.
+struct Watched {
+    watchdog: Arc<Watchdog>,
+    watch: Arc<Watch>,
+    index: usize,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let mut connections = lock(&self.watchdog.connections);
+        connections.slots[self.index] = None;
+        connections.free.push(self.index);
+    }
+}
+
+/// A TCP stream that reports reads to its connection's [`Watch`].
 struct Tracked {
     stream: TcpStream,
-    activity: Arc<Activity>,
+    watch: Arc<Watch>,
 }
 
 impl AsyncRead for Tracked {
@@ -289,7 +497,7 @@ impl AsyncRead for Tracked {
         let filled_before = buf.filled().len();
         let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > filled_before {
-            self.activity.bytes_read();
+            self.watch.bytes_read();
         }
         poll
     }

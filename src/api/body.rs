@@ -6,14 +6,14 @@
 //! so a request allocates nothing here once the thread is warm.
 
 use std::cell::RefCell;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
 use super::ApiError;
+use crate::server;
 use crate::usuario::{Invalid, Usuario};
 
 /// The largest request body, in bytes (SPEC section 1).
@@ -21,9 +21,6 @@ pub const BODY_BYTES_MAX: usize = 4096;
 
 /// The largest `monto`: 10^12 CLP.
 pub const MONTO_MAX: u64 = 1_000_000_000_000;
-
-/// How long a client may take to send a body once its headers arrived.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most out-of-range numbers one body may hold; each costs one more parse.
 const OUT_OF_RANGE_NUMBERS_MAX: usize = 8;
@@ -38,19 +35,48 @@ pub struct DebitRequest {
 }
 
 /// Reads the whole body, refusing more than [`BODY_BYTES_MAX`] whether the
-/// size is declared (refused before reading) or streamed.
+/// size is declared (refused before reading) or streamed, and answering 408
+/// past the connection's body timeout ([`server::body_deadline`]).
 pub async fn read(body: Incoming) -> Result<Bytes, ApiError> {
     if body.size_hint().lower() > BODY_BYTES_MAX as u64 {
         return Err(ApiError::CuerpoDemasiadoGrande);
     }
-    let collect = Limited::new(body, BODY_BYTES_MAX).collect();
-    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
-        Err(_elapsed) => Err(ApiError::TiempoAgotado),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(ApiError::CuerpoDemasiadoGrande),
-        // Broken chunked framing or a connection cut mid-body.
-        Ok(Err(_)) => Err(ApiError::JsonInvalido),
+    match server::body_deadline(collect(body)).await {
+        Err(server::BodyTimedOut) => Err(ApiError::TiempoAgotado),
+        Ok(collected) => collected,
     }
+}
+
+/// Gathers the body's data, refusing more than [`BODY_BYTES_MAX`]. A body in
+/// one frame (a small body sent with its head, the usual case) is kept as
+/// hyper's buffer: no copy and no allocation; only later frames are joined.
+async fn collect(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut length = 0;
+    while let Some(frame) = body.frame().await {
+        // Broken chunked framing or a connection cut mid-body.
+        let frame = frame.map_err(|_| ApiError::JsonInvalido)?;
+        // Trailers carry nothing the API reads.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        length += data.len();
+        if length > BODY_BYTES_MAX {
+            return Err(ApiError::CuerpoDemasiadoGrande);
+        }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buffer = BytesMut::with_capacity(BODY_BYTES_MAX);
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
+    }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 struct Parser {

@@ -1,7 +1,7 @@
 //! Transport behaviour: chunked bodies, garbage, keep-alive, timeouts,
 //! connection limits and the drain.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{error_body, start_server, start_server_with};
 
@@ -166,6 +166,52 @@ async fn idle_and_head_timeouts() {
         idle.is_closed_within(Duration::from_secs(6)).await,
         "idle connection closed"
     );
+}
+
+// The body timeout runs from the start of the body's read, apart from the
+// head timeout: a slow body within it is served even past the (shorter) head
+// timeout; a stalled one gets 408 and a closed connection, not before time.
+#[tokio::test]
+async fn body_timeout_answers_408_and_closes() {
+    let server = start_server_with(&[], |mut settings| {
+        settings.idle_timeout = Duration::from_secs(5);
+        settings.head_timeout = Duration::from_millis(400);
+        settings.body_timeout = Duration::from_millis(1200);
+        settings
+    })
+    .await;
+    let body = r#"{"usuario":"usuario1","monto":10}"#;
+    let head = format!(
+        "POST /pago HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut slow = server.client().await;
+    slow.send_raw(head.as_bytes()).await;
+    slow.send_raw(&body.as_bytes()[..5]).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    slow.send_raw(&body.as_bytes()[5..]).await;
+    assert_eq!(slow.read_reply(false).await.status, 200, "slow body served");
+
+    let mut stalled = server.client().await;
+    let started = Instant::now();
+    stalled.send_raw(head.as_bytes()).await;
+    stalled.send_raw(&body.as_bytes()[..5]).await;
+    let reply = stalled.read_reply(false).await;
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 408);
+    assert_eq!(
+        reply.text(),
+        error_body("Se agotó el tiempo de espera del cuerpo.", "TIEMPO_AGOTADO")
+    );
+    assert_eq!(reply.header("connection"), Some("close"));
+    assert!(reply.header("x-request-id").is_some());
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "not early: {waited:?}"
+    );
+    assert!(waited < Duration::from_millis(2500), "not late: {waited:?}");
+    assert!(stalled.is_closed_within(Duration::from_secs(2)).await);
+    server.client().await.assert_saldo("usuario1", 9990).await;
 }
 
 // Past the connection limit, new connections wait until one closes.
