@@ -20,7 +20,7 @@ use crate::usuario::Usuario;
 pub const KEY_BYTES_MAX: usize = 255;
 
 /// The header carrying the key.
-pub const HEADER: &str = "idempotency-key";
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// A stable 64-bit fingerprint of a request (FNV-1a over method, path and
 /// body): stable across processes and versions, since it is persisted.

@@ -109,7 +109,7 @@ fn answer(kind: DebitKind, usuario: Usuario, monto: u64, outcome: Outcome) -> Re
 
 /// The `Idempotency-Key` header, if present and valid.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
-    let mut values = headers.get_all(idempotency::HEADER).iter();
+    let mut values = headers.get_all(&idempotency::HEADER).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
         (Some(key), None) if idempotency::is_valid_key(key.as_bytes()) => Ok(Some(key.clone())),
