@@ -11,6 +11,7 @@
 #
 # usage: benches/snapshot.sh [ROUNDS] [SECONDS] [ACCOUNTS] [SEGMENT_BYTES]
 #        (defaults: 3 rounds of 10 s, 1,000,000 accounts, 8 MiB segments)
+#        SHARDS=n sets --shards on both servers (default: the service's own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -30,7 +31,8 @@ trap cleanup EXIT
 
 serve() { # name port segment_bytes
   taskset -c 0 target/release/saldos --bind 127.0.0.1 --port "$2" --workers 1 --storage journal \
-    --data-dir "$work/$1" --seed "" --journal-segment-bytes "$3" --log-format text >>"$work/$1.log" 2>&1 &
+    --data-dir "$work/$1" --seed "" --journal-segment-bytes "$3" --log-format text \
+    ${SHARDS:+--shards "$SHARDS"} >>"$work/$1.log" 2>&1 &
   pids+=($!)
   echo $! >"$work/$1.pid"
   for _ in $(seq 600); do
