@@ -229,7 +229,7 @@ impl DataDir {
             let mut file = self.medium.open_append(&FileKind::Segment.name(index))?;
             if file.length()? != valid_bytes {
                 file.set_len(valid_bytes)?;
-                file.sync_data()?;
+                file.sync_all()?;
             }
             Ok(file)
         };
@@ -267,7 +267,7 @@ impl DataDir {
         fill: impl FnOnce(&mut dyn MediumFile) -> io::Result<()>,
     ) -> io::Result<()> {
         let mut file = self.medium.create(temporary)?;
-        let written = fill(file.as_mut()).and_then(|()| file.sync_data());
+        let written = fill(file.as_mut()).and_then(|()| file.sync_all());
         drop(file);
         if let Err(error) = written {
             // A half-written temporary file (a snapshot can be large) must

@@ -41,8 +41,13 @@ pub trait Medium: Send + Sync {
 pub trait MediumFile: Send {
     /// Appends all of `bytes`.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes the file's bytes and length durable (`fdatasync`).
+    /// Makes the file's bytes and length durable (`fdatasync`): the cheap
+    /// sync of every batch.
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Makes the file and all its metadata durable (`fsync`): for the rare
+    /// syncs (a truncation, a new snapshot or metadata file) where a
+    /// stricter reading of `fdatasync` must not matter.
+    fn sync_all(&mut self) -> io::Result<()>;
     /// Cuts (or extends) the file to `len` bytes.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// The file's length now.

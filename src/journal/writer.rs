@@ -157,7 +157,7 @@ impl Writer {
                 let segment = &mut self.tail.segment;
                 let cut = segment
                     .set_len(self.tail.segment_bytes)
-                    .and_then(|()| segment.sync_data());
+                    .and_then(|()| segment.sync_all());
                 tracing::error!(
                     %error,
                     segment = self.tail.segment_index,

@@ -132,6 +132,10 @@ impl MediumFile for OsFile {
         self.0.sync_data()
     }
 
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
