@@ -139,41 +139,44 @@ impl Storage {
             key: keyed.key.into(),
             fingerprint: keyed.fingerprint,
         });
+        // Read before the shard lock is taken: nothing but the queueing
+        // itself happens under it.
+        let time_ms = clock::unix_ms();
         let record = |outcome, key| Record {
             kind: order.kind,
             usuario: order.usuario,
             monto: order.monto,
             outcome,
-            time_ms: clock::unix_ms(),
+            time_ms,
             key,
         };
-        // Moved into the queue by whichever path pushes.
+        // Moved into the queue by whichever path pushes: the debit's, under
+        // the account's lock, or the refusal's, after it.
         let mut parts = Some((slot, key));
         let reserved = self
             .ledger
             .reserve(&order.usuario, order.monto, |debit, account| {
-                let (slot, key) = parts.take().ok_or(Unavailable)?;
                 let outcome = Outcome::Debited {
                     nuevo_saldo: debit.nuevo_saldo,
                 };
-                let entry = Queued {
-                    record: Some(record(outcome, key)),
-                    account: Some(account),
-                };
-                Ok((
-                    account,
-                    journal.push(slot, entry).map(|ticket| (outcome, ticket)),
-                ))
+                // `reserve` calls this at most once, so the parts are here.
+                let pushed = parts.take().map_or(Err(Unavailable), |(slot, key)| {
+                    let entry = Queued {
+                        record: Some(record(outcome, key)),
+                        account: Some(account),
+                    };
+                    journal.push(slot, entry)
+                });
+                (outcome, account, pushed)
             });
         let (outcome, ticket) = match reserved {
-            Ok((_, Ok((_, Ok(queued))))) => queued,
-            Ok((_, Ok((account, Err(Unavailable))))) => {
+            Ok((outcome, _, Ok(ticket))) => (outcome, ticket),
+            Ok((_, account, Err(Unavailable))) => {
                 // Not queued: the reservation is released at once.
                 self.ledger
                     .settle(account, &order.usuario, order.monto, None);
                 return Err(Unavailable);
             }
-            Ok((_, Err(Unavailable))) => return Err(Unavailable),
             Err(ledger::Error::SaldoInsuficiente {
                 saldo_disponible,
                 pendiente,

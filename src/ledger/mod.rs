@@ -269,14 +269,14 @@ impl Ledger {
         &self,
         usuario: &Usuario,
         monto: u64,
-        reserved: impl FnOnce(&Debit, AccountRef) -> R,
-    ) -> Result<(Debit, R), Error> {
+        reserved: impl FnOnce(Debit, AccountRef) -> R,
+    ) -> Result<R, Error> {
         let hash = self.accounts.hash(usuario.as_str());
         self.update_hashed(hash, usuario, |account| {
             let debit = check(account, monto)?;
             account.pendiente += monto;
             debug_assert!(account.pendiente <= account.saldo);
-            Ok((debit, reserved(&debit, AccountRef { hash })))
+            Ok(reserved(debit, AccountRef { hash }))
         })
     }
 
