@@ -39,7 +39,7 @@ pub use queue::{ENTRIES_MAX, Queued, Slot, Ticket};
 pub use record::{DecodeError, Key, Record};
 
 use crate::idempotency::Table;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, ReplayError};
 use crate::usuario::Usuario;
 use data_dir::{DataDir, Fixed};
 use queue::Queue;
@@ -91,6 +91,25 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl Error {
+    /// A record or snapshot entry at `offset` of `path` that does not apply
+    /// over the ledger: too many accounts is a setting to raise, anything else
+    /// is damage.
+    fn replay(path: PathBuf, offset: u64, error: ReplayError) -> Self {
+        match error {
+            ReplayError::TooManyAccounts { .. } => Self::Exceeds {
+                path,
+                reason: error.to_string(),
+            },
+            _ => Self::Corrupt {
+                path,
+                offset,
+                reason: error.to_string(),
+            },
+        }
+    }
 }
 
 /// The debit's record could not be made durable; nothing was applied.

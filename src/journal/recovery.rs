@@ -9,8 +9,6 @@
 //! be damaged (its write was cut by the crash, never acknowledged): it is
 //! dropped, and the segment cut back durably before anything is appended.
 
-use std::path::Path;
-
 use super::batch;
 use super::data_dir::{DataDir, FileKind, Files, Fixed};
 use super::snapshot::{self, Cut, Restore};
@@ -47,12 +45,10 @@ pub fn recover(
         ledger,
         keys,
         now_ms: clock::unix_ms(),
-        path: None,
     };
     let snapshot = files.snapshots.last().copied();
     let (cut, last_record_max) = match snapshot {
         Some(index) => {
-            restorer.path = Some(dir.path_of(FileKind::Snapshot, index));
             let loaded = snapshot::load(dir, index, &mut restorer)?;
             (loaded.cut, Some(loaded.last_record_max))
         }
@@ -212,10 +208,9 @@ fn replay_segment(
         let records_at = at + batch::HEADER_BYTES;
         replay_batch(frame.records, frame.record_count, next_record, restorer).map_err(
             |(offset, error)| match error {
-                BatchError::Replay(ReplayError::TooManyAccounts { accounts_max }) => {
-                    too_many_accounts(&path, accounts_max)
+                BatchError::Replay(error) => {
+                    Error::replay(path.clone(), (records_at + offset) as u64, error)
                 }
-                BatchError::Replay(error) => corrupt(records_at + offset, error.to_string()),
                 BatchError::Record(reason) => corrupt(records_at + offset, reason.into()),
             },
         )?;
@@ -282,8 +277,6 @@ struct Restorer<'a> {
     ledger: &'a Ledger,
     keys: &'a Table,
     now_ms: u64,
-    /// The snapshot being loaded, for messages.
-    path: Option<std::path::PathBuf>,
 }
 
 impl Restorer<'_> {
@@ -298,12 +291,16 @@ impl Restorer<'_> {
 }
 
 impl Restore for Restorer<'_> {
-    fn account(&mut self, usuario: &Usuario, saldo: u64, last_record: u64) -> Result<(), Error> {
+    fn account(
+        &mut self,
+        usuario: &Usuario,
+        saldo: u64,
+        last_record: u64,
+    ) -> Result<(), ReplayError> {
         self.ledger
             .restore(usuario, saldo, last_record)
-            .map_err(|_| {
-                let path = self.path.as_deref().unwrap_or(Path::new("snapshot"));
-                too_many_accounts(path, self.ledger.accounts_max())
+            .map_err(|_| ReplayError::TooManyAccounts {
+                accounts_max: self.ledger.accounts_max(),
             })
     }
 
@@ -313,15 +310,6 @@ impl Restore for Restorer<'_> {
         {
             self.keys.finish(key, remembered);
         }
-    }
-}
-
-fn too_many_accounts(path: &Path, accounts_max: usize) -> Error {
-    Error::Exceeds {
-        path: path.to_owned(),
-        reason: format!(
-            "the data directory holds more accounts than --max-accounts ({accounts_max}) allows: raise it"
-        ),
     }
 }
 

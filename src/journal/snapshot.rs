@@ -26,7 +26,7 @@ use super::medium::MediumFile;
 use super::{Error, Record};
 use crate::clock;
 use crate::idempotency::Table;
-use crate::ledger::{Ledger, SALDO_MAX, Stored};
+use crate::ledger::{Ledger, ReplayError, SALDO_MAX, Stored};
 use crate::usuario::Usuario;
 
 const MAGIC: &[u8; 8] = b"SALDOSNP";
@@ -128,7 +128,12 @@ fn write_entries(out: &mut Out<'_>, ledger: &Ledger, keys: &Table) -> io::Result
 /// What a snapshot hands to recovery, in file order.
 pub trait Restore {
     /// An account with its balance and its last applied record.
-    fn account(&mut self, usuario: &Usuario, saldo: u64, last_record: u64) -> Result<(), Error>;
+    fn account(
+        &mut self,
+        usuario: &Usuario,
+        saldo: u64,
+        last_record: u64,
+    ) -> Result<(), ReplayError>;
     /// A remembered key, as the record that settled it.
     fn key(&mut self, record: &Record);
 }
@@ -148,8 +153,8 @@ pub struct Loaded {
 enum Refusal {
     /// Damage at an offset.
     Damage(usize, &'static str),
-    /// `restore` refused an entry.
-    Restore(Error),
+    /// `restore` refused the entry at an offset.
+    Restore(usize, ReplayError),
 }
 
 impl From<(usize, &'static str)> for Refusal {
@@ -169,7 +174,9 @@ pub fn load(dir: &DataDir, index: u64, restore: &mut impl Restore) -> Result<Loa
             offset: offset as u64,
             reason: reason.to_owned(),
         },
-        Refusal::Restore(error) => error,
+        Refusal::Restore(offset, error) => {
+            Error::replay(dir.path_of(FileKind::Snapshot, index), offset as u64, error)
+        }
     })
 }
 
@@ -223,7 +230,7 @@ fn parse(bytes: &[u8], index: u64, restore: &mut impl Restore) -> Result<Loaded,
                 }
                 restore
                     .account(&usuario, saldo, last_record)
-                    .map_err(Refusal::Restore)?;
+                    .map_err(|error| Refusal::Restore(entry_at, error))?;
                 accounts += 1;
             }
             KEY => {
