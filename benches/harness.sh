@@ -12,32 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-10}
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 cargo build --release --locked --bin saldos --example hyper_baseline
+source benches/common.sh
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start() { # name port command...
-  local name=$1 port=$2; shift 2
-  taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  echo $! >"$work/$name.pid"
-  for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:$port/saldo/x" && return 0
-    sleep 0.05
-  done
-  echo "$name did not start" >&2; cat "$work/$name.log" >&2; exit 1
-}
-
-start baseline 5601 target/release/examples/hyper_baseline 5601 1
-start memory 5602 target/release/saldos --bind 127.0.0.1 --port 5602 --workers 1 --storage memory --log-format text
-start journal 5603 target/release/saldos --bind 127.0.0.1 --port 5603 --workers 1 --storage journal --data-dir "$work/data" --log-format text
+start_pinned baseline 5601 5 target/release/examples/hyper_baseline 5601 1
+start_pinned memory 5602 5 target/release/saldos --bind 127.0.0.1 --port 5602 --workers 1 --storage memory --log-format text
+start_pinned journal 5603 5 target/release/saldos --bind 127.0.0.1 --port 5603 --workers 1 --storage journal --data-dir "$work/data" --log-format text
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -18,28 +18,13 @@ rounds=${1:-3}
 seconds=${2:-10}
 accounts=${3:-1000000}
 segment_bytes=${4:-$((8 << 20))}
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 cargo build --release --locked --bin saldos --example journal_gen
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source benches/common.sh
 
 serve() { # name port segment_bytes
-  taskset -c 0 target/release/saldos --bind 127.0.0.1 --port "$2" --workers 1 --storage journal \
-    --data-dir "$work/$1" --seed "" --journal-segment-bytes "$3" --log-format text \
-    ${SHARDS:+--shards "$SHARDS"} >>"$work/$1.log" 2>&1 &
-  pids+=($!)
-  echo $! >"$work/$1.pid"
-  for _ in $(seq 600); do
-    curl -fs -o /dev/null "http://127.0.0.1:$2/health" && return 0
-    sleep 0.1
-  done
-  echo "$1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
+  start_pinned "$1" "$2" 60 target/release/saldos --bind 127.0.0.1 --port "$2" --workers 1 \
+    --storage journal --data-dir "$work/$1" --seed "" --journal-segment-bytes "$3" \
+    --log-format text ${SHARDS:+--shards "$SHARDS"}
 }
 
 prepare() { # name port segment_bytes
