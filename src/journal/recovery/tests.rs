@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +16,20 @@ fn usuario(name: &str) -> Usuario {
 
 struct Started {
     ledger: Arc<Ledger>,
+    keys: Arc<Table>,
     result: Result<Opened, Error>,
 }
 
 fn start_on(medium: &PowerCut, opening_saldo: u64, accounts_max: usize) -> Started {
+    start_with_segments(medium, opening_saldo, accounts_max, 1 << 20)
+}
+
+fn start_with_segments(
+    medium: &PowerCut,
+    opening_saldo: u64,
+    accounts_max: usize,
+    segment_bytes_max: u64,
+) -> Started {
     let ledger = Arc::new(Ledger::new(Limits {
         shard_count: 4,
         opening_saldo,
@@ -30,11 +41,28 @@ fn start_on(medium: &PowerCut, opening_saldo: u64, accounts_max: usize) -> Start
         dir: std::path::Path::new("/data"),
         opening_saldo,
         seed: &seed,
-        segment_bytes_max: 1 << 20,
+        segment_bytes_max,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
-    let result = open_on(medium, &options, ledger.clone(), keys);
-    Started { ledger, result }
+    let result = open_on(medium, &options, ledger.clone(), keys.clone());
+    Started {
+        ledger,
+        keys,
+        result,
+    }
+}
+
+/// How a start that had to refuse as damage did: file, offset and reason.
+fn refused_as_damage(medium: &PowerCut, accounts_max: usize) -> (PathBuf, u64, String) {
+    match start_on(medium, OPENING, accounts_max).result {
+        Err(Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => (path, offset, reason),
+        Err(other) => panic!("refused, but not as damage: {other}"),
+        Ok(_) => panic!("damage went unnoticed"),
+    }
 }
 
 /// Three batches of debits from "ana" (1..=3, 4..=6, 7..=10, each debit of
@@ -208,30 +236,20 @@ fn missing_segments_and_batches_are_refused() {
     let mut without_second = bytes[..starts[1]].to_vec();
     without_second.extend_from_slice(&bytes[starts[2]..]);
     let medium = directory_with_segment(&without_second);
-    match start_on(&medium, OPENING, 100).result {
-        Err(Error::Corrupt { offset, reason, .. }) => {
-            assert_eq!(offset, starts[1] as u64);
-            assert!(reason.contains("records are missing"), "{reason}");
-        }
-        Err(other) => panic!("{other}"),
-        Ok(_) => panic!("a missing batch went unnoticed"),
-    }
+    let (_, offset, reason) = refused_as_damage(&medium, 100);
+    assert_eq!(offset, starts[1] as u64);
+    assert!(reason.contains("records are missing"), "{reason}");
 
     let medium = directory_with_segment(&bytes);
     let mut third = medium.create(&FileKind::Segment.name(3)).unwrap();
     third.append(&[]).unwrap();
-    match start_on(&medium, OPENING, 100).result {
-        Err(Error::Corrupt { path, reason, .. }) => {
-            assert!(
-                path.ends_with(FileKind::Segment.name(2)),
-                "{}",
-                path.display()
-            );
-            assert!(reason.contains("segment missing"), "{reason}");
-        }
-        Err(other) => panic!("{other}"),
-        Ok(_) => panic!("a missing segment went unnoticed"),
-    }
+    let (path, _, reason) = refused_as_damage(&medium, 100);
+    assert!(
+        path.ends_with(FileKind::Segment.name(2)),
+        "{}",
+        path.display()
+    );
+    assert!(reason.contains("segment missing"), "{reason}");
 }
 
 // A snapshot whose first segment is gone, or whose contents name other
@@ -255,42 +273,21 @@ fn a_snapshot_that_does_not_match_its_segments_is_refused() {
     renamed
         .rename(&newest, &FileKind::Snapshot.name(index + 1))
         .unwrap();
-    match start_on(&renamed, OPENING, 1_000).result {
-        Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("covers"), "{reason}"),
-        Err(other) => panic!("{other}"),
-        Ok(_) => panic!("a renamed snapshot was accepted"),
-    }
+    let (_, _, reason) = refused_as_damage(&renamed, 1_000);
+    assert!(reason.contains("covers"), "{reason}");
 
     let headless = medium.survivor(0);
     headless.remove(&FileKind::Segment.name(index)).unwrap();
-    match start_on(&headless, OPENING, 1_000).result {
-        Err(Error::Corrupt { reason, .. }) => {
-            assert!(reason.contains("segment missing"), "{reason}")
-        }
-        Err(other) => panic!("{other}"),
-        Ok(_) => panic!("a snapshot without its segment was accepted"),
-    }
+    let (_, _, reason) = refused_as_damage(&headless, 1_000);
+    assert!(reason.contains("segment missing"), "{reason}");
 }
 
 /// Debits 18 accounts through a journal of 1 KiB segments, so that
 /// snapshots happen, then closes it.
 fn fill_small_segments(medium: &PowerCut) {
-    let ledger = Arc::new(Ledger::new(Limits {
-        shard_count: 4,
-        opening_saldo: OPENING,
-        accounts_max: 1_000,
-    }));
-    let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 1_000));
-    let seed = [(usuario("usuario1"), 10_000)];
-    let options = Options {
-        dir: std::path::Path::new("/data"),
-        opening_saldo: OPENING,
-        seed: &seed,
-        segment_bytes_max: 1024,
-    };
-    let storage_medium: Arc<dyn Medium> = Arc::new(medium.clone());
-    let opened = open_on(storage_medium, &options, ledger.clone(), keys.clone()).unwrap();
-    let storage = crate::storage::Storage::journal(ledger, keys, opened.journal);
+    let started = start_with_segments(medium, OPENING, 1_000, 1024);
+    let journal = started.result.unwrap().journal;
+    let storage = crate::storage::Storage::journal(started.ledger, started.keys, journal);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -419,18 +416,13 @@ fn a_snapshot_ahead_of_its_segments_is_refused() {
         ),
         (FileKind::Segment.name(2), Vec::new()),
     ]);
-    match start_on(&medium, OPENING, 100).result {
-        Err(Error::Corrupt { path, reason, .. }) => {
-            assert!(
-                path.ends_with(FileKind::Snapshot.name(2)),
-                "{}",
-                path.display()
-            );
-            assert!(reason.contains("record 1000"), "{reason}");
-        }
-        Err(other) => panic!("{other}"),
-        Ok(_) => panic!("a snapshot ahead of the journal was accepted"),
-    }
+    let (path, _, reason) = refused_as_damage(&medium, 100);
+    assert!(
+        path.ends_with(FileKind::Snapshot.name(2)),
+        "{}",
+        path.display()
+    );
+    assert!(reason.contains("record 1000"), "{reason}");
     let medium = directory_with(vec![
         (
             FileKind::Snapshot.name(2),
@@ -470,13 +462,8 @@ fn record_numbering_out_of_range_is_refused() {
             ),
             (FileKind::Segment.name(2), segment.clone()),
         ]);
-        match start_on(&medium, OPENING, 100).result {
-            Err(Error::Corrupt { reason, .. }) => {
-                assert!(reason.contains("out of range"), "{reason}")
-            }
-            Err(other) => panic!("{other}"),
-            Ok(_) => panic!("record numbering {next_record} accepted"),
-        }
+        let (_, _, reason) = refused_as_damage(&medium, 100);
+        assert!(reason.contains("out of range"), "{next_record}: {reason}");
     }
 }
 
