@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 
 use super::data_dir::DataDir;
 use super::medium::MediumFile;
-use super::queue::{Queue, Queued, Ticket};
+use super::queue::{Queue, Queued};
 use super::{Faults, Stats, Unavailable, batch, snapshot};
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, Outcome};
@@ -97,7 +97,7 @@ impl Writer {
             let records = self.encode(&batch, &mut bytes);
             self.shared.queue.writing(first, batch.len());
             let durable = self.append(&bytes).is_ok();
-            self.settle(&batch, first, durable);
+            self.settle(&batch, durable);
             if durable {
                 self.tail.next_record += records;
                 self.shared
@@ -105,6 +105,8 @@ impl Writer {
                     .records
                     .fetch_add(records, Ordering::Relaxed);
             }
+            // Last: a woken request sees the batch settled and counted.
+            self.shared.queue.complete(first, batch.len(), durable);
             batch.clear();
             if durable && self.tail.segment_bytes >= self.segment_bytes_max {
                 self.rotate();
@@ -181,9 +183,8 @@ impl Writer {
         self.tail.segment.sync_data()
     }
 
-    /// Applies (or releases) each entry in journal order, then completes the
-    /// batch: its requests wake.
-    fn settle(&self, batch: &[Queued], first: Ticket, durable: bool) {
+    /// Applies (or releases) each entry in journal order.
+    fn settle(&self, batch: &[Queued], durable: bool) {
         let mut number = self.tail.next_record;
         for queued in batch {
             let Some(record) = &queued.record else {
@@ -204,7 +205,6 @@ impl Writer {
             }
             number += 1;
         }
-        self.shared.queue.complete(first, batch.len(), durable);
     }
 
     /// Starts the next segment and has a snapshot of the state as of the end
