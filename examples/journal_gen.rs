@@ -55,6 +55,7 @@ fn main() -> std::io::Result<()> {
                 nuevo_saldo: opening - round,
             },
             time_ms: 0,
+            principal: None,
             key: None,
         }
         .encode(&mut batch);

@@ -47,6 +47,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Exit 0 when GET /health/live answers 200 within 2 s, else 1.
     Healthcheck(HealthcheckArgs),
+    /// DEVELOPMENT ONLY: sign an access token with a local private key and
+    /// print it (or, with --jwks, print the key's public JWKS).
+    DevToken(DevTokenArgs),
 }
 
 /// `saldos healthcheck` options.
@@ -134,6 +137,115 @@ pub struct ServeArgs {
     /// more answers 503 NO_DISPONIBLE.
     #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub max_accounts: u64,
+    /// Authentication (SPEC section 6).
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Whether requests need a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every account is open to anyone who reaches the service (local runs).
+    None,
+    /// A JWT bearer token signed by a key of the issuer's JWKS.
+    Jwt,
+}
+
+/// The longest clock skew tolerated on `exp` and `nbf`.
+pub const JWT_LEEWAY_MAX: Duration = Duration::from_secs(300);
+
+/// Authentication options (SPEC section 6).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Whether requests need a bearer token (`none`: every account is open).
+    #[arg(long = "auth", env = "SALDOS_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub mode: AuthMode,
+    /// The token issuer (`iss`) to accept, exactly; required with `--auth jwt`.
+    #[arg(long, env = "SALDOS_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The audience (`aud`) tokens must name; required with `--auth jwt`.
+    #[arg(long, env = "SALDOS_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer's JWKS, `http(s)://…`; fetched at start, every 10 minutes
+    /// and on an unknown `kid`.
+    #[arg(long, env = "SALDOS_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<http::Uri>,
+    /// A JWKS JSON file, re-read when it changes.
+    #[arg(long, env = "SALDOS_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Signature algorithms accepted (RS256, RS384, RS512, PS256, PS384,
+    /// PS512, ES256, ES384, EdDSA; `none` and HS* are refused).
+    #[arg(long, env = "SALDOS_JWT_ALGORITHMS", default_value = "RS256,ES256", value_parser = parse_algorithms)]
+    pub jwt_algorithms: Algorithms,
+    /// Clock skew tolerated on `exp` and `nbf` (at most 5m).
+    #[arg(long, env = "SALDOS_JWT_LEEWAY", default_value = "30s", value_parser = parse_jwt_leeway)]
+    pub jwt_leeway: Duration,
+}
+
+/// The signature algorithms a token may use, without repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Algorithms(pub Vec<jsonwebtoken::Algorithm>);
+
+impl AuthArgs {
+    /// With `jwt`: an issuer, an audience and one source of keys.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mode == AuthMode::None {
+            return Ok(());
+        }
+        let missing =
+            |flag: &str, variable: &str| format!("{flag}/{variable}: required with --auth jwt");
+        if self.jwt_issuer.as_deref().is_none_or(str::is_empty) {
+            return Err(missing("--jwt-issuer", "SALDOS_JWT_ISSUER"));
+        }
+        if self.jwt_audience.as_deref().is_none_or(str::is_empty) {
+            return Err(missing("--jwt-audience", "SALDOS_JWT_AUDIENCE"));
+        }
+        match (&self.jwks_url, &self.jwks_file) {
+            (None, None) => Err(
+                "--jwks-url/SALDOS_JWKS_URL or --jwks-file/SALDOS_JWKS_FILE: one is required with --auth jwt"
+                    .into(),
+            ),
+            (Some(url), _) if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() => {
+                Err(format!("--jwks-url/SALDOS_JWKS_URL: '{url}' is not an http(s):// URL"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `saldos dev-token` options: DEVELOPMENT ONLY.
+#[derive(Debug, Args)]
+pub struct DevTokenArgs {
+    /// The PEM private key to sign with (RSA, or EC P-256 / P-384).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The key's id (`kid`), as the JWKS names it.
+    #[arg(long, default_value = "dev")]
+    pub kid: String,
+    /// The signature algorithm (RS256, ES256, …; matching the key).
+    #[arg(long, default_value = "RS256", value_parser = parse_algorithm)]
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// Print the public JWKS of the key instead of a token.
+    #[arg(long)]
+    pub jwks: bool,
+    /// Issuer (`iss`).
+    #[arg(long, default_value = "http://localhost/dev")]
+    pub issuer: String,
+    /// Audience (`aud`).
+    #[arg(long, default_value = "saldos")]
+    pub audience: String,
+    /// Subject (`sub`): the customer's account.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// `client_id`, for a service token.
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Space-separated scopes (`saldos:read saldos:debit`).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Lifetime (`exp` − now).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
 }
 
 /// Seeded accounts, in the order given.
@@ -148,7 +260,7 @@ impl ServeArgs {
                 "--seed/SALDOS_SEED: more seeded accounts than --max-accounts allows".into(),
             );
         }
-        Ok(())
+        self.auth.validate()
     }
 
     /// Worker threads: the flag, else the CPUs this process may use (cgroup
@@ -171,6 +283,36 @@ impl ServeArgs {
 /// has a quota below one CPU: it gets one worker.
 pub fn usable_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Algorithms that the issuer's public keys verify; `none` and the HMAC
+/// family (a shared secret, or a public key misused as one) never are.
+fn parse_algorithms(text: &str) -> Result<Algorithms, String> {
+    let mut algorithms = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let algorithm = parse_algorithm(name)?;
+        if !algorithms.contains(&algorithm) {
+            algorithms.push(algorithm);
+        }
+    }
+    Ok(Algorithms(algorithms))
+}
+
+fn parse_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    use jsonwebtoken::Algorithm;
+    let algorithm: Algorithm = name
+        .parse()
+        .map_err(|_| format!("'{name}' is not a JWS algorithm"))?;
+    match algorithm {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Err(format!(
+            "'{name}' is refused: HMAC needs a shared secret, and lets a public key be misused as one"
+        )),
+        _ => Ok(algorithm),
+    }
+}
+
+fn parse_jwt_leeway(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, JWT_LEEWAY_MAX)
 }
 
 fn parse_shards(text: &str) -> Result<usize, String> {
@@ -301,6 +443,22 @@ mod tests {
             "a=9007199254740992",
         ] {
             assert!(parse_seed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn algorithms_refuse_none_and_hmac() {
+        use jsonwebtoken::Algorithm;
+        assert_eq!(
+            parse_algorithms("RS256, ES256,EdDSA,RS256"),
+            Ok(Algorithms(vec![
+                Algorithm::RS256,
+                Algorithm::ES256,
+                Algorithm::EdDSA
+            ]))
+        );
+        for bad in ["none", "HS256", "RS256,HS512", "hs384", "", "RS256,"] {
+            assert!(parse_algorithms(bad).is_err(), "{bad:?}");
         }
     }
 

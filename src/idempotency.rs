@@ -7,12 +7,17 @@
 //! holds `keys_max` live keys, expired ones are swept; if none can go, new keys
 //! are refused (503) rather than forgetting a live one, and counted.
 //!
+//! A key belongs to its principal ([`Scoped`]): the same key sent by two
+//! principals is two keys, so one client can neither replay nor block
+//! another's. Without authentication every key has the same (absent) principal.
+//!
 //! The table does no I/O: the journal persists outcomes and restores them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ledger::{DebitKind, Outcome};
+use crate::principal::Principal;
 use crate::sharded::Sharded;
 use crate::usuario::Usuario;
 
@@ -59,6 +64,15 @@ pub struct Remembered {
     pub time_ms: u64,
 }
 
+/// An idempotency key within its principal's scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scoped<'a> {
+    /// Who sent the key; `None` without authentication.
+    pub principal: Option<&'a Principal>,
+    /// The key, 1 to 255 visible ASCII characters.
+    pub key: &'a str,
+}
+
 enum Entry {
     InFlight { fingerprint: u64 },
     Done(Remembered),
@@ -66,8 +80,26 @@ enum Entry {
 
 /// A key and its state, as a shard stores it.
 struct Slot {
+    principal: Option<Principal>,
     key: Box<str>,
     entry: Entry,
+}
+
+impl Slot {
+    fn new(scoped: Scoped<'_>, entry: Entry) -> Self {
+        Self {
+            principal: scoped.principal.cloned(),
+            key: scoped.key.into(),
+            entry,
+        }
+    }
+
+    fn scoped(&self) -> Scoped<'_> {
+        Scoped {
+            principal: self.principal.as_ref(),
+            key: &self.key,
+        }
+    }
 }
 
 /// What a keyed request should do.
@@ -109,10 +141,10 @@ impl Table {
     }
 
     /// Looks `key` up and, when it is new, marks it in flight.
-    pub fn begin(&self, key: &str, fingerprint: u64, now_ms: u64) -> Begin {
-        let hash = self.keys.hash(key);
+    pub fn begin(&self, key: Scoped<'_>, fingerprint: u64, now_ms: u64) -> Begin {
+        let hash = self.keys.hash(&key);
         let mut shard = self.keys.lock(hash);
-        if let Some(slot) = shard.find_mut(hash, |slot| &*slot.key == key) {
+        if let Some(slot) = shard.find_mut(hash, |slot| slot.scoped() == key) {
             return self.begin_seen(&mut slot.entry, fingerprint, now_ms);
         }
         if self.keys.is_full() && self.is_sweep_due(now_ms) {
@@ -121,7 +153,7 @@ impl Table {
             drop(shard);
             self.sweep(now_ms);
             shard = self.keys.lock(hash);
-            if let Some(slot) = shard.find_mut(hash, |slot| &*slot.key == key) {
+            if let Some(slot) = shard.find_mut(hash, |slot| slot.scoped() == key) {
                 return self.begin_seen(&mut slot.entry, fingerprint, now_ms);
             }
         }
@@ -129,11 +161,8 @@ impl Table {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
             return Begin::Full;
         }
-        let slot = Slot {
-            key: key.into(),
-            entry: Entry::InFlight { fingerprint },
-        };
-        shard.insert_unique(hash, slot, |slot| self.keys.hash(&slot.key));
+        let slot = Slot::new(key, Entry::InFlight { fingerprint });
+        shard.insert_unique(hash, slot, |slot| self.keys.hash(&slot.scoped()));
         Begin::Started
     }
 
@@ -153,33 +182,30 @@ impl Table {
     }
 
     /// Records the settled outcome of a key (in flight, or being restored).
-    pub fn finish(&self, key: &str, remembered: Remembered) {
+    pub fn finish(&self, key: Scoped<'_>, remembered: Remembered) {
         // A key settled now may expire before the next planned sweep (its
         // time is when its request was reserved, a while ago).
         self.next_sweep_ms
             .fetch_min(self.expiry_ms(&remembered), Ordering::Relaxed);
-        let hash = self.keys.hash(key);
+        let hash = self.keys.hash(&key);
         let mut shard = self.keys.lock(hash);
-        match shard.find_mut(hash, |slot| &*slot.key == key) {
+        match shard.find_mut(hash, |slot| slot.scoped() == key) {
             Some(slot) => slot.entry = Entry::Done(remembered),
             None => {
                 // Restoring at start: the table is sized for what was saved.
                 self.keys.count_restored();
-                let slot = Slot {
-                    key: key.into(),
-                    entry: Entry::Done(remembered),
-                };
-                shard.insert_unique(hash, slot, |slot| self.keys.hash(&slot.key));
+                let slot = Slot::new(key, Entry::Done(remembered));
+                shard.insert_unique(hash, slot, |slot| self.keys.hash(&slot.scoped()));
             }
         }
     }
 
     /// Forgets a key whose request ended without an outcome.
-    pub fn abandon(&self, key: &str) {
-        let hash = self.keys.hash(key);
+    pub fn abandon(&self, key: Scoped<'_>) {
+        let hash = self.keys.hash(&key);
         let mut shard = self.keys.lock(hash);
         let in_flight =
-            |slot: &Slot| &*slot.key == key && matches!(slot.entry, Entry::InFlight { .. });
+            |slot: &Slot| slot.scoped() == key && matches!(slot.entry, Entry::InFlight { .. });
         if let Ok(found) = shard.find_entry(hash, in_flight) {
             found.remove();
             self.keys.give_back(1);
@@ -225,13 +251,13 @@ impl Table {
         &self,
         index: usize,
         now_ms: u64,
-        mut visit: impl FnMut(&str, &Remembered),
+        mut visit: impl FnMut(Scoped<'_>, &Remembered),
     ) {
         for slot in self.keys.lock_index(index).iter() {
             if let Entry::Done(done) = &slot.entry
                 && !self.is_expired(done, now_ms)
             {
-                visit(&slot.key, done);
+                visit(slot.scoped(), done);
             }
         }
     }
@@ -266,12 +292,12 @@ impl Table {
 /// outcome is settled or on its way to be.
 pub struct InFlightGuard<'a> {
     table: &'a Table,
-    key: Option<&'a str>,
+    key: Option<Scoped<'a>>,
 }
 
 impl<'a> InFlightGuard<'a> {
     /// Guards `key`, just marked in flight in `table`.
-    pub fn new(table: &'a Table, key: &'a str) -> Self {
+    pub fn new(table: &'a Table, key: Scoped<'a>) -> Self {
         Self {
             table,
             key: Some(key),
@@ -296,6 +322,13 @@ impl Drop for InFlightGuard<'_> {
 mod tests {
     use super::*;
 
+    fn unscoped(key: &str) -> Scoped<'_> {
+        Scoped {
+            principal: None,
+            key,
+        }
+    }
+
     fn remembered(fingerprint: u64, time_ms: u64) -> Remembered {
         Remembered {
             fingerprint,
@@ -311,26 +344,29 @@ mod tests {
     #[test]
     fn keys_go_from_started_to_in_flight_to_replay() {
         let table = Table::new(4, Duration::from_secs(10), 100);
-        assert_eq!(table.begin("k", 1, 0), Begin::Started);
-        assert_eq!(table.begin("k", 1, 0), Begin::InFlight);
-        assert_eq!(table.begin("k", 2, 0), Begin::Conflict);
-        table.finish("k", remembered(1, 0));
-        assert_eq!(table.begin("k", 1, 9_999), Begin::Replay(remembered(1, 0)));
-        assert_eq!(table.begin("k", 2, 9_999), Begin::Conflict);
+        assert_eq!(table.begin(unscoped("k"), 1, 0), Begin::Started);
+        assert_eq!(table.begin(unscoped("k"), 1, 0), Begin::InFlight);
+        assert_eq!(table.begin(unscoped("k"), 2, 0), Begin::Conflict);
+        table.finish(unscoped("k"), remembered(1, 0));
+        assert_eq!(
+            table.begin(unscoped("k"), 1, 9_999),
+            Begin::Replay(remembered(1, 0))
+        );
+        assert_eq!(table.begin(unscoped("k"), 2, 9_999), Begin::Conflict);
         // Past the TTL the key is new again.
-        assert_eq!(table.begin("k", 2, 10_000), Begin::Started);
+        assert_eq!(table.begin(unscoped("k"), 2, 10_000), Begin::Started);
         assert_eq!(table.keys_stored(), 1);
     }
 
     #[test]
     fn abandoned_keys_can_start_again() {
         let table = Table::new(1, Duration::from_secs(10), 100);
-        assert_eq!(table.begin("k", 1, 0), Begin::Started);
-        drop(InFlightGuard::new(&table, "k"));
+        assert_eq!(table.begin(unscoped("k"), 1, 0), Begin::Started);
+        drop(InFlightGuard::new(&table, unscoped("k")));
         assert_eq!(table.keys_stored(), 0);
-        assert_eq!(table.begin("k", 1, 0), Begin::Started);
-        InFlightGuard::new(&table, "k").disarm();
-        assert_eq!(table.begin("k", 1, 0), Begin::InFlight);
+        assert_eq!(table.begin(unscoped("k"), 1, 0), Begin::Started);
+        InFlightGuard::new(&table, unscoped("k")).disarm();
+        assert_eq!(table.begin(unscoped("k"), 1, 0), Begin::InFlight);
     }
 
     // Full of live keys: new ones are refused and counted; expired ones make room.
@@ -338,12 +374,12 @@ mod tests {
     fn a_full_table_refuses_then_sweeps_expired_keys() {
         let table = Table::new(1, Duration::from_secs(10), 2);
         for key in ["a", "b"] {
-            assert_eq!(table.begin(key, 1, 0), Begin::Started);
-            table.finish(key, remembered(1, 0));
+            assert_eq!(table.begin(unscoped(key), 1, 0), Begin::Started);
+            table.finish(unscoped(key), remembered(1, 0));
         }
-        assert_eq!(table.begin("c", 1, 5_000), Begin::Full);
+        assert_eq!(table.begin(unscoped("c"), 1, 5_000), Begin::Full);
         assert_eq!(table.refused_full(), 1);
-        assert_eq!(table.begin("c", 1, 10_000), Begin::Started);
+        assert_eq!(table.begin(unscoped("c"), 1, 10_000), Begin::Started);
         assert_eq!(table.keys_stored(), 1);
         assert_eq!(table.sweep(10_000), 0);
     }
@@ -355,18 +391,42 @@ mod tests {
         let table = Table::new(64, Duration::from_secs(10), 8);
         for n in 0..8 {
             let key = format!("old-{n}");
-            assert_eq!(table.begin(&key, 1, 0), Begin::Started);
-            table.finish(&key, remembered(1, 0));
+            assert_eq!(table.begin(unscoped(&key), 1, 0), Begin::Started);
+            table.finish(unscoped(&key), remembered(1, 0));
         }
         for n in 0..8 {
             assert_eq!(
-                table.begin(&format!("new-{n}"), 1, 10_000),
+                table.begin(unscoped(&format!("new-{n}")), 1, 10_000),
                 Begin::Started,
                 "{n}"
             );
         }
         assert_eq!(table.keys_stored(), 8);
-        assert_eq!(table.begin("one-more", 1, 10_000), Begin::Full);
+        assert_eq!(table.begin(unscoped("one-more"), 1, 10_000), Begin::Full);
+    }
+
+    // The same key from two principals (or none) is three keys.
+    #[test]
+    fn keys_are_scoped_to_their_principal() {
+        let table = Table::new(4, Duration::from_secs(10), 100);
+        let (ana, beto) = (
+            Principal::new("ana").unwrap(),
+            Principal::new("beto").unwrap(),
+        );
+        let scoped = |principal| Scoped {
+            principal,
+            key: "k",
+        };
+        assert_eq!(table.begin(scoped(Some(&ana)), 1, 0), Begin::Started);
+        table.finish(scoped(Some(&ana)), remembered(1, 0));
+        assert_eq!(table.begin(scoped(Some(&beto)), 2, 0), Begin::Started);
+        assert_eq!(table.begin(scoped(None), 3, 0), Begin::Started);
+        assert_eq!(
+            table.begin(scoped(Some(&ana)), 1, 0),
+            Begin::Replay(remembered(1, 0))
+        );
+        assert_eq!(table.begin(scoped(Some(&beto)), 2, 0), Begin::InFlight);
+        assert_eq!(table.keys_stored(), 3);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`server`]: accept loop, connection limits and timeouts, drain.
 //! - [`router`]: method and path to handler; `X-Request-Id`.
 //! - [`api`]: one module per endpoint family, and the SPEC's error table.
+//! - [`auth`]: bearer tokens, the issuer's keys, who may read or debit what.
+//! - [`principal`]: who made a request, recorded with debits and keys.
 //! - [`storage`]: the seam handlers call to read and debit balances.
 //! - [`journal`]: write-ahead journal, group commit, snapshots, recovery.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
@@ -15,6 +17,7 @@
 //! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod header;
@@ -23,6 +26,7 @@ pub mod idempotency;
 pub mod journal;
 pub mod ledger;
 pub mod logging;
+pub mod principal;
 pub mod render;
 pub mod request_id;
 pub mod router;
@@ -37,8 +41,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::{ServeArgs, StorageKind};
+use crate::auth::Auth;
+use crate::config::{AuthArgs, AuthMode, ServeArgs, StorageKind};
 use crate::ledger::{Ledger, Limits};
+use crate::router::App;
 use crate::storage::Storage;
 
 /// Pending connections the kernel queues while all permits are taken.
@@ -70,6 +76,43 @@ pub enum StartError {
     /// The data directory cannot be used.
     #[error("cannot open the journal: {0}")]
     Journal(#[from] journal::Error),
+    /// Authentication is on and its keys cannot be had.
+    #[error("cannot start authentication: {0}")]
+    Auth(String),
+}
+
+/// Builds what requests are served with: the storage, and the
+/// authentication (its keys loaded: the service does not start without them).
+pub async fn open_app(args: &ServeArgs) -> Result<App, StartError> {
+    let storage = Arc::new(open_storage(args)?);
+    let auth = open_auth(&args.auth).await?;
+    Ok(App { storage, auth })
+}
+
+/// The authentication the arguments describe (already validated).
+pub async fn open_auth(args: &AuthArgs) -> Result<Auth, StartError> {
+    if args.mode == AuthMode::None {
+        tracing::warn!(
+            "authentication is off (--auth none): every account is open to anyone who reaches the service"
+        );
+        return Ok(Auth::Open);
+    }
+    let missing = || StartError::Auth("issuer, audience or keys missing".into());
+    let settings = auth::Settings {
+        issuer: args.jwt_issuer.clone().ok_or_else(missing)?,
+        audience: args.jwt_audience.clone().ok_or_else(missing)?,
+        algorithms: args.jwt_algorithms.0.clone(),
+        leeway: args.jwt_leeway,
+    };
+    let source = match (&args.jwks_url, &args.jwks_file) {
+        (Some(url), _) => auth::keys::Source::url(url.clone()).map_err(StartError::Auth)?,
+        (None, Some(path)) => auth::keys::Source::file(path.clone()),
+        (None, None) => return Err(missing()),
+    };
+    let verifier = auth::Verifier::start(settings, source)
+        .await
+        .map_err(StartError::Auth)?;
+    Ok(Auth::Jwt(verifier))
 }
 
 /// Builds the storage the arguments describe: seeded, and with the journal
@@ -136,7 +179,8 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         .build()
         .map_err(StartError::Runtime)?;
     let storage = runtime.block_on(async {
-        let storage = Arc::new(open_storage(&args)?);
+        let app = Arc::new(open_app(&args).await?);
+        let storage = app.storage.clone();
         let listener = listen(SocketAddr::new(args.bind, args.port))?;
         let address = listener.local_addr().map_err(|source| StartError::Listen {
             address: SocketAddr::new(args.bind, args.port),
@@ -145,6 +189,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         tracing::info!(
             %address,
             storage = ?args.storage,
+            auth = ?args.auth.mode,
             workers,
             shards = args.shard_count(),
             seeded = args.seed.0.len(),
@@ -152,7 +197,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         );
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
         tokio::spawn(sweep_expired_keys(storage.clone()));
-        let drained = server::run(listener, storage.clone(), settings, shutdown_signal()).await;
+        let drained = server::run(listener, app, settings, shutdown_signal()).await;
         tracing::info!(connections_cut = drained.connections_cut, "stopped");
         Ok::<_, StartError>(storage)
     });

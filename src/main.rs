@@ -40,6 +40,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::DevToken(args) => match saldos::auth::dev_token::run(&args) {
+            Ok(output) => {
+                println!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(reason) => bad_config(&format!("error: {reason}")),
+        },
         Command::Healthcheck(args) => {
             let url = args
                 .url

@@ -1,13 +1,26 @@
 //! The router: the one place that maps a method and path to a handler, and
-//! every refusal to its response. Also stamps `X-Request-Id` on every answer.
+//! every refusal to its response. Also stamps `X-Request-Id` on every answer,
+//! and authenticates every request but the health probes, after 404/405 and
+//! before anything else (SPEC section 6's order).
+
+use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::api::{self, ApiError, Body};
+use crate::auth::Auth;
 use crate::ledger::DebitKind;
 use crate::request_id;
 use crate::storage::Storage;
+
+/// What requests are served with.
+pub struct App {
+    /// Balances, debits and keys.
+    pub storage: Arc<Storage>,
+    /// Who may do what.
+    pub auth: Auth,
+}
 
 /// Methods of the `GET` routes (`HEAD` is answered like `GET`, without body).
 const ALLOW_GET: &str = "GET, HEAD";
@@ -51,9 +64,9 @@ impl<'a> Route<'a> {
 }
 
 /// Answers one request. Never fails: every refusal is a response.
-pub async fn handle(storage: &Storage, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
     let request_id = request_id::for_request(request.headers().get(&request_id::HEADER));
-    let mut response = route(storage, request)
+    let mut response = route(app, request)
         .await
         .unwrap_or_else(ApiError::into_response);
     response
@@ -62,20 +75,32 @@ pub async fn handle(storage: &Storage, request: Request<Incoming>) -> Response<B
     response
 }
 
-async fn route(storage: &Storage, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let Some(route) = Route::resolve(request.uri().path()) else {
         return Err(ApiError::RutaNoEncontrada);
     };
-    let is_get = matches!(*request.method(), Method::GET | Method::HEAD);
-    let is_post = *request.method() == Method::POST;
-    match route {
-        Route::Health if is_get => api::get_health(storage),
-        Route::Live if is_get => api::get_live(storage),
-        Route::Saldo(segment) if is_get => api::get_saldo(storage, segment),
-        Route::Debit(kind) if is_post => api::post_debit(storage, kind, request).await,
-        _ => Err(ApiError::MetodoNoPermitido {
+    let is_allowed = match route {
+        Route::Health | Route::Live | Route::Saldo(_) => {
+            matches!(*request.method(), Method::GET | Method::HEAD)
+        }
+        Route::Debit(_) => *request.method() == Method::POST,
+    };
+    if !is_allowed {
+        return Err(ApiError::MetodoNoPermitido {
             allow: route.allow(),
-        }),
+        });
+    }
+    let storage = &app.storage;
+    let access = match route {
+        Route::Health | Route::Live => None,
+        Route::Saldo(_) | Route::Debit(_) => app.auth.authenticate(request.headers()).await?,
+    };
+    let access = access.as_deref();
+    match route {
+        Route::Health => api::get_health(storage),
+        Route::Live => api::get_live(storage),
+        Route::Saldo(segment) => api::get_saldo(storage, segment, access),
+        Route::Debit(kind) => api::post_debit(storage, kind, request, access).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! One hash per lookup: bits 32.. pick the shard, and the same hash finds the
 //! slot (hashbrown uses the low and top bits).
 
+use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -41,7 +42,7 @@ impl<T> Sharded<T> {
     }
 
     /// The one hash of a name, for [`Sharded::lock`] and the table lookup.
-    pub fn hash(&self, name: &str) -> u64 {
+    pub fn hash(&self, name: &(impl Hash + ?Sized)) -> u64 {
         self.hasher.hash_one(name)
     }
 

@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use crate::clock;
-use crate::idempotency::{InFlightGuard, Remembered, Table};
+use crate::idempotency::{InFlightGuard, Remembered, Scoped, Table};
 use crate::journal::{Journal, Key, Queued, Record, Unavailable};
 use crate::ledger::{self, DebitKind, Ledger, Outcome};
+use crate::principal::Principal;
 use crate::usuario::Usuario;
 
 /// A validated debit request.
@@ -24,14 +25,16 @@ pub struct Order<'a> {
     pub usuario: Usuario,
     /// The amount, 1 ..= 10^12.
     pub monto: u64,
+    /// Who asks (recorded with the debit); `None` without authentication.
+    pub principal: Option<&'a Principal>,
     /// Its idempotency key, already marked in flight.
     pub key: Option<Keyed<'a>>,
 }
 
 /// An idempotency key in flight.
 pub struct Keyed<'a> {
-    /// The key.
-    pub key: &'a str,
+    /// The key, in its principal's scope.
+    pub key: Scoped<'a>,
     /// The request's fingerprint.
     pub fingerprint: u64,
     /// Forgets the key if the debit is dropped before it is queued.
@@ -136,7 +139,7 @@ impl Storage {
     ) -> Result<Outcome, Unavailable> {
         let slot = journal.slot().await?;
         let key = order.key.as_ref().map(|keyed| Key {
-            key: keyed.key.into(),
+            key: keyed.key.key.into(),
             fingerprint: keyed.fingerprint,
         });
         // Read before the shard lock is taken: nothing but the queueing
@@ -148,6 +151,7 @@ impl Storage {
             monto: order.monto,
             outcome,
             time_ms,
+            principal: order.principal.cloned(),
             key,
         };
         // Moved into the queue by whichever path pushes: the debit's, under

@@ -20,6 +20,7 @@ fn record(i: u64) -> Record {
         monto: 1,
         outcome: Outcome::Debited { nuevo_saldo: i },
         time_ms: 1_700_000_000_000,
+        principal: None,
         key: None,
     }
 }
@@ -93,6 +94,7 @@ fn bench_group_commit(c: &mut Criterion) {
                                             kind: DebitKind::Retiro,
                                             usuario,
                                             monto: 1,
+                                            principal: None,
                                             key: None,
                                         };
                                         storage.debit(order).await.unwrap();

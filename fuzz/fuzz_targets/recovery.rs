@@ -120,6 +120,7 @@ fn segment(batches: &[Batch]) -> Vec<u8> {
                 monto: u64::from(*monto).max(1),
                 outcome,
                 time_ms: 0,
+                principal: None,
                 key: None,
             }
             .encode(&mut bytes);

@@ -7,8 +7,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{ApiError, Body, body, json_response};
+use crate::auth::{self, Access, Operation};
 use crate::clock;
-use crate::idempotency::{self, Begin, InFlightGuard};
+use crate::idempotency::{self, Begin, InFlightGuard, Scoped};
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
 use crate::storage::{Keyed, Order, Storage};
@@ -25,11 +26,13 @@ fn monto_field(kind: DebitKind) -> &'static str {
     }
 }
 
-/// Validates the request, debits the account and answers the new balance.
+/// Validates the request, checks that `access` may debit the account, debits
+/// it and answers the new balance.
 pub async fn post_debit(
     storage: &Storage,
     kind: DebitKind,
     request: Request<Incoming>,
+    access: Option<&Access>,
 ) -> Result<Response<Body>, ApiError> {
     let (head, incoming) = request.into_parts();
     if !is_json(&head.headers) {
@@ -38,10 +41,17 @@ pub async fn post_debit(
     let key = idempotency_key(&head.headers)?;
     let bytes = body::read(incoming).await?;
     let debit = body::parse_debit(&bytes)?;
+    // Before the key is looked at or the balance read: a 403 remembers
+    // nothing and shows nothing.
+    if !auth::is_allowed(access, &debit.usuario, Operation::Debit) {
+        return Err(ApiError::Prohibido);
+    }
+    let principal = access.map(|access| &access.principal);
     let keyed = match &key {
         None => None,
         Some(key) => {
             let key = key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?;
+            let key = Scoped { principal, key };
             let fingerprint =
                 idempotency::fingerprint(head.method.as_str(), head.uri.path(), &bytes);
             match storage.keys().begin(key, fingerprint, clock::unix_ms()) {
@@ -73,6 +83,7 @@ pub async fn post_debit(
         kind,
         usuario: debit.usuario,
         monto: debit.monto,
+        principal,
         key: keyed,
     };
     let outcome = storage

@@ -2,10 +2,11 @@
 //! that maps each to its status, stable `codigo` and Spanish text.
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION};
+use http::header::{ALLOW, CONNECTION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use super::{Body, json_response};
+use crate::auth::Unauthenticated;
 use crate::ledger::DebitKind;
 use crate::render::render;
 
@@ -18,6 +19,11 @@ pub enum ApiError {
     MetodoNoPermitido {
         /// Value of the `Allow` header.
         allow: &'static str,
+    },
+    /// Authentication is on and no valid bearer token came with the request.
+    NoAutenticado {
+        /// A token was sent (and refused): `error="invalid_token"`.
+        token_sent: bool,
     },
     /// A `POST` whose media type is not `application/json`.
     TipoContenido,
@@ -34,6 +40,8 @@ pub enum ApiError {
     UsuarioInvalido,
     /// `monto` not an integer in 1 ..= 10^12.
     MontoInvalido,
+    /// The token does not allow this operation on this account.
+    Prohibido,
     /// The debit exceeds the balance.
     SaldoInsuficiente {
         /// `pago` and `retiro` word this error differently.
@@ -57,6 +65,8 @@ impl ApiError {
         match self {
             Self::RutaNoEncontrada => StatusCode::NOT_FOUND,
             Self::MetodoNoPermitido { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoAutenticado { .. } => StatusCode::UNAUTHORIZED,
+            Self::Prohibido => StatusCode::FORBIDDEN,
             Self::TipoContenido => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::CuerpoDemasiadoGrande => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TiempoAgotado => StatusCode::REQUEST_TIMEOUT,
@@ -77,6 +87,8 @@ impl ApiError {
         match self {
             Self::RutaNoEncontrada => "RUTA_NO_ENCONTRADA",
             Self::MetodoNoPermitido { .. } => "METODO_NO_PERMITIDO",
+            Self::NoAutenticado { .. } => "NO_AUTENTICADO",
+            Self::Prohibido => "PROHIBIDO",
             Self::TipoContenido => "TIPO_CONTENIDO",
             Self::CuerpoDemasiadoGrande => "CUERPO_DEMASIADO_GRANDE",
             Self::TiempoAgotado => "TIEMPO_AGOTADO",
@@ -97,6 +109,8 @@ impl ApiError {
         match self {
             Self::RutaNoEncontrada => "Ruta no encontrada.",
             Self::MetodoNoPermitido { .. } => "Método no permitido.",
+            Self::NoAutenticado { .. } => "Se requiere un token de acceso válido.",
+            Self::Prohibido => "El token no permite esta operación.",
             Self::TipoContenido => "El Content-Type debe ser application/json.",
             Self::CuerpoDemasiadoGrande => "El cuerpo excede el tamaño máximo permitido.",
             Self::TiempoAgotado => "Se agotó el tiempo de espera del cuerpo.",
@@ -149,12 +163,29 @@ impl ApiError {
             Self::MetodoNoPermitido { allow } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
+            Self::NoAutenticado { token_sent } => {
+                // RFC 6750: `error` only when a token was sent.
+                let challenge = if token_sent {
+                    r#"Bearer realm="saldos", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="saldos""#
+                };
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
             Self::CuerpoDemasiadoGrande | Self::TiempoAgotado => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
         response
+    }
+}
+
+impl From<Unauthenticated> for ApiError {
+    fn from(unauthenticated: Unauthenticated) -> Self {
+        Self::NoAutenticado {
+            token_sent: unauthenticated == Unauthenticated::InvalidToken,
+        }
     }
 }
 

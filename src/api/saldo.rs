@@ -3,14 +3,22 @@
 use http::{Response, StatusCode};
 
 use super::{ApiError, Body, json_response};
+use crate::auth::{self, Access, Operation};
 use crate::render::render;
 use crate::storage::Storage;
 use crate::usuario::Usuario;
 
 /// Answers the balance of the account named by the raw (still
-/// percent-encoded) path segment.
-pub fn get_saldo(storage: &Storage, segment: &str) -> Result<Response<Body>, ApiError> {
+/// percent-encoded) path segment, when `access` may read it.
+pub fn get_saldo(
+    storage: &Storage,
+    segment: &str,
+    access: Option<&Access>,
+) -> Result<Response<Body>, ApiError> {
     let usuario = Usuario::from_path_segment(segment).map_err(|_| ApiError::UsuarioInvalido)?;
+    if !auth::is_allowed(access, &usuario, Operation::Read) {
+        return Err(ApiError::Prohibido);
+    }
     let saldo = storage.saldo(&usuario);
     let body = render(|w| {
         w.raw("{\"usuario\":");

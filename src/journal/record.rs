@@ -4,26 +4,40 @@
 //! record  = payload_len:u32le crc32c(payload):u32le payload
 //! payload = version:u8 flags:u8 time_ms:u64le monto:u64le saldo:u64le
 //!           usuario_len:u8 usuario
+//!           [principal_len:u8 principal]              (version 2 only)
 //!           [key_len:u8 key fingerprint:u64le]        (when flags & KEYED)
 //! flags   = RETIRO (else pago) | REFUSED (else debited) | KEYED
 //! saldo   = nuevo_saldo when debited, saldo_disponible when refused
 //! ```
 //! A refused record changes no balance: it exists to remember a keyed
 //! request's `SALDO_INSUFICIENTE` answer as durably as a debit.
+//!
+//! Versions: a record with a principal (authentication on) is version 2, one
+//! without is version 1, byte for byte what the first format wrote. So every
+//! encoding is canonical (one record, one byte string), the decoder reads
+//! both, and a data directory written with authentication off is still
+//! readable by a binary that knows only version 1.
 
 use crate::api::MONTO_MAX;
+use crate::idempotency::Scoped;
 use crate::idempotency::{KEY_BYTES_MAX, Remembered};
 use crate::ledger::{DebitKind, Outcome, SALDO_MAX};
+use crate::principal::{PRINCIPAL_BYTES_MAX, Principal};
 use crate::usuario::{USUARIO_BYTES_MAX, Usuario};
 
-/// The record format's version; bumped on any change to the layout.
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest record format, written whenever a record has a principal;
+/// bumped on any change to the layout (ARCHITECTURE.md, "Format changes").
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The first format: no principal.
+const FORMAT_VERSION_UNAUTHENTICATED: u8 = 1;
 
 /// Bytes before the payload: length and checksum.
 pub const HEADER_BYTES: usize = 8;
 
 /// The largest payload a valid record has.
-pub const PAYLOAD_BYTES_MAX: usize = 2 + 3 * 8 + 1 + USUARIO_BYTES_MAX + 1 + KEY_BYTES_MAX + 8;
+pub const PAYLOAD_BYTES_MAX: usize =
+    2 + 3 * 8 + 1 + USUARIO_BYTES_MAX + 1 + PRINCIPAL_BYTES_MAX + 1 + KEY_BYTES_MAX + 8;
 
 const RETIRO: u8 = 1;
 const REFUSED: u8 = 1 << 1;
@@ -52,6 +66,8 @@ pub struct Record {
     pub outcome: Outcome,
     /// When the request was accepted, in ms since the Unix epoch.
     pub time_ms: u64,
+    /// Who made the request; `None` without authentication.
+    pub principal: Option<Principal>,
     /// The request's idempotency key, if it had one.
     pub key: Option<Key>,
 }
@@ -79,7 +95,10 @@ impl Record {
             DebitKind::Retiro => RETIRO,
         };
         let flags_key = if self.key.is_some() { KEYED } else { 0 };
-        out.push(FORMAT_VERSION);
+        out.push(match self.principal {
+            Some(_) => FORMAT_VERSION,
+            None => FORMAT_VERSION_UNAUTHENTICATED,
+        });
         out.push(flags_kind | flags_outcome | flags_key);
         out.extend_from_slice(&self.time_ms.to_le_bytes());
         out.extend_from_slice(&self.monto.to_le_bytes());
@@ -87,6 +106,12 @@ impl Record {
         let usuario = self.usuario.as_str().as_bytes();
         out.push(usuario.len() as u8);
         out.extend_from_slice(usuario);
+        if let Some(principal) = &self.principal {
+            let principal = principal.as_str().as_bytes();
+            debug_assert!(principal.len() <= PRINCIPAL_BYTES_MAX);
+            out.push(principal.len() as u8);
+            out.extend_from_slice(principal);
+        }
         if let Some(key) = &self.key {
             debug_assert!(key.key.len() <= KEY_BYTES_MAX);
             out.push(key.key.len() as u8);
@@ -101,22 +126,24 @@ impl Record {
     }
 
     /// The record that settled a remembered key.
-    pub fn from_remembered(key: &str, remembered: &Remembered) -> Self {
+    pub fn from_remembered(key: Scoped<'_>, remembered: &Remembered) -> Self {
         Self {
             kind: remembered.kind,
             usuario: remembered.usuario,
             monto: remembered.monto,
             outcome: remembered.outcome,
             time_ms: remembered.time_ms,
+            principal: key.principal.cloned(),
             key: Some(Key {
-                key: key.into(),
+                key: key.key.into(),
                 fingerprint: remembered.fingerprint,
             }),
         }
     }
 
-    /// The idempotency key and what it remembers, when the record has a key.
-    pub fn remembered(&self) -> Option<(&str, Remembered)> {
+    /// The idempotency key (in its principal's scope) and what it
+    /// remembers, when the record has a key.
+    pub fn remembered(&self) -> Option<(Scoped<'_>, Remembered)> {
         let key = self.key.as_ref()?;
         let remembered = Remembered {
             fingerprint: key.fingerprint,
@@ -126,7 +153,11 @@ impl Record {
             outcome: self.outcome,
             time_ms: self.time_ms,
         };
-        Some((&key.key, remembered))
+        let scoped = Scoped {
+            principal: self.principal.as_ref(),
+            key: &key.key,
+        };
+        Some((scoped, remembered))
     }
 
     /// Decodes the record at the start of `bytes`; returns it and its length.
@@ -149,7 +180,8 @@ impl Record {
 
     fn decode_payload(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader(payload);
-        if reader.u8()? != FORMAT_VERSION {
+        let version = reader.u8()?;
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_UNAUTHENTICATED {
             return Err(DecodeError::Corrupt("unknown record version"));
         }
         let flags = reader.u8()?;
@@ -164,6 +196,16 @@ impl Record {
             .ok()
             .and_then(|name| Usuario::new(name).ok())
             .ok_or(DecodeError::Corrupt("invalid account name"))?;
+        let principal = if version == FORMAT_VERSION {
+            let principal_len = usize::from(reader.u8()?);
+            let principal = std::str::from_utf8(reader.bytes(principal_len)?)
+                .ok()
+                .and_then(Principal::new)
+                .ok_or(DecodeError::Corrupt("invalid principal"))?;
+            Some(principal)
+        } else {
+            None
+        };
         let key = if flags & KEYED != 0 {
             let key_len = usize::from(reader.u8()?);
             let key = std::str::from_utf8(reader.bytes(key_len)?)
@@ -204,6 +246,7 @@ impl Record {
             monto,
             outcome,
             time_ms,
+            principal,
             key,
         })
     }
@@ -246,6 +289,7 @@ mod tests {
                 monto: 5_000,
                 outcome: Outcome::Debited { nuevo_saldo: 5_000 },
                 time_ms: 1_700_000_000_000,
+                principal: None,
                 key: None,
             },
             Record {
@@ -256,12 +300,64 @@ mod tests {
                     saldo_disponible: 15_000,
                 },
                 time_ms: u64::MAX,
+                principal: None,
                 key: Some(Key {
                     key: "k".repeat(KEY_BYTES_MAX).into(),
                     fingerprint: u64::MAX - 1,
                 }),
             },
+            Record {
+                kind: DebitKind::Pago,
+                usuario: usuario("usuario2"),
+                monto: 7,
+                outcome: Outcome::Debited { nuevo_saldo: 3 },
+                time_ms: 1_700_000_000_001,
+                principal: Principal::new(&"é".repeat(PRINCIPAL_BYTES_MAX / 2)),
+                key: Some(Key {
+                    key: "clave".into(),
+                    fingerprint: 42,
+                }),
+            },
         ]
+    }
+
+    // A record without a principal is written exactly as the first format
+    // did (the bytes below are version 1's); one with a principal is
+    // version 2, and a version 2 record must carry one.
+    #[test]
+    fn versions_follow_the_principal() {
+        let mut bytes = Vec::new();
+        records()[0].encode(&mut bytes);
+        let mut payload = vec![1, 0];
+        payload.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+        payload.extend_from_slice(&5_000u64.to_le_bytes());
+        payload.extend_from_slice(&5_000u64.to_le_bytes());
+        payload.push(8);
+        payload.extend_from_slice(b"usuario1");
+        assert_eq!(bytes, framed(&payload));
+        let mut bytes = Vec::new();
+        records()[2].encode(&mut bytes);
+        assert_eq!(bytes[HEADER_BYTES], FORMAT_VERSION);
+        let mut no_principal = records()[2].clone();
+        no_principal.principal = None;
+        let mut shorter = Vec::new();
+        no_principal.encode(&mut shorter);
+        assert_eq!(shorter[HEADER_BYTES], 1);
+        // Claiming version 2 without the principal field is corrupt.
+        let mut forged = shorter[HEADER_BYTES..].to_vec();
+        forged[0] = FORMAT_VERSION;
+        assert!(matches!(
+            Record::decode(&framed(&forged)),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    /// A payload with its length and checksum in front.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saldos::idempotency::{Begin, InFlightGuard, Remembered, Table};
+use saldos::idempotency::{Begin, InFlightGuard, Remembered, Scoped, Table};
 use saldos::journal::{self, Medium, PowerCut};
 use saldos::ledger::{DebitKind, Ledger, Limits, Outcome};
 use saldos::storage::{Keyed, Order, Storage};
@@ -73,13 +73,22 @@ pub fn open_with_segments(
 /// The outcome a key replays, if it is remembered (a key found new is put
 /// back as it was).
 pub fn remembered(keys: &Table, key: &str, fingerprint: u64) -> Option<Outcome> {
+    let key = unscoped(key);
     match keys.begin(key, fingerprint, saldos::clock::unix_ms()) {
         Begin::Replay(Remembered { outcome, .. }) => Some(outcome),
         Begin::Started => {
             drop(InFlightGuard::new(keys, key));
             None
         }
-        other => panic!("key {key}: {other:?}"),
+        other => panic!("key {key:?}: {other:?}"),
+    }
+}
+
+/// A key sent without authentication.
+pub fn unscoped(key: &str) -> Scoped<'_> {
+    Scoped {
+        principal: None,
+        key,
     }
 }
 
@@ -102,7 +111,7 @@ pub async fn debit(
     key: Option<&str>,
     fingerprint: u64,
 ) -> Debited {
-    let keyed = match key {
+    let keyed = match key.map(unscoped) {
         None => None,
         Some(key) => match storage
             .keys()
@@ -120,6 +129,7 @@ pub async fn debit(
         kind: DebitKind::Retiro,
         usuario: usuario(account),
         monto,
+        principal: None,
         key: keyed,
     };
     match storage.debit(order).await {

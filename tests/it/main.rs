@@ -2,6 +2,8 @@
 //! on an ephemeral loopback port and speaks HTTP/1.1 to it.
 
 mod api;
+mod auth;
+mod auth_support;
 mod concurrency;
 mod crash;
 mod cut_points;

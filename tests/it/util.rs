@@ -43,7 +43,12 @@ pub async fn start_server_with(
     let args = Cli::try_parse_from(argv)
         .expect("test arguments parse")
         .serve;
-    let storage = Arc::new(saldos::open_storage(&args).expect("storage opens"));
+    let app = Arc::new(
+        saldos::open_app(&args)
+            .await
+            .expect("storage and auth open"),
+    );
+    let storage = app.storage.clone();
     let listener = saldos::listen(SocketAddr::new(args.bind, args.port)).expect("listens");
     let addr = listener.local_addr().unwrap();
     let settings = adjust(Settings::new(
@@ -51,7 +56,7 @@ pub async fn start_server_with(
         args.shutdown_grace,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, storage.clone(), settings, async {
+    let task = tokio::spawn(server::run(listener, app, settings, async {
         let _ = stopped.await;
     }));
     TestServer {

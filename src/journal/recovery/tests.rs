@@ -84,6 +84,7 @@ fn batches() -> (Vec<u8>, Vec<usize>) {
                 monto,
                 outcome: Outcome::Debited { nuevo_saldo: saldo },
                 time_ms: 1,
+                principal: None,
                 key: None,
             }
             .encode(&mut bytes);
@@ -205,6 +206,7 @@ fn a_final_batch_with_garbled_sectors_is_dropped() {
             monto: 1,
             outcome: Outcome::Debited { nuevo_saldo: saldo },
             time_ms: number,
+            principal: None,
             key: None,
         }
         .encode(&mut bytes);
@@ -297,6 +299,7 @@ fn fill_small_segments(medium: &PowerCut) {
                 kind: DebitKind::Retiro,
                 usuario: usuario(&format!("cuenta{}", n % 17)),
                 monto: 1,
+                principal: None,
                 key: None,
             };
             storage.debit(order).await.unwrap();
@@ -450,6 +453,7 @@ fn record_numbering_out_of_range_is_refused() {
             nuevo_saldo: OPENING - 1,
         },
         time_ms: 0,
+        principal: None,
         key: None,
     }
     .encode(&mut segment);

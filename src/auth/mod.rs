@@ -1,0 +1,197 @@
+//! Authentication and authorization (SPEC section 6): who a request comes
+//! from, and whether that may read or debit the account it names.
+//!
+//! - `--auth none`: [`Auth::Open`]; every request passes, with no principal.
+//! - `--auth jwt`: a bearer JWT verified by [`Verifier`] (signature by a key
+//!   of the issuer's JWKS, `alg` pinned to the key's type, `iss`, `aud`,
+//!   `exp`, `nbf`), cached per token ([`cache`]), keys refreshed ([`keys`]).
+//!
+//! Refusals say nothing about why to the client: the router answers 401 or
+//! 403, and the reason goes to the log (at `debug`), never the token. This
+//! module never reads a body and never touches balances.
+
+mod cache;
+pub mod dev_token;
+pub mod keys;
+mod verifier;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+
+pub use keys::{JWKS_REFRESH_INTERVAL, KEYS_MAX, REFRESH_MIN_INTERVAL};
+pub use verifier::{Settings, Verifier};
+
+use crate::principal::Principal;
+use crate::usuario::Usuario;
+
+/// The longest bearer token accepted, in bytes; real access tokens are 1 to
+/// 2 KiB, and the whole head is bounded at 16 KiB anyway.
+pub const TOKEN_BYTES_MAX: usize = 8192;
+
+/// The scope that lets a service client read every account.
+pub const SCOPE_READ: &str = "saldos:read";
+/// The scope that lets a service client debit every account.
+pub const SCOPE_DEBIT: &str = "saldos:debit";
+
+/// What a request may do with an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `GET /saldo/{usuario}`.
+    Read,
+    /// `POST /pago`, `POST /retiro`.
+    Debit,
+}
+
+/// What a verified token grants.
+#[derive(Debug)]
+pub struct Access {
+    /// Who: `sub`, or `client_id`/`azp` for a service token.
+    pub principal: Principal,
+    /// The token's `sub` when it is a valid account name: its own account.
+    pub subject: Option<Usuario>,
+    /// `saldos:read`: every account may be read.
+    pub read_all: bool,
+    /// `saldos:debit`: every account may be debited.
+    pub debit_all: bool,
+}
+
+impl Access {
+    /// Whether this token may do `operation` on `usuario`.
+    pub fn allows(&self, usuario: &Usuario, operation: Operation) -> bool {
+        let is_own = self.subject.as_ref() == Some(usuario);
+        is_own
+            || match operation {
+                Operation::Read => self.read_all,
+                Operation::Debit => self.debit_all,
+            }
+    }
+}
+
+/// Why a request is not authenticated (401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// No bearer token was sent (no header, or another scheme).
+    NoToken,
+    /// A bearer token was sent and is not valid.
+    InvalidToken,
+}
+
+/// The service's authentication.
+pub enum Auth {
+    /// `--auth none`: every account is open.
+    Open,
+    /// `--auth jwt`.
+    Jwt(Arc<Verifier>),
+}
+
+impl Auth {
+    /// Who sent the request: `None` when authentication is off.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<Access>>, Unauthenticated> {
+        match self {
+            Self::Open => Ok(None),
+            Self::Jwt(verifier) => {
+                let token = bearer_token(headers)?;
+                verifier.verify(token).await.map(Some)
+            }
+        }
+    }
+}
+
+/// Whether `access` (absent when authentication is off) allows `operation`
+/// on `usuario`.
+pub fn is_allowed(access: Option<&Access>, usuario: &Usuario, operation: Operation) -> bool {
+    access.is_none_or(|access| access.allows(usuario, operation))
+}
+
+/// The token of the `Authorization: Bearer <token>` header (RFC 6750: the
+/// scheme is case-insensitive, one space, then the token's characters).
+fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthenticated> {
+    const SCHEME: &[u8] = b"bearer ";
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(Unauthenticated::NoToken),
+        (Some(value), None) => value.as_bytes(),
+        (Some(_), Some(_)) => return Err(Unauthenticated::InvalidToken),
+    };
+    let is_bearer =
+        value.len() >= SCHEME.len() && value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME);
+    if !is_bearer {
+        let is_bare_scheme = value.eq_ignore_ascii_case(&SCHEME[..SCHEME.len() - 1]);
+        return Err(if is_bare_scheme {
+            Unauthenticated::InvalidToken
+        } else {
+            Unauthenticated::NoToken
+        });
+    }
+    let token = &value[SCHEME.len()..];
+    let is_token_char = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b);
+    if token.is_empty() || token.len() > TOKEN_BYTES_MAX || !token.iter().all(is_token_char) {
+        return Err(Unauthenticated::InvalidToken);
+    }
+    // Only ASCII passed the check above.
+    std::str::from_utf8(token).map_err(|_| Unauthenticated::InvalidToken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn bearer_tokens_are_found_or_refused() {
+        let cases: [(&[&str], Result<&str, Unauthenticated>); 9] = [
+            (&[], Err(Unauthenticated::NoToken)),
+            (&["Basic dXNlcjpwYXNz"], Err(Unauthenticated::NoToken)),
+            (&["Bearer a.b.c"], Ok("a.b.c")),
+            (&["bEARER a.b-_c"], Ok("a.b-_c")),
+            (&["Bearer"], Err(Unauthenticated::InvalidToken)),
+            (&["Bearer "], Err(Unauthenticated::InvalidToken)),
+            (&["Bearer a b"], Err(Unauthenticated::InvalidToken)),
+            (&["Bearer  a.b.c"], Err(Unauthenticated::InvalidToken)),
+            (
+                &["Bearer a.b.c", "Bearer a.b.c"],
+                Err(Unauthenticated::InvalidToken),
+            ),
+        ];
+        for (values, expected) in cases {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(AUTHORIZATION, HeaderValue::from_static(value));
+            }
+            assert_eq!(bearer_token(&headers), expected, "{values:?}");
+        }
+        let mut headers = HeaderMap::new();
+        let long = format!("Bearer {}", "a".repeat(TOKEN_BYTES_MAX + 1));
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(&long).unwrap());
+        assert_eq!(bearer_token(&headers), Err(Unauthenticated::InvalidToken));
+    }
+
+    #[test]
+    fn access_is_the_own_account_or_a_scope() {
+        let usuario = |name: &str| Usuario::new(name).unwrap();
+        let access = |subject: Option<&str>, read_all, debit_all| Access {
+            principal: Principal::new("p").unwrap(),
+            subject: subject.map(usuario),
+            read_all,
+            debit_all,
+        };
+        let ana = usuario("ana");
+        let cases = [
+            (access(Some("ana"), false, false), true, true),
+            (access(Some("beto"), false, false), false, false),
+            (access(None, true, false), true, false),
+            (access(None, false, true), false, true),
+            (access(Some("beto"), true, true), true, true),
+        ];
+        for (access, read, debit) in cases {
+            assert_eq!(access.allows(&ana, Operation::Read), read, "{access:?}");
+            assert_eq!(access.allows(&ana, Operation::Debit), debit, "{access:?}");
+        }
+        assert!(is_allowed(None, &ana, Operation::Debit));
+    }
+}

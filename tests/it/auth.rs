@@ -1,0 +1,746 @@
+//! Authentication and authorization (SPEC section 6) against the real
+//! server: keys made in the test, a JWKS served on loopback, every 401 and
+//! 403 case, the allowed ones, where they sit in the error order, key
+//! rotation and outages, idempotency keys per principal, and the principal in
+//! the journal across a restart.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::auth_support::{
+    AUDIENCE, ISSUER, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
+};
+use crate::util::{Client, Reply, TestServer, error_body, start_server};
+
+const CHALLENGE: &str = r#"Bearer realm="saldos""#;
+const CHALLENGE_INVALID: &str = r#"Bearer realm="saldos", error="invalid_token""#;
+
+/// The server flags plus `extra`, as `start_server` takes them.
+async fn start_with(jwks_url: &str, extra: &[&str]) -> TestServer {
+    let mut flags = jwt_flags(jwks_url);
+    flags.extend(extra.iter().map(|flag| flag.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    start_server(&flags).await
+}
+
+/// A request with an optional bearer token and idempotency key.
+async fn send(
+    client: &mut Client,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> Reply {
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(authorization) = &authorization {
+        headers.push(("Authorization", authorization));
+    }
+    if let Some(key) = key {
+        headers.push(("Idempotency-Key", key));
+    }
+    client.request(method, path, &headers, body).await
+}
+
+fn assert_unauthenticated(reply: &Reply, challenge: &str, case: &str) {
+    assert_eq!(reply.status, 401, "{case}: {}", reply.text());
+    assert_eq!(
+        reply.text(),
+        error_body("Se requiere un token de acceso válido.", "NO_AUTENTICADO"),
+        "{case}"
+    );
+    assert_eq!(reply.header("www-authenticate"), Some(challenge), "{case}");
+}
+
+fn assert_forbidden(reply: &Reply, case: &str) {
+    assert_eq!(reply.status, 403, "{case}: {}", reply.text());
+    assert_eq!(
+        reply.text(),
+        error_body("El token no permite esta operación.", "PROHIBIDO"),
+        "{case}"
+    );
+}
+
+fn with(claims: &Value, changes: Value) -> Value {
+    let mut claims = claims.clone();
+    for (name, value) in changes.as_object().unwrap() {
+        match value {
+            Value::Null => claims.as_object_mut().unwrap().remove(name),
+            _ => claims
+                .as_object_mut()
+                .unwrap()
+                .insert(name.clone(), value.clone()),
+        };
+    }
+    claims
+}
+
+/// `signed` with its header replaced by `{"alg":"none","typ":"JWT","kid":"rsa"}`
+/// and its signature dropped (RFC 7519's "unsecured" JWT).
+fn unsecured(signed: &str) -> String {
+    const NONE_HEADER: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoicnNhIn0";
+    let claims = signed.split('.').nth(1).unwrap();
+    format!("{NONE_HEADER}.{claims}.")
+}
+
+// Every way a bearer token can fail: 401, the same body, the challenge with
+// `error` only when a token was sent; nothing about why.
+#[tokio::test]
+async fn every_invalid_token_is_401() {
+    let (rsa, ec, stranger) = (
+        SigningKey::rsa("rsa"),
+        SigningKey::ec("ec"),
+        SigningKey::rsa("rsa"),
+    );
+    let jwks_server = JwksServer::start(jwks(&[&rsa, &ec])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let mut client = server.client().await;
+    let claims = customer("usuario1");
+    let hs256_with_public_key = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa".into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&rsa.public_pem)).unwrap()
+    };
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no header", None, CHALLENGE),
+        ("malformed", Some("not-a-jwt".into()), CHALLENGE_INVALID),
+        (
+            "three garbage parts",
+            Some("a.b.c".into()),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "bad signature",
+            Some(stranger.sign(&claims)),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "expired",
+            Some(rsa.sign(&with(&claims, json!({"exp": now_s() - 120})))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "not yet valid",
+            Some(rsa.sign(&with(&claims, json!({"nbf": now_s() + 120})))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "no exp",
+            Some(rsa.sign(&with(&claims, json!({"exp": null})))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "wrong issuer",
+            Some(rsa.sign(&with(&claims, json!({"iss": "https://evil.test"})))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "wrong audience",
+            Some(rsa.sign(&with(&claims, json!({"aud": "other-api"})))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "audience array without ours",
+            Some(rsa.sign(&with(&claims, json!({"aud": ["a", "b"]})))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "alg none",
+            Some(unsecured(&rsa.sign(&claims))),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            Some(hs256_with_public_key),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "unknown kid",
+            Some(rsa.sign_as(Algorithm::RS256, "nobody", &claims)),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "RS256 naming the EC key",
+            Some(rsa.sign_as(Algorithm::RS256, "ec", &claims)),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "ES256 naming the RSA key",
+            Some(ec.sign_as(Algorithm::ES256, "rsa", &claims)),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "RS384, not allowed",
+            Some(rsa.sign_as(Algorithm::RS384, "rsa", &claims)),
+            CHALLENGE_INVALID,
+        ),
+        (
+            "no principal",
+            Some(rsa.sign(&with(&claims, json!({"sub": null})))),
+            CHALLENGE_INVALID,
+        ),
+    ];
+    for (case, token, challenge) in &cases {
+        for (method, path, body) in [
+            ("GET", "/saldo/usuario1", None),
+            (
+                "POST",
+                "/retiro",
+                Some(r#"{"usuario":"usuario1","monto":1}"#),
+            ),
+        ] {
+            let reply = send(&mut client, method, path, token.as_deref(), body, None).await;
+            assert_unauthenticated(&reply, challenge, case);
+        }
+    }
+    // Another scheme is no bearer token at all.
+    let reply = client
+        .request(
+            "GET",
+            "/saldo/usuario1",
+            &[("Authorization", "Basic dXNlcjpwYXNz")],
+            None,
+        )
+        .await;
+    assert_unauthenticated(&reply, CHALLENGE, "wrong scheme");
+    // Nothing was debited by any of them.
+    let token = rsa.sign(&claims);
+    let reply = send(
+        &mut client,
+        "GET",
+        "/saldo/usuario1",
+        Some(&token),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reply.text(), r#"{"usuario":"usuario1","saldo":10000}"#);
+}
+
+// 401 comes right after 404/405 and before every body check; health probes
+// need no token.
+#[tokio::test]
+async fn authentication_sits_after_404_405_and_before_the_body() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let mut client = server.client().await;
+    assert_eq!(client.get("/nope").await.status, 404);
+    assert_eq!(
+        client.request("DELETE", "/pago", &[], None).await.status,
+        405
+    );
+    for path in ["/health", "/health/live"] {
+        assert_eq!(client.get(path).await.status, 200, "{path}");
+    }
+    // Wrong media type, invalid JSON, an invalid key header: still 401.
+    let unauthenticated = [
+        client
+            .request(
+                "POST",
+                "/pago",
+                &[("Content-Type", "text/plain")],
+                Some("x"),
+            )
+            .await,
+        client.post("/pago", "{").await,
+        client
+            .request(
+                "POST",
+                "/pago",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Idempotency-Key", ""),
+                ],
+                Some("{}"),
+            )
+            .await,
+    ];
+    for reply in &unauthenticated {
+        assert_unauthenticated(reply, CHALLENGE, "before the body");
+    }
+    // With a valid token, body errors come back as before.
+    let token = rsa.sign(&customer("usuario1"));
+    let reply = send(&mut client, "POST", "/pago", Some(&token), Some("{"), None).await;
+    assert_eq!(reply.status, 400);
+}
+
+// Who may do what: the own account, or the service scopes; 403 comes
+// before SALDO_INSUFICIENTE (no balance shown) and changes nothing.
+#[tokio::test]
+async fn authorization_follows_sub_and_scopes() {
+    let (rsa, ec) = (SigningKey::rsa("rsa"), SigningKey::ec("ec"));
+    let jwks_server = JwksServer::start(jwks(&[&rsa, &ec])).await;
+    let server = start_with(&jwks_server.url, &["--jwt-algorithms", "RS256,ES256"]).await;
+    let mut client = server.client().await;
+    let retiro =
+        |usuario: &str, monto: u64| format!(r#"{{"usuario":"{usuario}","monto":{monto}}}"#);
+    let ana = rsa.sign(&customer("usuario1"));
+    let ana_ec = ec.sign(&customer("usuario1"));
+    let reader = rsa.sign(&service("reportes", "openid saldos:read"));
+    let payer = rsa.sign(&with(
+        &service("pagos", ""),
+        json!({"scope": null, "scp": ["saldos:debit"]}),
+    ));
+    let array_audience = rsa.sign(&with(
+        &customer("usuario2"),
+        json!({"aud": ["x", AUDIENCE]}),
+    ));
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<String>, u16);
+    let cases: Vec<Case> = vec![
+        ("own balance", &ana, "/saldo/usuario1", None, 200),
+        ("own balance, ES256", &ana_ec, "/saldo/usuario1", None, 200),
+        ("other balance", &ana, "/saldo/usuario2", None, 403),
+        (
+            "own debit",
+            &ana,
+            "/retiro",
+            Some(retiro("usuario1", 1)),
+            200,
+        ),
+        (
+            "other debit",
+            &ana,
+            "/retiro",
+            Some(retiro("usuario2", 1)),
+            403,
+        ),
+        (
+            "other debit over the balance",
+            &ana,
+            "/retiro",
+            Some(retiro("usuario2", 999_999)),
+            403,
+        ),
+        (
+            "read scope reads any",
+            &reader,
+            "/saldo/usuario3",
+            None,
+            200,
+        ),
+        (
+            "read scope cannot debit",
+            &reader,
+            "/retiro",
+            Some(retiro("usuario3", 1)),
+            403,
+        ),
+        (
+            "debit scope debits any",
+            &payer,
+            "/retiro",
+            Some(retiro("usuario3", 1)),
+            200,
+        ),
+        (
+            "debit scope cannot read",
+            &payer,
+            "/saldo/usuario3",
+            None,
+            403,
+        ),
+        (
+            "audience array",
+            &array_audience,
+            "/saldo/usuario2",
+            None,
+            200,
+        ),
+    ];
+    for (case, token, path, body, status) in &cases {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let reply = send(
+            &mut client,
+            method,
+            path,
+            Some(token),
+            body.as_deref(),
+            None,
+        )
+        .await;
+        match status {
+            403 => assert_forbidden(&reply, case),
+            _ => assert_eq!(reply.status, *status, "{case}: {}", reply.text()),
+        }
+    }
+    // Only the two allowed debits of 1 happened.
+    for (usuario, saldo) in [
+        ("usuario1", 9_999),
+        ("usuario2", 15_000),
+        ("usuario3", 4_999),
+    ] {
+        let reply = send(
+            &mut client,
+            "GET",
+            &format!("/saldo/{usuario}"),
+            Some(&reader),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            reply.text(),
+            format!(r#"{{"usuario":"{usuario}","saldo":{saldo}}}"#)
+        );
+    }
+}
+
+// An idempotency key is its principal's: the same key from two principals
+// is two debits; a 401 or 403 remembers nothing.
+#[tokio::test]
+async fn idempotency_keys_are_per_principal_and_not_kept_on_refusals() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let mut client = server.client().await;
+    let body = Some(r#"{"usuario":"usuario1","monto":100}"#);
+    let expired = rsa.sign(&with(&customer("usuario1"), json!({"exp": now_s() - 600})));
+    let reader = rsa.sign(&service("pagos", "saldos:read"));
+    let payer = rsa.sign(&service("pagos", "saldos:debit"));
+    let ana = rsa.sign(&customer("usuario1"));
+    // Refused first, with the key: 401, then 403 (same principal as `payer`).
+    let reply = send(
+        &mut client,
+        "POST",
+        "/retiro",
+        Some(&expired),
+        body,
+        Some("k1"),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+    let reply = send(
+        &mut client,
+        "POST",
+        "/retiro",
+        Some(&reader),
+        body,
+        Some("k1"),
+    )
+    .await;
+    assert_forbidden(&reply, "read scope with a key");
+    // The key is new for `payer`, then replayed for `payer` only.
+    let first = send(
+        &mut client,
+        "POST",
+        "/retiro",
+        Some(&payer),
+        body,
+        Some("k1"),
+    )
+    .await;
+    assert_eq!(
+        (first.status, first.header("idempotent-replayed")),
+        (200, None),
+        "{}",
+        first.text()
+    );
+    assert!(
+        first.text().contains(r#""nuevo_saldo":9900"#),
+        "{}",
+        first.text()
+    );
+    let again = send(
+        &mut client,
+        "POST",
+        "/retiro",
+        Some(&payer),
+        body,
+        Some("k1"),
+    )
+    .await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+    // The customer's own k1 is another key: another debit.
+    let own = send(&mut client, "POST", "/retiro", Some(&ana), body, Some("k1")).await;
+    assert_eq!((own.status, own.header("idempotent-replayed")), (200, None));
+    assert!(
+        own.text().contains(r#""nuevo_saldo":9800"#),
+        "{}",
+        own.text()
+    );
+}
+
+// The principal is recorded with the debit: after a restart the key is
+// still the principal's (replayed for it, new for another), and the
+// journal holds the principal's name.
+#[tokio::test]
+async fn the_principal_survives_a_restart_in_the_journal() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let dir = data_dir.path().to_str().unwrap();
+    let flags = ["--storage", "journal", "--data-dir", dir];
+    let payer = rsa.sign(&service("pagos-servicio-7", "saldos:debit"));
+    let other = rsa.sign(&service("tesoreria", "saldos:debit"));
+    let body = Some(r#"{"usuario":"usuario3","monto":10}"#);
+    let server = start_with(&jwks_server.url, &flags).await;
+    let mut client = server.client().await;
+    let first = send(&mut client, "POST", "/pago", Some(&payer), body, Some("k")).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    drop(client);
+    server.shutdown().await;
+    let journal: Vec<u8> = std::fs::read_dir(data_dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .flat_map(|path| std::fs::read(path).unwrap())
+        .collect();
+    assert!(
+        journal.windows(16).any(|w| w == b"pagos-servicio-7"),
+        "principal not in the journal"
+    );
+
+    let server = start_with(&jwks_server.url, &flags).await;
+    let mut client = server.client().await;
+    let replay = send(&mut client, "POST", "/pago", Some(&payer), body, Some("k")).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, first.body);
+    let fresh = send(&mut client, "POST", "/pago", Some(&other), body, Some("k")).await;
+    assert_eq!(
+        (fresh.status, fresh.header("idempotent-replayed")),
+        (200, None)
+    );
+    assert!(
+        fresh.text().contains(r#""nuevo_saldo":4980"#),
+        "{}",
+        fresh.text()
+    );
+}
+
+// The issuer rotates its keys: a token with the new kid is accepted after a
+// refresh (no restart), and tokens of the key that left are refused even
+// though they were cached.
+#[tokio::test]
+async fn key_rotation_needs_no_restart() {
+    let (old, new) = (SigningKey::rsa("2026-11"), SigningKey::rsa("2026-12"));
+    let jwks_server = JwksServer::start(jwks(&[&old])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let mut client = server.client().await;
+    let old_token = old.sign(&customer("usuario1"));
+    let new_token = new.sign(&customer("usuario1"));
+    assert_eq!(
+        send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&old_token),
+            None,
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    jwks_server.serve(jwks(&[&new]));
+    // An unknown kid prompts at most one refresh per 10 s; the start's load
+    // counts as one.
+    assert_eq!(
+        send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&new_token),
+            None,
+            None
+        )
+        .await
+        .status,
+        401
+    );
+    tokio::time::sleep(saldos::auth::REFRESH_MIN_INTERVAL).await;
+    let fetches = jwks_server.fetches();
+    assert_eq!(
+        send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&new_token),
+            None,
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(jwks_server.fetches(), fetches + 1);
+    let reply = send(
+        &mut client,
+        "GET",
+        "/saldo/usuario1",
+        Some(&old_token),
+        None,
+        None,
+    )
+    .await;
+    assert_unauthenticated(&reply, CHALLENGE_INVALID, "key left the JWKS");
+    // Unknown kids now are refused without another fetch for 10 s.
+    let stray = old.sign_as(Algorithm::RS256, "stray", &customer("usuario1"));
+    for _ in 0..5 {
+        assert_eq!(
+            send(
+                &mut client,
+                "GET",
+                "/saldo/usuario1",
+                Some(&stray),
+                None,
+                None
+            )
+            .await
+            .status,
+            401
+        );
+    }
+    assert_eq!(jwks_server.fetches(), fetches + 1);
+}
+
+// The JWKS server goes away after start: the last good keys keep serving;
+// an unknown kid is refused after a failed refresh, and the service lives on.
+#[tokio::test]
+async fn a_jwks_outage_keeps_the_last_good_keys() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let mut client = server.client().await;
+    let cached = rsa.sign(&customer("usuario1"));
+    assert_eq!(
+        send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&cached),
+            None,
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    jwks_server.stop();
+    tokio::time::sleep(saldos::auth::REFRESH_MIN_INTERVAL).await;
+    let unknown = rsa.sign_as(Algorithm::RS256, "new-kid", &customer("usuario1"));
+    let reply = send(
+        &mut client,
+        "GET",
+        "/saldo/usuario1",
+        Some(&unknown),
+        None,
+        None,
+    )
+    .await;
+    assert_unauthenticated(&reply, CHALLENGE_INVALID, "refresh failed");
+    // Cached and never-seen tokens of the kept key both pass.
+    let fresh = rsa.sign(&customer("usuario2"));
+    for token in [&cached, &fresh] {
+        let path = if token == &cached {
+            "/saldo/usuario1"
+        } else {
+            "/saldo/usuario2"
+        };
+        assert_eq!(
+            send(&mut client, "GET", path, Some(token), None, None)
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(client.get("/health").await.status, 200);
+}
+
+// No keys, no service: an unreachable JWKS, or one without a usable key,
+// stops the start.
+#[tokio::test]
+async fn the_service_does_not_start_without_keys() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let only_ec = JwksServer::start(jwks(&[&SigningKey::ec("ec")])).await;
+    for (url, algorithms) in [(url.as_str(), "RS256"), (only_ec.url.as_str(), "RS256")] {
+        let mut argv = vec!["saldos".to_string(), "--storage".into(), "memory".into()];
+        argv.extend(jwt_flags(url));
+        argv.extend(["--jwt-algorithms".into(), algorithms.into()]);
+        let args = <saldos::config::Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap()
+            .serve;
+        let started = saldos::open_auth(&args.auth).await;
+        assert!(
+            matches!(started, Err(saldos::StartError::Auth(_))),
+            "{url}: {:?}",
+            started.err()
+        );
+    }
+}
+
+// A JWKS file is re-read when it changes: rotation without a server.
+#[tokio::test]
+async fn a_jwks_file_is_read_again_when_it_changes() {
+    let (old, new) = (SigningKey::rsa("a"), SigningKey::ec("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[&old])).unwrap();
+    let flags = [
+        "--auth",
+        "jwt",
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+        "--jwks-file",
+        path.to_str().unwrap(),
+    ];
+    let server = start_server(&flags).await;
+    let mut client = server.client().await;
+    let old_token = old.sign(&customer("usuario1"));
+    let new_token = new.sign(&customer("usuario1"));
+    assert_eq!(
+        send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&old_token),
+            None,
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    std::fs::write(&path, jwks(&[&new])).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&new_token),
+            None,
+            None,
+        )
+        .await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new file was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&old_token),
+            None,
+            None
+        )
+        .await
+        .status,
+        401
+    );
+}
