@@ -744,3 +744,329 @@ async fn a_jwks_file_is_read_again_when_it_changes() {
         401
     );
 }
+
+/// Copies `tests/fixtures/<name>` to a scratch directory.
+fn fixture_copy(name: &str) -> tempfile::TempDir {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    copy
+}
+
+// A data directory written by the binary before records carried a principal
+// (format 1, tests/fixtures/README.md) opens with today's code: its balances
+// are served and its keys replay (checked through the library with a TTL
+// long enough that the fixture's age never matters).
+#[tokio::test]
+async fn a_data_directory_of_format_1_still_opens() {
+    use saldos::idempotency::{Begin, Scoped, Table, fingerprint};
+    use saldos::ledger::{Ledger, Limits, Outcome};
+    use saldos::usuario::Usuario;
+    use std::sync::Arc;
+
+    let balances = [
+        ("usuario1", 5_350),
+        ("usuario2", 14_180),
+        ("usuario3", 4_000),
+        ("cliente0", 99_610),
+        ("cliente1", 99_658),
+        ("cliente2", 99_646),
+        ("cliente3", 99_634),
+        ("cliente4", 99_622),
+        ("cliente9", 99_923),
+        ("nunca", 100_000),
+    ];
+    let copy = fixture_copy("data-dir-v1");
+    let seed: Vec<(Usuario, u64)> = [
+        ("usuario1", 10_000),
+        ("usuario2", 15_000),
+        ("usuario3", 5_000),
+    ]
+    .map(|(name, saldo)| (Usuario::new(name).unwrap(), saldo))
+    .to_vec();
+    let ledger = Arc::new(Ledger::new(Limits {
+        shard_count: 8,
+        opening_saldo: 100_000,
+        accounts_max: 1_000,
+    }));
+    for (usuario, saldo) in &seed {
+        ledger.seed(usuario, *saldo).unwrap();
+    }
+    let century = Duration::from_secs(100 * 365 * 86_400);
+    let keys = Arc::new(Table::new(8, century, 1_000));
+    let options = saldos::journal::Options {
+        dir: copy.path(),
+        opening_saldo: 100_000,
+        seed: &seed,
+        segment_bytes_max: 4096,
+    };
+    let opened = saldos::journal::open(&options, ledger.clone(), keys.clone()).unwrap();
+    assert_eq!(opened.snapshot, Some(3));
+    assert!(opened.records_replayed > 0);
+    for (name, saldo) in balances {
+        assert_eq!(ledger.saldo(&Usuario::new(name).unwrap()), saldo, "{name}");
+    }
+    let replay = |path: &str, key: &str, body: &str| {
+        let scoped = Scoped {
+            principal: None,
+            key,
+        };
+        match keys.begin(
+            scoped,
+            fingerprint("POST", path, body.as_bytes()),
+            saldos::clock::unix_ms(),
+        ) {
+            Begin::Replay(remembered) => remembered.outcome,
+            other => panic!("{key}: {other:?}"),
+        }
+    };
+    let mut saldo = 10_000;
+    for i in 1..=30u64 {
+        saldo -= i * 10;
+        let body = format!(r#"{{"usuario":"usuario1","monto":{}}}"#, i * 10);
+        assert_eq!(
+            replay("/pago", &format!("antes-{i}"), &body),
+            Outcome::Debited { nuevo_saldo: saldo }
+        );
+    }
+    assert_eq!(
+        replay(
+            "/retiro",
+            "despues-ok",
+            r#"{"usuario":"usuario3","monto":1000}"#
+        ),
+        Outcome::Debited { nuevo_saldo: 4_000 }
+    );
+    assert_eq!(
+        replay(
+            "/retiro",
+            "despues-rechazada",
+            r#"{"usuario":"usuario3","monto":999999}"#
+        ),
+        Outcome::Refused {
+            saldo_disponible: 4_000
+        }
+    );
+    drop(opened);
+
+    // The binary's path: the same directory served over HTTP, then written
+    // with principals (format 2) and opened again.
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let dir = copy.path().to_str().unwrap();
+    let flags = [
+        "--storage",
+        "journal",
+        "--data-dir",
+        dir,
+        "--journal-segment-bytes",
+        "4096",
+    ];
+    let reader = rsa.sign(&service("auditoria", "saldos:read saldos:debit"));
+    for round in 0..2 {
+        let server = start_with(&jwks_server.url, &flags).await;
+        let mut client = server.client().await;
+        for (name, saldo) in balances {
+            let saldo = if name == "cliente9" {
+                saldo - round
+            } else {
+                saldo
+            };
+            let reply = send(
+                &mut client,
+                "GET",
+                &format!("/saldo/{name}"),
+                Some(&reader),
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(
+                reply.text(),
+                format!(r#"{{"usuario":"{name}","saldo":{saldo}}}"#)
+            );
+        }
+        let body = Some(r#"{"usuario":"cliente9","monto":1}"#);
+        let reply = send(
+            &mut client,
+            "POST",
+            "/pago",
+            Some(&reader),
+            body,
+            Some("nueva"),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        drop(client);
+        server.shutdown().await;
+    }
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The data directory's files and their sizes.
+fn files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Refused requests in one flood.
+const FLOOD: usize = 10_000;
+/// Connections the flood is sent on at once.
+const FLOOD_CONNECTIONS: usize = 4;
+
+/// The valid tokens a flood misuses.
+struct FloodTokens {
+    /// A customer's, sent for another account (403).
+    ana: String,
+    /// A read-only service's, sent for debits (403).
+    reader: String,
+    /// Valid, then forged: its signature's end replaced (401, verified each time).
+    signed: String,
+}
+
+/// One flood: [`FLOOD`] refusals over [`FLOOD_CONNECTIONS`] connections,
+/// each with a new idempotency key.
+async fn run_flood(address: std::net::SocketAddr, tokens: &std::sync::Arc<FloodTokens>) {
+    let tasks: Vec<_> = (0..FLOOD_CONNECTIONS)
+        .map(|lane| tokio::spawn(flood_lane(address, lane, tokens.clone())))
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+async fn flood_lane(
+    address: std::net::SocketAddr,
+    lane: usize,
+    tokens: std::sync::Arc<FloodTokens>,
+) {
+    let mut client = Client::connect(address).await;
+    let other = r#"{"usuario":"usuario2","monto":1}"#;
+    let signed = &tokens.signed;
+    for n in (lane..FLOOD).step_by(FLOOD_CONNECTIONS) {
+        let key = format!("flood-{n}");
+        let (token, path, body, status) = match n % 4 {
+            0 => (
+                format!("{}{n:06}", &signed[..signed.len() - 6]),
+                "/retiro",
+                other,
+                401,
+            ),
+            1 => (format!("x.{n}.y"), "/retiro", other, 401),
+            2 => (tokens.ana.clone(), "/retiro", other, 403),
+            _ => (
+                tokens.reader.clone(),
+                "/pago",
+                r#"{"usuario":"usuario1","monto":1}"#,
+                403,
+            ),
+        };
+        let reply = send(
+            &mut client,
+            "POST",
+            path,
+            Some(&token),
+            Some(body),
+            Some(&key),
+        )
+        .await;
+        assert_eq!(reply.status, status, "request {n}: {}", reply.text());
+    }
+}
+
+/// Most the binary's memory may grow over a flood once warm.
+const FLOOD_RSS_GROWTH_KIB_MAX: u64 = 4 * 1024;
+
+// 10,000 refused requests (401: forged signatures, each one verified, and
+// garbage; 403: valid tokens for other accounts, each with a new key) against
+// the binary: its memory stays put and nothing is stored.
+#[tokio::test]
+async fn a_flood_of_refusals_leaves_memory_and_state_unchanged() {
+    let rsa = SigningKey::rsa("rsa");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let jwks_file = keys_dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks(&[&rsa])).unwrap();
+    let running = crate::process::Running::start(&[
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--auth",
+        "jwt",
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+        "--jwks-file",
+        jwks_file.to_str().unwrap(),
+    ]);
+    let address: std::net::SocketAddr =
+        crate::process::listening_address(&running.line_with("listening"))
+            .parse()
+            .unwrap();
+    let pid = running.child.id();
+    let tokens = std::sync::Arc::new(FloodTokens {
+        ana: rsa.sign(&customer("usuario1")),
+        reader: rsa.sign(&service("lector", "saldos:read")),
+        signed: rsa.sign(&customer("usuario2")),
+    });
+    // Warm: every buffer and thread-local the refusals use exists.
+    run_flood(address, &tokens).await;
+    let (rss_before, files_before) = (rss_kib(pid), files(running.data_dir.path()));
+    run_flood(address, &tokens).await;
+    let (rss_after, files_after) = (rss_kib(pid), files(running.data_dir.path()));
+    assert!(
+        rss_after <= rss_before + FLOOD_RSS_GROWTH_KIB_MAX,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert_eq!(files_after, files_before, "the journal changed");
+    let mut client = Client::connect(address).await;
+    for (usuario, saldo) in [("usuario1", 10_000), ("usuario2", 15_000)] {
+        let path = format!("/saldo/{usuario}");
+        let reply = send(&mut client, "GET", &path, Some(&tokens.reader), None, None).await;
+        assert_eq!(
+            reply.text(),
+            format!(r#"{{"usuario":"{usuario}","saldo":{saldo}}}"#)
+        );
+    }
+    // No flood key was remembered: ana's own debit with one is new.
+    let body = Some(r#"{"usuario":"usuario1","monto":1}"#);
+    let reply = send(
+        &mut client,
+        "POST",
+        "/retiro",
+        Some(&tokens.ana),
+        body,
+        Some("flood-2"),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.header("idempotent-replayed")),
+        (200, None)
+    );
+    eprintln!("flood: RSS {rss_before} KiB before, {rss_after} KiB after {FLOOD} refusals");
+}

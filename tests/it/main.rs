@@ -13,5 +13,5 @@ mod journal;
 mod journal_support;
 mod model;
 mod power_loss;
-mod process;
+pub mod process;
 mod util;

@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 const BINARY: &str = env!("CARGO_BIN_EXE_saldos");
 
 const ENV_VARS: &[&str] = &[
+    "SALDOS_AUTH",
+    "SALDOS_JWT_ISSUER",
+    "SALDOS_JWT_AUDIENCE",
+    "SALDOS_JWKS_URL",
+    "SALDOS_JWKS_FILE",
+    "SALDOS_JWT_ALGORITHMS",
+    "SALDOS_JWT_LEEWAY",
     "PORT",
     "SALDOS_BIND",
     "SALDOS_STORAGE",
@@ -51,6 +58,13 @@ fn help_documents_every_option() {
         ("--idempotency-ttl", "SALDOS_IDEMPOTENCY_TTL"),
         ("--shutdown-grace", "SALDOS_SHUTDOWN_GRACE"),
         ("--log-format", "SALDOS_LOG_FORMAT"),
+        ("--auth", "SALDOS_AUTH"),
+        ("--jwt-issuer", "SALDOS_JWT_ISSUER"),
+        ("--jwt-audience", "SALDOS_JWT_AUDIENCE"),
+        ("--jwks-url", "SALDOS_JWKS_URL"),
+        ("--jwks-file", "SALDOS_JWKS_FILE"),
+        ("--jwt-algorithms", "SALDOS_JWT_ALGORITHMS"),
+        ("--jwt-leeway", "SALDOS_JWT_LEEWAY"),
     ] {
         assert!(
             help.contains(flag) && help.contains(var),
@@ -58,6 +72,7 @@ fn help_documents_every_option() {
         );
     }
     assert!(help.contains("healthcheck"));
+    assert!(help.contains("dev-token") && help.contains("DEVELOPMENT ONLY"));
 }
 
 // Each bad setting: exit 2 and one line on stderr that names it.
@@ -85,6 +100,35 @@ fn bad_configuration_exits_2_naming_the_setting() {
         (&["--log-format", "xml"], &[], "--log-format"),
         (&["--storage", "disk"], &[], "--storage"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&["--auth", "basic"], &[], "--auth"),
+        (&["--auth", "jwt"], &[], "--jwt-issuer"),
+        (
+            &["--auth", "jwt", "--jwt-issuer", "https://i"],
+            &[],
+            "--jwt-audience",
+        ),
+        (
+            &["--auth", "jwt", "--jwt-issuer", "i", "--jwt-audience", "a"],
+            &[],
+            "--jwks-url",
+        ),
+        (
+            &[],
+            &[
+                ("SALDOS_AUTH", "jwt"),
+                ("SALDOS_JWT_ISSUER", "i"),
+                ("SALDOS_JWT_AUDIENCE", "a"),
+                ("SALDOS_JWKS_URL", "ftp://keys"),
+            ],
+            "--jwks-url",
+        ),
+        (&["--jwt-algorithms", "none"], &[], "--jwt-algorithms"),
+        (
+            &[],
+            &[("SALDOS_JWT_ALGORITHMS", "RS256,HS256")],
+            "--jwt-algorithms",
+        ),
+        (&["--jwt-leeway", "6m"], &[], "--jwt-leeway"),
     ];
     for (args, env, named) in cases {
         let output = saldos(args, env).stdin(Stdio::null()).output().unwrap();
@@ -100,16 +144,16 @@ fn bad_configuration_exits_2_naming_the_setting() {
 }
 
 /// A running binary whose stdout lines arrive on a channel.
-struct Running {
-    child: Child,
+pub struct Running {
+    pub child: Child,
     lines: mpsc::Receiver<String>,
     /// The journal's data directory, removed when the test ends.
-    _data_dir: tempfile::TempDir,
+    pub data_dir: tempfile::TempDir,
 }
 
 impl Running {
     /// Starts the binary with `args` and a fresh data directory.
-    fn start(args: &[&str]) -> Self {
+    pub fn start(args: &[&str]) -> Self {
         let mut command = saldos(args, &[]);
         let data_dir = tempfile::tempdir().unwrap();
         command.arg("--data-dir").arg(data_dir.path());
@@ -132,12 +176,12 @@ impl Running {
         Self {
             child,
             lines,
-            _data_dir: data_dir,
+            data_dir,
         }
     }
 
     /// The next stdout line containing `needle`, within 10 s.
-    fn line_with(&self, needle: &str) -> String {
+    pub fn line_with(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -176,7 +220,7 @@ impl Drop for Running {
 }
 
 /// The `host:port` a "listening" log line names.
-fn listening_address(line: &str) -> String {
+pub fn listening_address(line: &str) -> String {
     let after = line.split("address").nth(1).expect("address field");
     after
         .trim_start_matches(['"', ':', '='])
