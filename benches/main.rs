@@ -4,6 +4,7 @@
 mod suites;
 
 criterion::criterion_main!(
+    suites::auth::benches,
     suites::ledger::benches,
     suites::http::benches,
     suites::journal::benches

@@ -1,3 +1,4 @@
+pub mod auth;
 pub mod http;
 pub mod journal;
 pub mod ledger;
