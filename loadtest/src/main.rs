@@ -13,6 +13,12 @@
 //! | `SALDOS_LT_ACCOUNTS` | accounts in the pool (`cuenta0` …) | `10000` |
 //! | `SALDOS_LT_HOT_PERCENT` | share of requests sent to the hottest 1% of accounts | `0` |
 //! | `SALDOS_LT_IDEMPOTENCY_KEYS` | `1`: every debit carries a fresh `Idempotency-Key` | `0` |
+//! | `SALDOS_LT_TOKEN_FILE` | bearer tokens, one per line, sent in rotation (`--auth jwt`) | none |
+//!
+//! Against a deployment with `--auth jwt`, the tokens must allow every
+//! account of the pool: service tokens with `saldos:read saldos:debit`
+//! (`saldos dev-token --scope "saldos:read saldos:debit"` mints them for a
+//! local server started with its JWKS).
 //!
 //! Debits are 1 CLP, so an account at the default opening balance takes
 //! 100 000 of them; a `SALDO_INSUFICIENTE` answer is still checked and counted
@@ -29,6 +35,8 @@ struct Workload {
     accounts: u64,
     hot_percent: u64,
     idempotency_keys: bool,
+    /// `Authorization` values, in rotation; empty: none sent.
+    authorizations: Vec<String>,
 }
 
 static WORKLOAD: OnceLock<Workload> = OnceLock::new();
@@ -66,13 +74,41 @@ fn workload() -> &'static Workload {
         let accounts = number("SALDOS_LT_ACCOUNTS", 10_000).max(1);
         let hot_percent = number("SALDOS_LT_HOT_PERCENT", 0).min(100);
         let idempotency_keys = number("SALDOS_LT_IDEMPOTENCY_KEYS", 0) == 1;
+        let authorizations = std::env::var("SALDOS_LT_TOKEN_FILE")
+            .map(|path| read_tokens(&path))
+            .unwrap_or_default();
         Workload {
             weights,
             accounts,
             hot_percent,
             idempotency_keys,
+            authorizations,
         }
     })
+}
+
+/// `Bearer <token>` for every non-empty line of the file at `path`.
+fn read_tokens(path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("SALDOS_LT_TOKEN_FILE {path}: {error}"));
+    let authorizations: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|token| format!("Bearer {token}"))
+        .collect();
+    assert!(
+        !authorizations.is_empty(),
+        "SALDOS_LT_TOKEN_FILE {path}: no token in it"
+    );
+    authorizations
+}
+
+/// The `n`th request's `Authorization` value, when tokens were given.
+fn authorization(n: u64) -> Option<&'static str> {
+    let authorizations = &workload().authorizations;
+    let len = authorizations.len() as u64;
+    (len > 0).then(|| authorizations[(n % len) as usize].as_str())
 }
 
 /// The next request's account: uniform over the pool, except that
@@ -122,11 +158,16 @@ async fn main() -> Result<(), GooseError> {
 }
 
 async fn get_saldo(user: &mut GooseUser) -> TransactionResult {
-    let (_, account) = next_account();
+    let (n, account) = next_account();
     let path = format!("/saldo/cuenta{account}");
+    let mut builder = user.get_request_builder(&GooseMethod::Get, &path)?;
+    if let Some(authorization) = authorization(n) {
+        builder = builder.header("Authorization", authorization);
+    }
     let request = GooseRequest::builder()
         .path(path.as_str())
         .name("/saldo/{usuario}")
+        .set_request_builder(builder)
         .build();
     let mut goose = user.request(request).await?;
     let expected_prefix = format!(r#"{{"usuario":"cuenta{account}","saldo":"#);
@@ -174,6 +215,9 @@ async fn post_debit(
         .get_request_builder(&GooseMethod::Post, path)?
         .header("Content-Type", "application/json")
         .body(body);
+    if let Some(authorization) = authorization(n) {
+        builder = builder.header("Authorization", authorization);
+    }
     if workload().idempotency_keys {
         let run = RUN_ID.get().copied().unwrap_or(0);
         builder = builder.header("Idempotency-Key", format!("lt-{run:x}-{n}"));
