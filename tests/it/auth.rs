@@ -467,14 +467,22 @@ async fn idempotency_keys_are_per_principal_and_not_kept_on_refusals() {
 
 // The principal is recorded with the debit: after a restart the key is
 // still the principal's (replayed for it, new for another), and the
-// journal holds the principal's name.
+// journal holds the principal's name. Tiny segments put the key's record
+// behind a snapshot, so it comes back from there.
 #[tokio::test]
 async fn the_principal_survives_a_restart_in_the_journal() {
     let rsa = SigningKey::rsa("rsa");
     let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
     let data_dir = tempfile::tempdir().unwrap();
     let dir = data_dir.path().to_str().unwrap();
-    let flags = ["--storage", "journal", "--data-dir", dir];
+    let flags = [
+        "--storage",
+        "journal",
+        "--data-dir",
+        dir,
+        "--journal-segment-bytes",
+        "4096",
+    ];
     let payer = rsa.sign(&service("pagos-servicio-7", "saldos:debit"));
     let other = rsa.sign(&service("tesoreria", "saldos:debit"));
     let body = Some(r#"{"usuario":"usuario3","monto":10}"#);
@@ -482,12 +490,30 @@ async fn the_principal_survives_a_restart_in_the_journal() {
     let mut client = server.client().await;
     let first = send(&mut client, "POST", "/pago", Some(&payer), body, Some("k")).await;
     assert_eq!(first.status, 200, "{}", first.text());
+    let one = Some(r#"{"usuario":"usuario3","monto":1}"#);
+    for _ in 0..100 {
+        let reply = send(&mut client, "POST", "/pago", Some(&payer), one, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
     drop(client);
     server.shutdown().await;
+    let names: Vec<String> = std::fs::read_dir(data_dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let has_snapshot = names.iter().any(|name| name.ends_with(".snap"));
+    let has_first_segment = names.iter().any(|name| name.ends_with("001.log"));
+    assert!(
+        has_snapshot && !has_first_segment,
+        "no snapshot replaced segment 1: {names:?}"
+    );
     let journal: Vec<u8> = std::fs::read_dir(data_dir.path())
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "log" || ext == "snap")
+        })
         .flat_map(|path| std::fs::read(path).unwrap())
         .collect();
     assert!(
@@ -506,7 +532,7 @@ async fn the_principal_survives_a_restart_in_the_journal() {
         (200, None)
     );
     assert!(
-        fresh.text().contains(r#""nuevo_saldo":4980"#),
+        fresh.text().contains(r#""nuevo_saldo":4880"#),
         "{}",
         fresh.text()
     );
