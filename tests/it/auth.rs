@@ -19,10 +19,28 @@ const CHALLENGE_INVALID: &str = r#"Bearer realm="saldos", error="invalid_token""
 
 /// The server flags plus `extra`, as `start_server` takes them.
 async fn start_with(jwks_url: &str, extra: &[&str]) -> TestServer {
-    let mut flags = jwt_flags(jwks_url);
+    let mut flags = jwt_flags("--jwks-url", jwks_url);
     flags.extend(extra.iter().map(|flag| flag.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     start_server(&flags).await
+}
+
+/// A `POST` with `token`, `body` and an optional idempotency key.
+async fn post(
+    client: &mut Client,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> Reply {
+    send(client, "POST", path, Some(token), body, key).await
+}
+
+/// The status of `GET path` with `token`.
+async fn status_of(client: &mut Client, path: &str, token: &str) -> u16 {
+    send(client, "GET", path, Some(token), None, None)
+        .await
+        .status
 }
 
 /// A request with an optional bearer token and idempotency key.
@@ -62,6 +80,28 @@ fn assert_forbidden(reply: &Reply, case: &str) {
         error_body("El token no permite esta operación.", "PROHIBIDO"),
         "{case}"
     );
+}
+
+/// Asserts the balance `GET /saldo/{usuario}` shows with `token`.
+async fn assert_saldo(client: &mut Client, token: &str, usuario: &str, saldo: u64) {
+    let path = format!("/saldo/{usuario}");
+    let reply = send(client, "GET", &path, Some(token), None, None).await;
+    let expected = format!(r#"{{"usuario":"{usuario}","saldo":{saldo}}}"#);
+    assert_eq!((reply.status, reply.text()), (200, expected.as_str()));
+}
+
+/// A first-time debit's answer: 200, not replayed, with `nuevo_saldo`.
+fn assert_fresh(reply: &Reply, nuevo_saldo: u64) {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("idempotent-replayed"), None);
+    let expected = format!(r#""nuevo_saldo":{nuevo_saldo}}}"#);
+    assert!(reply.text().ends_with(&expected), "{}", reply.text());
+}
+
+/// `reply` replays `first`, byte for byte.
+fn assert_replayed(reply: &Reply, first: &Reply) {
+    assert_eq!(reply.header("idempotent-replayed"), Some("true"));
+    assert_eq!(reply.body, first.body);
 }
 
 fn with(claims: &Value, changes: Value) -> Value {
@@ -104,86 +144,50 @@ async fn every_invalid_token_is_401() {
         header.kid = Some("rsa".into());
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&rsa.public_pem)).unwrap()
     };
-    let cases: Vec<(&str, Option<String>, &str)> = vec![
-        ("no header", None, CHALLENGE),
-        ("malformed", Some("not-a-jwt".into()), CHALLENGE_INVALID),
-        (
-            "three garbage parts",
-            Some("a.b.c".into()),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "bad signature",
-            Some(stranger.sign(&claims)),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "expired",
-            Some(rsa.sign(&with(&claims, json!({"exp": now_s() - 120})))),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "not yet valid",
-            Some(rsa.sign(&with(&claims, json!({"nbf": now_s() + 120})))),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "no exp",
-            Some(rsa.sign(&with(&claims, json!({"exp": null})))),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "wrong issuer",
-            Some(rsa.sign(&with(&claims, json!({"iss": "https://evil.test"})))),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "wrong audience",
-            Some(rsa.sign(&with(&claims, json!({"aud": "other-api"})))),
-            CHALLENGE_INVALID,
-        ),
+    let changed = |changes: Value| Some(rsa.sign(&with(&claims, changes)));
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no header", None),
+        ("malformed", Some("not-a-jwt".into())),
+        ("three garbage parts", Some("a.b.c".into())),
+        ("bad signature", Some(stranger.sign(&claims))),
+        ("expired", changed(json!({"exp": now_s() - 120}))),
+        ("not yet valid", changed(json!({"nbf": now_s() + 120}))),
+        ("no exp", changed(json!({"exp": null}))),
+        ("wrong issuer", changed(json!({"iss": "https://evil.test"}))),
+        ("wrong audience", changed(json!({"aud": "other-api"}))),
         (
             "audience array without ours",
-            Some(rsa.sign(&with(&claims, json!({"aud": ["a", "b"]})))),
-            CHALLENGE_INVALID,
+            changed(json!({"aud": ["a", "b"]})),
         ),
-        (
-            "alg none",
-            Some(unsecured(&rsa.sign(&claims))),
-            CHALLENGE_INVALID,
-        ),
+        ("no principal", changed(json!({"sub": null}))),
+        ("alg none", Some(unsecured(&rsa.sign(&claims)))),
         (
             "HS256 signed with the RSA public key",
             Some(hs256_with_public_key),
-            CHALLENGE_INVALID,
         ),
         (
             "unknown kid",
             Some(rsa.sign_as(Algorithm::RS256, "nobody", &claims)),
-            CHALLENGE_INVALID,
         ),
         (
             "RS256 naming the EC key",
             Some(rsa.sign_as(Algorithm::RS256, "ec", &claims)),
-            CHALLENGE_INVALID,
         ),
         (
             "ES256 naming the RSA key",
             Some(ec.sign_as(Algorithm::ES256, "rsa", &claims)),
-            CHALLENGE_INVALID,
         ),
         (
             "RS384, not allowed",
             Some(rsa.sign_as(Algorithm::RS384, "rsa", &claims)),
-            CHALLENGE_INVALID,
-        ),
-        (
-            "no principal",
-            Some(rsa.sign(&with(&claims, json!({"sub": null})))),
-            CHALLENGE_INVALID,
         ),
     ];
-    for (case, token, challenge) in &cases {
+    for (case, token) in &cases {
+        let challenge = if token.is_some() {
+            CHALLENGE_INVALID
+        } else {
+            CHALLENGE
+        };
         for (method, path, body) in [
             ("GET", "/saldo/usuario1", None),
             (
@@ -276,8 +280,11 @@ async fn authorization_follows_sub_and_scopes() {
     let jwks_server = JwksServer::start(jwks(&[&rsa, &ec])).await;
     let server = start_with(&jwks_server.url, &["--jwt-algorithms", "RS256,ES256"]).await;
     let mut client = server.client().await;
-    let retiro =
-        |usuario: &str, monto: u64| format!(r#"{{"usuario":"{usuario}","monto":{monto}}}"#);
+    let read = |usuario: &str| (format!("/saldo/{usuario}"), None);
+    let debit = |usuario: &str, monto: u64| {
+        let body = format!(r#"{{"usuario":"{usuario}","monto":{monto}}}"#);
+        ("/retiro".to_owned(), Some(body))
+    };
     let ana = rsa.sign(&customer("usuario1"));
     let ana_ec = ec.sign(&customer("usuario1"));
     let reader = rsa.sign(&service("reportes", "openid saldos:read"));
@@ -289,69 +296,31 @@ async fn authorization_follows_sub_and_scopes() {
         &customer("usuario2"),
         json!({"aud": ["x", AUDIENCE]}),
     ));
-    type Case<'a> = (&'a str, &'a str, &'a str, Option<String>, u16);
+    type Case<'a> = (&'a str, &'a str, (String, Option<String>), u16);
     let cases: Vec<Case> = vec![
-        ("own balance", &ana, "/saldo/usuario1", None, 200),
-        ("own balance, ES256", &ana_ec, "/saldo/usuario1", None, 200),
-        ("other balance", &ana, "/saldo/usuario2", None, 403),
-        (
-            "own debit",
-            &ana,
-            "/retiro",
-            Some(retiro("usuario1", 1)),
-            200,
-        ),
-        (
-            "other debit",
-            &ana,
-            "/retiro",
-            Some(retiro("usuario2", 1)),
-            403,
-        ),
+        ("own balance", &ana, read("usuario1"), 200),
+        ("own balance, ES256", &ana_ec, read("usuario1"), 200),
+        ("other balance", &ana, read("usuario2"), 403),
+        ("own debit", &ana, debit("usuario1", 1), 200),
+        ("other debit", &ana, debit("usuario2", 1), 403),
         (
             "other debit over the balance",
             &ana,
-            "/retiro",
-            Some(retiro("usuario2", 999_999)),
+            debit("usuario2", 999_999),
             403,
         ),
-        (
-            "read scope reads any",
-            &reader,
-            "/saldo/usuario3",
-            None,
-            200,
-        ),
+        ("read scope reads any", &reader, read("usuario3"), 200),
         (
             "read scope cannot debit",
             &reader,
-            "/retiro",
-            Some(retiro("usuario3", 1)),
+            debit("usuario3", 1),
             403,
         ),
-        (
-            "debit scope debits any",
-            &payer,
-            "/retiro",
-            Some(retiro("usuario3", 1)),
-            200,
-        ),
-        (
-            "debit scope cannot read",
-            &payer,
-            "/saldo/usuario3",
-            None,
-            403,
-        ),
-        (
-            "audience array",
-            &array_audience,
-            "/saldo/usuario2",
-            None,
-            200,
-        ),
+        ("debit scope debits any", &payer, debit("usuario3", 1), 200),
+        ("debit scope cannot read", &payer, read("usuario3"), 403),
+        ("audience array", &array_audience, read("usuario2"), 200),
     ];
-    for (case, token, path, body, status) in &cases {
+    for (case, token, (path, body), status) in &cases {
         let method = if body.is_some() { "POST" } else { "GET" };
         let reply = send(
             &mut client,
@@ -373,19 +342,7 @@ async fn authorization_follows_sub_and_scopes() {
         ("usuario2", 15_000),
         ("usuario3", 4_999),
     ] {
-        let reply = send(
-            &mut client,
-            "GET",
-            &format!("/saldo/{usuario}"),
-            Some(&reader),
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(
-            reply.text(),
-            format!(r#"{{"usuario":"{usuario}","saldo":{saldo}}}"#)
-        );
+        assert_saldo(&mut client, &reader, usuario, saldo).await;
     }
 }
 
@@ -403,66 +360,18 @@ async fn idempotency_keys_are_per_principal_and_not_kept_on_refusals() {
     let payer = rsa.sign(&service("pagos", "saldos:debit"));
     let ana = rsa.sign(&customer("usuario1"));
     // Refused first, with the key: 401, then 403 (same principal as `payer`).
-    let reply = send(
-        &mut client,
-        "POST",
-        "/retiro",
-        Some(&expired),
-        body,
-        Some("k1"),
-    )
-    .await;
+    let reply = post(&mut client, "/retiro", &expired, body, Some("k1")).await;
     assert_eq!(reply.status, 401);
-    let reply = send(
-        &mut client,
-        "POST",
-        "/retiro",
-        Some(&reader),
-        body,
-        Some("k1"),
-    )
-    .await;
+    let reply = post(&mut client, "/retiro", &reader, body, Some("k1")).await;
     assert_forbidden(&reply, "read scope with a key");
     // The key is new for `payer`, then replayed for `payer` only.
-    let first = send(
-        &mut client,
-        "POST",
-        "/retiro",
-        Some(&payer),
-        body,
-        Some("k1"),
-    )
-    .await;
-    assert_eq!(
-        (first.status, first.header("idempotent-replayed")),
-        (200, None),
-        "{}",
-        first.text()
-    );
-    assert!(
-        first.text().contains(r#""nuevo_saldo":9900"#),
-        "{}",
-        first.text()
-    );
-    let again = send(
-        &mut client,
-        "POST",
-        "/retiro",
-        Some(&payer),
-        body,
-        Some("k1"),
-    )
-    .await;
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
-    assert_eq!(again.body, first.body);
+    let first = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
+    assert_fresh(&first, 9900);
+    let again = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
+    assert_replayed(&again, &first);
     // The customer's own k1 is another key: another debit.
-    let own = send(&mut client, "POST", "/retiro", Some(&ana), body, Some("k1")).await;
-    assert_eq!((own.status, own.header("idempotent-replayed")), (200, None));
-    assert!(
-        own.text().contains(r#""nuevo_saldo":9800"#),
-        "{}",
-        own.text()
-    );
+    let own = post(&mut client, "/retiro", &ana, body, Some("k1")).await;
+    assert_fresh(&own, 9800);
 }
 
 // The principal is recorded with the debit: after a restart the key is
@@ -488,7 +397,7 @@ async fn the_principal_survives_a_restart_in_the_journal() {
     let body = Some(r#"{"usuario":"usuario3","monto":10}"#);
     let server = start_with(&jwks_server.url, &flags).await;
     let mut client = server.client().await;
-    let first = send(&mut client, "POST", "/pago", Some(&payer), body, Some("k")).await;
+    let first = post(&mut client, "/pago", &payer, body, Some("k")).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let one = Some(r#"{"usuario":"usuario3","monto":1}"#);
     for _ in 0..100 {
@@ -523,19 +432,10 @@ async fn the_principal_survives_a_restart_in_the_journal() {
 
     let server = start_with(&jwks_server.url, &flags).await;
     let mut client = server.client().await;
-    let replay = send(&mut client, "POST", "/pago", Some(&payer), body, Some("k")).await;
-    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-    assert_eq!(replay.body, first.body);
-    let fresh = send(&mut client, "POST", "/pago", Some(&other), body, Some("k")).await;
-    assert_eq!(
-        (fresh.status, fresh.header("idempotent-replayed")),
-        (200, None)
-    );
-    assert!(
-        fresh.text().contains(r#""nuevo_saldo":4880"#),
-        "{}",
-        fresh.text()
-    );
+    let replay = post(&mut client, "/pago", &payer, body, Some("k")).await;
+    assert_replayed(&replay, &first);
+    let fresh = post(&mut client, "/pago", &other, body, Some("k")).await;
+    assert_fresh(&fresh, 4880);
 }
 
 // The issuer rotates its keys: a token with the new kid is accepted after a
@@ -550,47 +450,20 @@ async fn key_rotation_needs_no_restart() {
     let old_token = old.sign(&customer("usuario1"));
     let new_token = new.sign(&customer("usuario1"));
     assert_eq!(
-        send(
-            &mut client,
-            "GET",
-            "/saldo/usuario1",
-            Some(&old_token),
-            None,
-            None
-        )
-        .await
-        .status,
+        status_of(&mut client, "/saldo/usuario1", &old_token).await,
         200
     );
     jwks_server.serve(jwks(&[&new]));
     // An unknown kid prompts at most one refresh per 10 s; the start's load
     // counts as one.
     assert_eq!(
-        send(
-            &mut client,
-            "GET",
-            "/saldo/usuario1",
-            Some(&new_token),
-            None,
-            None
-        )
-        .await
-        .status,
+        status_of(&mut client, "/saldo/usuario1", &new_token).await,
         401
     );
     tokio::time::sleep(saldos::auth::REFRESH_MIN_INTERVAL).await;
     let fetches = jwks_server.fetches();
     assert_eq!(
-        send(
-            &mut client,
-            "GET",
-            "/saldo/usuario1",
-            Some(&new_token),
-            None,
-            None
-        )
-        .await
-        .status,
+        status_of(&mut client, "/saldo/usuario1", &new_token).await,
         200
     );
     assert_eq!(jwks_server.fetches(), fetches + 1);
@@ -607,19 +480,7 @@ async fn key_rotation_needs_no_restart() {
     // Unknown kids now are refused without another fetch for 10 s.
     let stray = old.sign_as(Algorithm::RS256, "stray", &customer("usuario1"));
     for _ in 0..5 {
-        assert_eq!(
-            send(
-                &mut client,
-                "GET",
-                "/saldo/usuario1",
-                Some(&stray),
-                None,
-                None
-            )
-            .await
-            .status,
-            401
-        );
+        assert_eq!(status_of(&mut client, "/saldo/usuario1", &stray).await, 401);
     }
     assert_eq!(jwks_server.fetches(), fetches + 1);
 }
@@ -634,16 +495,7 @@ async fn a_jwks_outage_keeps_the_last_good_keys() {
     let mut client = server.client().await;
     let cached = rsa.sign(&customer("usuario1"));
     assert_eq!(
-        send(
-            &mut client,
-            "GET",
-            "/saldo/usuario1",
-            Some(&cached),
-            None,
-            None
-        )
-        .await
-        .status,
+        status_of(&mut client, "/saldo/usuario1", &cached).await,
         200
     );
     jwks_server.stop();
@@ -667,12 +519,7 @@ async fn a_jwks_outage_keeps_the_last_good_keys() {
         } else {
             "/saldo/usuario2"
         };
-        assert_eq!(
-            send(&mut client, "GET", path, Some(token), None, None)
-                .await
-                .status,
-            200
-        );
+        assert_eq!(status_of(&mut client, path, token).await, 200);
     }
     assert_eq!(client.get("/health").await.status, 200);
 }
@@ -687,7 +534,7 @@ async fn the_service_does_not_start_without_keys() {
     let only_ec = JwksServer::start(jwks(&[&SigningKey::ec("ec")])).await;
     for (url, algorithms) in [(url.as_str(), "RS256"), (only_ec.url.as_str(), "RS256")] {
         let mut argv = vec!["saldos".to_string(), "--storage".into(), "memory".into()];
-        argv.extend(jwt_flags(url));
+        argv.extend(jwt_flags("--jwks-url", url));
         argv.extend(["--jwt-algorithms".into(), algorithms.into()]);
         let args = <saldos::config::Cli as clap::Parser>::try_parse_from(argv)
             .unwrap()
@@ -708,31 +555,14 @@ async fn a_jwks_file_is_read_again_when_it_changes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, jwks(&[&old])).unwrap();
-    let flags = [
-        "--auth",
-        "jwt",
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        AUDIENCE,
-        "--jwks-file",
-        path.to_str().unwrap(),
-    ];
+    let flags = jwt_flags("--jwks-file", path.to_str().unwrap());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = start_server(&flags).await;
     let mut client = server.client().await;
     let old_token = old.sign(&customer("usuario1"));
     let new_token = new.sign(&customer("usuario1"));
     assert_eq!(
-        send(
-            &mut client,
-            "GET",
-            "/saldo/usuario1",
-            Some(&old_token),
-            None,
-            None
-        )
-        .await
-        .status,
+        status_of(&mut client, "/saldo/usuario1", &old_token).await,
         200
     );
     std::fs::write(&path, jwks(&[&new])).unwrap();
@@ -757,16 +587,7 @@ async fn a_jwks_file_is_read_again_when_it_changes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        send(
-            &mut client,
-            "GET",
-            "/saldo/usuario1",
-            Some(&old_token),
-            None,
-            None
-        )
-        .await
-        .status,
+        status_of(&mut client, "/saldo/usuario1", &old_token).await,
         401
     );
 }
@@ -903,30 +724,10 @@ async fn a_data_directory_of_format_1_still_opens() {
             } else {
                 saldo
             };
-            let reply = send(
-                &mut client,
-                "GET",
-                &format!("/saldo/{name}"),
-                Some(&reader),
-                None,
-                None,
-            )
-            .await;
-            assert_eq!(
-                reply.text(),
-                format!(r#"{{"usuario":"{name}","saldo":{saldo}}}"#)
-            );
+            assert_saldo(&mut client, &reader, name, saldo).await;
         }
         let body = Some(r#"{"usuario":"cliente9","monto":1}"#);
-        let reply = send(
-            &mut client,
-            "POST",
-            "/pago",
-            Some(&reader),
-            body,
-            Some("nueva"),
-        )
-        .await;
+        let reply = post(&mut client, "/pago", &reader, body, Some("nueva")).await;
         assert_eq!(reply.status, 200);
         drop(client);
         server.shutdown().await;
@@ -1011,15 +812,7 @@ async fn flood_lane(
                 403,
             ),
         };
-        let reply = send(
-            &mut client,
-            "POST",
-            path,
-            Some(&token),
-            Some(body),
-            Some(&key),
-        )
-        .await;
+        let reply = post(&mut client, path, &token, Some(body), Some(&key)).await;
         assert_eq!(reply.status, status, "request {n}: {}", reply.text());
     }
 }
@@ -1036,20 +829,10 @@ async fn a_flood_of_refusals_leaves_memory_and_state_unchanged() {
     let keys_dir = tempfile::tempdir().unwrap();
     let jwks_file = keys_dir.path().join("jwks.json");
     std::fs::write(&jwks_file, jwks(&[&rsa])).unwrap();
-    let running = crate::process::Running::start(&[
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--auth",
-        "jwt",
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        AUDIENCE,
-        "--jwks-file",
-        jwks_file.to_str().unwrap(),
-    ]);
+    let mut flags = jwt_flags("--jwks-file", jwks_file.to_str().unwrap());
+    flags.extend(["--bind", "127.0.0.1", "--port", "0"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let running = crate::process::Running::start(&flags);
     let address: std::net::SocketAddr =
         crate::process::listening_address(&running.line_with("listening"))
             .parse()
@@ -1072,27 +855,11 @@ async fn a_flood_of_refusals_leaves_memory_and_state_unchanged() {
     assert_eq!(files_after, files_before, "the journal changed");
     let mut client = Client::connect(address).await;
     for (usuario, saldo) in [("usuario1", 10_000), ("usuario2", 15_000)] {
-        let path = format!("/saldo/{usuario}");
-        let reply = send(&mut client, "GET", &path, Some(&tokens.reader), None, None).await;
-        assert_eq!(
-            reply.text(),
-            format!(r#"{{"usuario":"{usuario}","saldo":{saldo}}}"#)
-        );
+        assert_saldo(&mut client, &tokens.reader, usuario, saldo).await;
     }
     // No flood key was remembered: ana's own debit with one is new.
     let body = Some(r#"{"usuario":"usuario1","monto":1}"#);
-    let reply = send(
-        &mut client,
-        "POST",
-        "/retiro",
-        Some(&tokens.ana),
-        body,
-        Some("flood-2"),
-    )
-    .await;
-    assert_eq!(
-        (reply.status, reply.header("idempotent-replayed")),
-        (200, None)
-    );
+    let reply = post(&mut client, "/retiro", &tokens.ana, body, Some("flood-2")).await;
+    assert_fresh(&reply, 9_999);
     eprintln!("flood: RSS {rss_before} KiB before, {rss_after} KiB after {FLOOD} refusals");
 }

@@ -122,8 +122,9 @@ pub fn service(client_id: &str, scope: &str) -> Value {
            "scope": scope, "exp": now_s() + 600})
 }
 
-/// The server flags for JWT authentication against `jwks_url`.
-pub fn jwt_flags(jwks_url: &str) -> Vec<String> {
+/// The server flags for JWT authentication with keys from `source`
+/// (`--jwks-url` or `--jwks-file`) at `location`.
+pub fn jwt_flags(source: &str, location: &str) -> Vec<String> {
     [
         "--auth",
         "jwt",
@@ -131,8 +132,8 @@ pub fn jwt_flags(jwks_url: &str) -> Vec<String> {
         ISSUER,
         "--jwt-audience",
         AUDIENCE,
-        "--jwks-url",
-        jwks_url,
+        source,
+        location,
     ]
     .map(String::from)
     .to_vec()
