@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::auth_support::{
-    AUDIENCE, ISSUER, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
+    AUDIENCE, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
 };
 use crate::util::{Client, Reply, TestServer, error_body, start_server};
 
