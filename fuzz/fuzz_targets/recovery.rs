@@ -14,6 +14,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use saldos::journal::{FileKind, Record, batch};
 use saldos::ledger::{DebitKind, Outcome};
+use saldos::principal::Principal;
 use saldos::usuario::Usuario;
 
 #[path = "../recovery_support.rs"]
@@ -120,7 +121,8 @@ fn segment(batches: &[Batch]) -> Vec<u8> {
                 monto: u64::from(*monto).max(1),
                 outcome,
                 time_ms: 0,
-                principal: None,
+                // Both record versions: with a principal (authentication on) and without.
+                principal: (account % 2 == 1).then(|| Principal::new("pagos").unwrap()),
                 key: None,
             }
             .encode(&mut bytes);
