@@ -111,7 +111,9 @@ impl Verifier {
         if let Some(access) = self.cache.get(&digest, now_s) {
             return Ok(access);
         }
-        match self.verify_signed(token).await {
+        // Boxed: its future (key refresh, timeouts) is large, and would
+        // otherwise grow every request's future, moved on every request.
+        match Box::pin(self.verify_signed(token)).await {
             Ok((access, key, expires_s)) => {
                 let access = Arc::new(access);
                 self.cache
@@ -141,6 +143,9 @@ impl Verifier {
 
     /// Full verification: the access, the key that verified it and `exp`.
     async fn verify_signed(&self, token: &str) -> Result<(Access, Arc<Key>, u64), &'static str> {
+        if !super::is_token_text(token) {
+            return Err("not a compact JWT");
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if header.typ.as_deref().is_some_and(|typ| !is_token_type(typ)) {
             return Err("not a JWT access token (typ)");
