@@ -130,15 +130,4 @@ impl Cache {
         }
         dropped
     }
-
-    /// Entries held now.
-    pub fn entries(&self) -> usize {
-        self.sets
-            .iter()
-            .map(|set| {
-                let set = set.lock().unwrap_or_else(PoisonError::into_inner);
-                set.iter().flatten().count()
-            })
-            .sum()
-    }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-pub use keys::{JWKS_REFRESH_INTERVAL, KEYS_MAX, REFRESH_MIN_INTERVAL};
+pub use keys::REFRESH_MIN_INTERVAL;
 pub use verifier::{Settings, Verifier};
 
 use crate::principal::Principal;

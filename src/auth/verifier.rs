@@ -127,11 +127,6 @@ impl Verifier {
         }
     }
 
-    /// Verifications remembered now.
-    pub fn cached(&self) -> usize {
-        self.cache.entries()
-    }
-
     /// The full verification, without the cache (what a token's first
     /// request costs; for benchmarks).
     pub async fn verify_uncached(&self, token: &str) -> Result<Arc<Access>, Unauthenticated> {
