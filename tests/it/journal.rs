@@ -9,7 +9,8 @@ use crate::util::{Client, TestServer, error_body, start_server};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
-async fn journal_server(dir: &Path, extra: &[&str]) -> TestServer {
+/// A server on the journal storage in `dir`, with `extra` flags.
+pub async fn journal_server(dir: &Path, extra: &[&str]) -> TestServer {
     let mut args = vec!["--storage", "journal", "--data-dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     start_server(&args).await

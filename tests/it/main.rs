@@ -9,6 +9,7 @@ mod errors;
 mod http;
 mod journal;
 mod journal_support;
+mod metrics;
 mod model;
 mod power_loss;
 mod process;

@@ -22,6 +22,8 @@ const ENV_VARS: &[&str] = &[
     "SALDOS_LOG_FORMAT",
     "SALDOS_MAX_CONNECTIONS",
     "SALDOS_MAX_ACCOUNTS",
+    "SALDOS_METRICS_ADDR",
+    "SALDOS_SLOW_REQUEST",
     "RUST_LOG",
 ];
 
@@ -31,6 +33,8 @@ fn saldos(args: &[&str], env: &[(&str, &str)]) -> Command {
     for var in ENV_VARS {
         command.env_remove(var);
     }
+    // Tests run side by side: each server's metrics on a port of its own.
+    command.env("SALDOS_METRICS_ADDR", "127.0.0.1:0");
     command.envs(env.iter().copied());
     command
 }
@@ -85,6 +89,13 @@ fn bad_configuration_exits_2_naming_the_setting() {
         (&["--log-format", "xml"], &[], "--log-format"),
         (&["--storage", "disk"], &[], "--storage"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&["--metrics-addr", "9464"], &[], "--metrics-addr"),
+        (
+            &[],
+            &[("SALDOS_METRICS_ADDR", "localhost")],
+            "--metrics-addr",
+        ),
+        (&["--slow-request", "fast"], &[], "--slow-request"),
     ];
     for (args, env, named) in cases {
         let output = saldos(args, env).stdin(Stdio::null()).output().unwrap();
