@@ -7,12 +7,13 @@
 # CPU-second (utime+stime from /proc/PID/stat), and their ratios to baseline.
 #
 # The observability cells compare the same memory server with metrics on
-# (the default) and off (`--metrics-addr ""`), GET /saldo and POST /retiro at
-# 256 connections, alternating, and print their ratio.
+# (the default) and off (`--metrics-addr ""`), and with tracing on (OTLP to a
+# local sink that answers 200, default 5 % sampling) and off, GET /saldo and
+# POST /retiro at 256 connections, alternating, and print their ratios.
 #
 # usage: benches/harness.sh [ROUNDS] [SECONDS] [CELLS]
 #   defaults: 3 rounds of 10 s, CELLS=all; CELLS=observability runs only the
-#   metrics on/off cells.
+#   observability cells.
 # needs: wrk, taskset, python3, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,17 @@ start_pinned baseline 5601 5 target/release/examples/hyper_baseline 5601 1
 start_pinned memory 5602 5 "${saldos[@]}" --port 5602 --storage memory
 start_pinned journal 5603 5 "${saldos[@]}" --port 5603 --storage journal --data-dir "$work/data"
 start_pinned metrics-off 5604 5 "${saldos[@]}" --port 5604 --storage memory --metrics-addr ""
+# The OTLP sink (on wrk's CPU): reads each export and answers 200.
+taskset -c 1 python3 -c '
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()' 5606 &
+pids+=($!)
+start_pinned traced 5605 5 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:5606 "${saldos[@]}" --port 5605 --storage memory
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -49,6 +61,7 @@ for round in $(seq "$rounds"); do
   for mix in saldo retiro; do
     run memory 5602 "$mix" 256
     run metrics-off 5604 "$mix" 256
+    run traced 5605 "$mix" 256
   done
   [[ $cells == observability ]] && continue
   for conns in 64 256; do
@@ -94,13 +107,14 @@ def ratios(on, off, title):
         print(f"| {mix} | {conns} | {a[0]:,.0f} | {b[0]:,.0f} | {a[0]/b[0]:.3f} | {a[1]:,.0f} | {b[1]:,.0f} | {a[1]/b[1]:.3f} |")
 
 ratios("memory", "metrics-off", "Metrics on (default) against off (--metrics-addr \"\"), memory storage:")
+ratios("traced", "memory", "Tracing on (OTLP, 5 % sampled) against off, metrics on, memory storage:")
 if not any(server == "baseline" for (server, _, _) in runs):
     sys.exit(0)
 print()
 print("| storage | mix | conns | req/s | ×baseline | p99 ms | ×baseline | req/CPU-s | ×baseline |")
 print("|---|---|---|---|---|---|---|---|---|")
 for (server, mix, conns) in sorted(runs):
-    if server in ("baseline", "metrics-off"):
+    if server in ("baseline", "metrics-off", "traced"):
         continue
     base = ("baseline", mix, conns)
     row = [median((server, mix, conns), f) for f in range(3)]

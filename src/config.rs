@@ -142,7 +142,7 @@ pub struct ServeArgs {
     /// Address of the metrics listener (`GET /metrics`); empty: no metrics.
     #[arg(long, env = "SALDOS_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
-    /// A request slower than this is logged at `warn`.
+    /// A request slower than this is logged at `warn` (`0ms`: every request).
     #[arg(long, env = "SALDOS_SLOW_REQUEST", default_value = "1s", value_parser = parse_slow_request)]
     pub slow_request: Duration,
 }
@@ -243,7 +243,7 @@ fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
 }
 
 fn parse_slow_request(text: &str) -> Result<Duration, String> {
-    parse_duration_within(text, Duration::from_millis(1), SLOW_REQUEST_MAX)
+    parse_duration_within(text, Duration::ZERO, SLOW_REQUEST_MAX)
 }
 
 fn parse_shutdown_grace(text: &str) -> Result<Duration, String> {

@@ -12,7 +12,8 @@
 //! - [`sharded`]: the bounded, sharded hash tables the ledger and the keys share.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
-//! - [`metrics`]: Prometheus metrics and their listener.
+//! - [`metrics`], [`traces`]: Prometheus metrics and their listener,
+//!   OpenTelemetry traces.
 //! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod sharded;
 pub mod storage;
+pub mod traces;
 pub mod usuario;
 
 use std::net::SocketAddr;
@@ -131,8 +133,9 @@ pub fn listen(address: SocketAddr) -> Result<TcpListener, StartError> {
     listen().map_err(|source| StartError::Listen { address, source })
 }
 
-/// What every request is served with, as the arguments describe it.
-pub fn app(args: &ServeArgs, storage: Arc<Storage>) -> App {
+/// What every request is served with, as the arguments describe it;
+/// `traced`: the trace pipeline is on.
+pub fn app(args: &ServeArgs, storage: Arc<Storage>, traced: bool) -> App {
     let metrics = match args.metrics_addr.0 {
         Some(_) => Recorder::new(args.worker_count()),
         None => Recorder::off(),
@@ -141,6 +144,7 @@ pub fn app(args: &ServeArgs, storage: Arc<Storage>) -> App {
         storage,
         metrics: Arc::new(metrics),
         slow_request: args.slow_request,
+        traced,
     }
 }
 
@@ -159,7 +163,8 @@ pub async fn spawn_metrics(args: &ServeArgs, app: &App) -> Result<Option<SocketA
 }
 
 /// Runs the service until SIGTERM or SIGINT, then drains. Blocks.
-pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+/// `traced`: the trace pipeline is on.
+pub fn serve(args: ServeArgs, traced: bool) -> Result<(), StartError> {
     let workers = args.worker_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -179,11 +184,12 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             workers,
             shards = args.shard_count(),
             seeded = args.seed.0.len(),
+            traced,
             "listening"
         );
-        let app = Arc::new(app(&args, storage.clone()));
+        let app = Arc::new(app(&args, storage.clone(), traced));
         if let Some(metrics_address) = spawn_metrics(&args, &app).await? {
-            tracing::info!(address = %metrics_address, "metrics listening");
+            tracing::info!(address = %metrics_address, "serving metrics");
         }
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
         tokio::spawn(sweep_expired_keys(storage.clone()));

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::api::{self, ApiError, Body};
 use crate::ledger::DebitKind;
 use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
 use crate::storage::Storage;
+use crate::traces::{AmznTraceId, RequestTrace};
 
 /// Methods of the `GET` routes (`HEAD` is answered like `GET`, without body).
 const ALLOW_GET: &str = "GET, HEAD";
@@ -73,6 +75,8 @@ pub struct App {
     pub metrics: Arc<Recorder>,
     /// A request slower than this is logged at `warn`.
     pub slow_request: Duration,
+    /// The trace pipeline is on: requests get spans.
+    pub traced: bool,
 }
 
 /// Answers one request. Never fails: every refusal is a response.
@@ -80,18 +84,35 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id::for_request(request.headers().get(&request_id::HEADER));
     let method = MethodLabel::of(request.method());
-    let (route, answered) = route(app, request).await;
+    // For the log line, which may come after the headers are gone.
+    let amzn_trace_id = AmznTraceId::of(request.headers());
+    // Built only when tracing is on: otherwise no tracing work at all.
+    let trace = app.traced.then(|| {
+        let id = request_id.to_str().unwrap_or_default();
+        let route =
+            Route::resolve(request.uri().path()).map_or(RouteLabel::Unmatched, Route::label);
+        RequestTrace::start(request.headers(), method, route, id, amzn_trace_id.as_ref())
+    });
+    let (route, answered) = match &trace {
+        None => route(app, request).await,
+        Some(trace) => route(app, request).instrument(trace.span.clone()).await,
+    };
     let mut response = answered.unwrap_or_else(ApiError::into_response);
+    let status = response.status();
     let elapsed = started.elapsed();
-    app.metrics
-        .request(route, method, response.status(), elapsed);
+    app.metrics.request(route, method, status, elapsed);
+    if let Some(trace) = &trace {
+        trace.finish(status.as_u16());
+    }
     if elapsed >= app.slow_request {
         tracing::warn!(
             route = route.as_str(),
             method = method.as_str(),
-            status = response.status().as_u16(),
+            status = status.as_u16(),
             duration_ms = elapsed.as_millis() as u64,
             request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
+            amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
             "slow request"
         );
     }

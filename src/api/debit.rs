@@ -13,6 +13,7 @@ use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
 use crate::router::App;
 use crate::storage::{Keyed, Order};
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// The header marking a replayed answer.
@@ -78,8 +79,7 @@ pub async fn post_debit(
         monto: debit.monto,
         key: keyed,
     };
-    let outcome = storage
-        .debit(order)
+    let outcome = traces::waiting_on_storage(app.traced, "storage.debit", storage.debit(order))
         .await
         .map_err(|_| ApiError::NoDisponible)?;
     app.metrics.debit(kind, outcome);

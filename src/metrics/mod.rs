@@ -41,6 +41,7 @@ pub use recorder::{
 
 use crate::ledger::DebitKind;
 use crate::storage::Storage;
+use crate::traces;
 
 /// Requests answered, by route pattern, method and status.
 pub const HTTP_REQUESTS: &str = "saldos_http_requests_total";
@@ -60,6 +61,8 @@ pub const ACCOUNTS_STORED: &str = "saldos_accounts_stored";
 pub const IDEMPOTENCY_KEYS_STORED: &str = "saldos_idempotency_keys_stored";
 /// Always 1, with the running version as a label.
 pub const BUILD_INFO: &str = "saldos_build_info";
+/// Finished spans dropped because the trace export queue was full.
+pub const TRACE_SPANS_DROPPED: &str = "saldos_trace_spans_dropped_total";
 /// The usual process metrics.
 pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
 /// See [`PROCESS_CPU_SECONDS`].
@@ -80,7 +83,7 @@ pub const JOURNAL_SYNC_DURATION: &str = "saldos_journal_sync_duration_seconds";
 pub const JOURNAL_BATCH_RECORDS: &str = "saldos_journal_batch_records";
 
 /// The families every server exports, whatever its storage.
-pub const FAMILIES: [&str; 16] = [
+pub const FAMILIES: [&str; 17] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     DEBITS,
@@ -90,6 +93,7 @@ pub const FAMILIES: [&str; 16] = [
     ACCOUNTS_STORED,
     IDEMPOTENCY_KEYS_STORED,
     BUILD_INFO,
+    TRACE_SPANS_DROPPED,
     PROCESS_CPU_SECONDS,
     PROCESS_RESIDENT_MEMORY,
     PROCESS_VIRTUAL_MEMORY,
@@ -281,7 +285,8 @@ impl Collector for StorageState {
     }
 }
 
-/// `saldos_build_info{version}`.
+/// What is process-wide: `saldos_build_info{version}` and the trace
+/// pipeline's dropped spans.
 #[derive(Debug)]
 struct Build;
 
@@ -294,7 +299,14 @@ impl Collector for Build {
             None,
             gauge.metric_type(),
         )?;
-        gauge.encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
+        gauge.encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        let dropped = ConstCounter::new(traces::spans_dropped());
+        dropped.encode(encoder.encode_descriptor(
+            counter_base(TRACE_SPANS_DROPPED),
+            "Finished spans dropped because the trace export queue was full.",
+            None,
+            dropped.metric_type(),
+        )?)
     }
 }
 

@@ -13,4 +13,5 @@ mod metrics;
 mod model;
 mod power_loss;
 mod process;
+mod traces;
 mod util;
