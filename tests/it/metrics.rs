@@ -338,3 +338,31 @@ async fn journal_batches_are_exported() {
         .expect("a sum");
     assert_eq!(records_sum.parse::<f64>().unwrap(), 3.0);
 }
+
+// The Grafana dashboard queries only families the service exports (a
+// histogram through its `_bucket`, `_sum` or `_count`): a renamed family
+// fails here, not on a blank panel.
+#[test]
+fn the_dashboard_queries_only_exported_families() {
+    let dashboard = include_str!("../../deploy/grafana/saldos.json");
+    let exported: BTreeSet<&str> = FAMILIES.iter().chain(&JOURNAL_FAMILIES).copied().collect();
+    let mut queried = BTreeSet::new();
+    for prefix in ["saldos_", "process_"] {
+        for (at, _) in dashboard.match_indices(prefix) {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in &queried {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| exported.contains(base))
+            .unwrap_or(name);
+        assert!(exported.contains(family), "{name} is not exported");
+    }
+}
