@@ -23,11 +23,13 @@ cells=${3:-all}
 cargo build --release --locked --bin saldos --example hyper_baseline
 source benches/common.sh
 
-saldos=(target/release/saldos --bind 127.0.0.1 --workers 1 --log-format text --metrics-addr 127.0.0.1:0)
+saldos=(target/release/saldos --bind 127.0.0.1 --workers 1 --log-format text)
+# Metrics on (the default) on a free port each, or off.
+metrics_on=(--metrics-addr 127.0.0.1:0)
 start_pinned baseline 5601 5 target/release/examples/hyper_baseline 5601 1
-start_pinned memory 5602 5 "${saldos[@]}" --port 5602 --storage memory
-start_pinned journal 5603 5 "${saldos[@]}" --port 5603 --storage journal --data-dir "$work/data"
-start_pinned metrics-off 5604 5 "${saldos[@]}" --port 5604 --storage memory --metrics-addr ""
+start_pinned memory 5602 5 "${saldos[@]}" "${metrics_on[@]}" --port 5602 --storage memory
+start_pinned journal 5603 5 "${saldos[@]}" "${metrics_on[@]}" --port 5603 --storage journal --data-dir "$work/data"
+start_pinned metrics-off 5604 5 "${saldos[@]}" --metrics-addr "" --port 5604 --storage memory
 # The OTLP sink (on wrk's CPU): reads each export and answers 200.
 taskset -c 1 python3 -c '
 import http.server, sys
@@ -38,7 +40,7 @@ class Sink(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args): pass
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()' 5606 &
 pids+=($!)
-start_pinned traced 5605 5 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:5606 "${saldos[@]}" --port 5605 --storage memory
+start_pinned traced 5605 5 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:5606 "${saldos[@]}" "${metrics_on[@]}" --port 5605 --storage memory
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

@@ -449,7 +449,74 @@ fn export_forever<E: SpanExporter>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
     use super::*;
+
+    /// An exporter stuck in its first export until the test lets it go.
+    #[derive(Debug)]
+    struct Stuck(Mutex<Receiver<()>>);
+
+    impl SpanExporter for Stuck {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            let _ = self.0.lock().unwrap().recv();
+            Ok(())
+        }
+    }
+
+    fn sampled_span(n: u64) -> SpanData {
+        let context = SpanContext::new(
+            TraceId::from(u128::from(n) + 1),
+            SpanId::from(n + 1),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        SpanData {
+            span_context: context,
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "request".into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::default(),
+        }
+    }
+
+    // A full queue drops spans and counts them; ending a span never waits
+    // for the exporter.
+    #[test]
+    fn a_full_queue_drops_and_counts_spans() {
+        let (release, stuck) = crossbeam_channel::unbounded();
+        let batching = Batching {
+            queue_spans: 2,
+            batch_spans: 1,
+            schedule_delay: Duration::from_secs(60),
+        };
+        let exporting = Exporting::start(Stuck(Mutex::new(stuck)), batching).unwrap();
+        let dropped_before = spans_dropped();
+        for n in 0..10 {
+            exporting.on_end(sampled_span(n));
+        }
+        // The exporter holds at most one span (its batch of one) and the
+        // queue two: seven or eight of the ten are dropped.
+        let dropped = spans_dropped() - dropped_before;
+        assert!((7..=8).contains(&dropped), "{dropped}");
+        drop(release);
+        assert!(exporting.shutdown_with_timeout(SHUTDOWN_TIMEOUT).is_ok());
+    }
 
     #[test]
     fn only_plausible_amzn_trace_ids_are_kept() {
