@@ -18,12 +18,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use http::HeaderMap;
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -307,6 +307,8 @@ impl Batching {
 
 /// What the exporting thread is asked besides spans.
 enum Control {
+    /// A batch's worth of spans is queued: export it now.
+    Export,
     /// Export everything queued, then answer.
     Flush(Sender<()>),
     /// Export everything queued, shut the exporter down, answer and end.
@@ -319,6 +321,11 @@ enum Control {
 struct Exporting<E> {
     spans: Sender<SpanData>,
     control: Sender<Control>,
+    /// Spans per export: a queue this long wakes the thread.
+    batch_spans: usize,
+    /// An [`Control::Export`] is on its way: the thread is woken once per
+    /// batch, not once per span.
+    nudged: Arc<AtomicBool>,
     exporter: Arc<Mutex<E>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -334,14 +341,22 @@ impl<E: SpanExporter + 'static> Exporting<E> {
         let (spans, spans_rx) = crossbeam_channel::bounded(batching.queue_spans);
         let (control, control_rx) = crossbeam_channel::unbounded();
         let exporter = Arc::new(Mutex::new(exporter));
+        let nudged = Arc::new(AtomicBool::new(false));
+        let queue = Queue {
+            spans: spans_rx,
+            control: control_rx,
+            nudged: nudged.clone(),
+        };
         let thread_exporter = exporter.clone();
         let thread = std::thread::Builder::new()
             .name("saldos-traces".into())
-            .spawn(move || export_forever(&thread_exporter, &spans_rx, &control_rx, batching))
+            .spawn(move || export_forever(&thread_exporter, &queue, batching))
             .map_err(|error| Error(format!("cannot start the export thread: {error}")))?;
         Ok(Self {
             spans,
             control,
+            batch_spans: batching.batch_spans,
+            nudged,
             exporter,
             thread: Mutex::new(Some(thread)),
         })
@@ -365,8 +380,17 @@ impl<E: SpanExporter + 'static> SpanProcessor for Exporting<E> {
         if !span.span_context.is_sampled() {
             return;
         }
-        if let Err(TrySendError::Full(_)) = self.spans.try_send(span) {
-            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+        match self.spans.try_send(span) {
+            Ok(()) => {
+                let is_batch = self.spans.len() >= self.batch_spans;
+                if is_batch && !self.nudged.swap(true, Ordering::AcqRel) {
+                    let _ = self.control.send(Control::Export);
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
@@ -393,56 +417,43 @@ impl<E: SpanExporter + 'static> SpanProcessor for Exporting<E> {
     }
 }
 
-/// The exporting thread: a batch goes out when full, when the schedule
-/// delay has passed since the last one, or when asked.
-fn export_forever<E: SpanExporter>(
-    exporter: &Mutex<E>,
-    spans: &Receiver<SpanData>,
-    control: &Receiver<Control>,
-    batching: Batching,
-) {
-    let mut batch = Vec::with_capacity(batching.batch_spans);
-    let mut due = Instant::now() + batching.schedule_delay;
-    let export = |batch: &mut Vec<SpanData>| {
-        if batch.is_empty() {
-            return;
-        }
-        let exporter = exporter.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = futures_executor::block_on(exporter.export(std::mem::take(batch))) {
-            tracing::debug!(%error, "trace export failed");
+/// The exporting thread's side of the queue.
+struct Queue {
+    spans: Receiver<SpanData>,
+    control: Receiver<Control>,
+    nudged: Arc<AtomicBool>,
+}
+
+/// The exporting thread: it sleeps until a batch's worth of spans is queued,
+/// the schedule delay has passed, or it is asked to flush or stop; then it
+/// exports everything queued, a batch at a time.
+fn export_forever<E: SpanExporter>(exporter: &Mutex<E>, queue: &Queue, batching: Batching) {
+    let export_queued = || {
+        // Cleared first: a batch filling up during the export wakes us again.
+        queue.nudged.store(false, Ordering::Release);
+        let queued: Vec<SpanData> = queue.spans.try_iter().collect();
+        for batch in queued.chunks(batching.batch_spans) {
+            let exporter = exporter.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(error) = futures_executor::block_on(exporter.export(batch.to_vec())) {
+                tracing::debug!(%error, "trace export failed");
+            }
         }
     };
     loop {
-        let wait = due.saturating_duration_since(Instant::now());
-        crossbeam_channel::select! {
-            recv(spans) -> span => match span {
-                Ok(span) => batch.push(span),
-                Err(_) => return export(&mut batch),
-            },
-            recv(control) -> asked => {
-                batch.extend(spans.try_iter());
-                for chunk in batch.chunks(batching.batch_spans) {
-                    export(&mut chunk.to_vec());
-                }
-                batch.clear();
-                match asked {
-                    Ok(Control::Flush(done)) => {
-                        let _ = done.send(());
-                    }
-                    Ok(Control::Shutdown(done)) => {
-                        let exporter = exporter.lock().unwrap_or_else(PoisonError::into_inner);
-                        let _ = exporter.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
-                        let _ = done.send(());
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            },
-            default(wait) => {}
-        }
-        if batch.len() >= batching.batch_spans || Instant::now() >= due {
-            export(&mut batch);
-            due = Instant::now() + batching.schedule_delay;
+        let asked = queue.control.recv_timeout(batching.schedule_delay);
+        export_queued();
+        match asked {
+            Ok(Control::Export) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Control::Flush(done)) => {
+                let _ = done.send(());
+            }
+            Ok(Control::Shutdown(done)) => {
+                let exporter = exporter.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = exporter.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+                let _ = done.send(());
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -510,10 +521,11 @@ mod tests {
         for n in 0..10 {
             exporting.on_end(sampled_span(n));
         }
-        // The exporter holds at most one span (its batch of one) and the
-        // queue two: seven or eight of the ten are dropped.
+        // The exporting thread holds at most the two it drained (one stuck
+        // in the export) and the queue two more: six to eight of the ten
+        // are dropped.
         let dropped = spans_dropped() - dropped_before;
-        assert!((7..=8).contains(&dropped), "{dropped}");
+        assert!((6..=8).contains(&dropped), "{dropped}");
         drop(release);
         assert!(exporting.shutdown_with_timeout(SHUTDOWN_TIMEOUT).is_ok());
     }
