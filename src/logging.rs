@@ -3,9 +3,11 @@
 //! pipeline, when on, is a second layer of the same subscriber; the spans it
 //! exports never reach the log output.
 
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter};
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 use crate::traces::{self, Pipeline};
@@ -14,7 +16,10 @@ use crate::traces::{self, Pipeline};
 /// is on. Call once, before anything logs.
 pub fn init(format: LogFormat, traces: Option<&Pipeline>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let not_traces = filter::filter_fn(|metadata| metadata.target() != traces::TARGET);
+    // A target filter (not a closure) so callsites keep their cached interest.
+    let not_traces = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target(traces::TARGET, LevelFilter::OFF);
     let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stdout)
         .with_target(false);

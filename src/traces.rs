@@ -41,8 +41,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::header::is_visible_ascii;
 use crate::metrics::{MethodLabel, RouteLabel};
 
-/// The `tracing` target of every span meant for OpenTelemetry.
-pub const TARGET: &str = "saldos::trace";
+/// The `tracing` target of every span meant for OpenTelemetry (no module's
+/// path starts with it: target filters match prefixes).
+pub const TARGET: &str = "saldos_spans";
 
 /// The default service name.
 const SERVICE_NAME: &str = "saldos";
@@ -130,9 +131,10 @@ impl Pipeline {
         use tracing_subscriber::Layer as _;
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer(SERVICE_NAME))
-            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
-                metadata.target() == TARGET
-            }))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(TARGET, tracing::level_filters::LevelFilter::TRACE),
+            )
     }
 }
 
