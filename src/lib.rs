@@ -14,6 +14,8 @@
 //! - [`sharded`]: the bounded, sharded hash tables the ledger and the keys share.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
+//! - [`metrics`], [`traces`]: Prometheus metrics and their listener,
+//!   OpenTelemetry traces.
 //! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
 
 pub mod api;
@@ -26,6 +28,7 @@ pub mod idempotency;
 pub mod journal;
 pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod principal;
 pub mod render;
 pub mod request_id;
@@ -33,6 +36,7 @@ pub mod router;
 pub mod server;
 pub mod sharded;
 pub mod storage;
+pub mod traces;
 pub mod usuario;
 
 use std::net::SocketAddr;
@@ -44,6 +48,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::Auth;
 use crate::config::{AuthArgs, AuthMode, ServeArgs, StorageKind};
 use crate::ledger::{Ledger, Limits};
+use crate::metrics::Recorder;
 use crate::router::App;
 use crate::storage::Storage;
 
@@ -81,15 +86,8 @@ pub enum StartError {
     Auth(String),
 }
 
-/// Builds what requests are served with: the storage, and the
-/// authentication (its keys loaded: the service does not start without them).
-pub async fn open_app(args: &ServeArgs) -> Result<App, StartError> {
-    let storage = Arc::new(open_storage(args)?);
-    let auth = open_auth(&args.auth).await?;
-    Ok(App { storage, auth })
-}
-
-/// The authentication the arguments describe (already validated).
+/// The authentication the arguments describe (already validated): with
+/// `jwt`, its keys loaded (the service does not start without them).
 pub async fn open_auth(args: &AuthArgs) -> Result<Auth, StartError> {
     if args.mode == AuthMode::None {
         tracing::warn!(
@@ -170,8 +168,39 @@ pub fn listen(address: SocketAddr) -> Result<TcpListener, StartError> {
     listen().map_err(|source| StartError::Listen { address, source })
 }
 
+/// What every request is served with, as the arguments describe it;
+/// `traced`: the trace pipeline is on.
+pub fn app(args: &ServeArgs, storage: Arc<Storage>, auth: Auth, traced: bool) -> App {
+    let metrics = match args.metrics_addr.0 {
+        Some(_) => Recorder::new(args.worker_count()),
+        None => Recorder::off(),
+    };
+    App {
+        storage,
+        metrics: Arc::new(metrics),
+        slow_request: args.slow_request,
+        traced,
+        auth,
+    }
+}
+
+/// Binds the metrics listener when metrics are on and serves it in a task
+/// (of the current runtime); returns the address it listens on.
+pub async fn spawn_metrics(args: &ServeArgs, app: &App) -> Result<Option<SocketAddr>, StartError> {
+    let Some(address) = args.metrics_addr.0 else {
+        return Ok(None);
+    };
+    let listen_error = |source| StartError::Listen { address, source };
+    let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    let registry = metrics::registry(app.metrics.clone(), &app.storage);
+    tokio::spawn(metrics::serve(listener, Arc::new(registry)));
+    Ok(Some(bound))
+}
+
 /// Runs the service until SIGTERM or SIGINT, then drains. Blocks.
-pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+/// `traced`: the trace pipeline is on.
+pub fn serve(args: ServeArgs, traced: bool) -> Result<(), StartError> {
     let workers = args.worker_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -179,8 +208,8 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         .build()
         .map_err(StartError::Runtime)?;
     let storage = runtime.block_on(async {
-        let app = Arc::new(open_app(&args).await?);
-        let storage = app.storage.clone();
+        let storage = Arc::new(open_storage(&args)?);
+        let auth = open_auth(&args.auth).await?;
         let listener = listen(SocketAddr::new(args.bind, args.port))?;
         let address = listener.local_addr().map_err(|source| StartError::Listen {
             address: SocketAddr::new(args.bind, args.port),
@@ -193,8 +222,13 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             workers,
             shards = args.shard_count(),
             seeded = args.seed.0.len(),
+            traced,
             "listening"
         );
+        let app = Arc::new(app(&args, storage.clone(), auth, traced));
+        if let Some(metrics_address) = spawn_metrics(&args, &app).await? {
+            tracing::info!(address = %metrics_address, "serving metrics");
+        }
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
         tokio::spawn(sweep_expired_keys(storage.clone()));
         let drained = server::run(listener, app, settings, shutdown_signal()).await;

@@ -1,26 +1,23 @@
 //! The router: the one place that maps a method and path to a handler, and
 //! every refusal to its response. Also stamps `X-Request-Id` on every answer,
-//! and authenticates every request but the health probes, after 404/405 and
-//! before anything else (SPEC section 6's order).
+//! counts it in the request metrics and logs it when slow. Authenticates
+//! every request but the health probes, after 404/405 and before anything
+//! else (SPEC section 6's order).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::api::{self, ApiError, Body};
 use crate::auth::Auth;
 use crate::ledger::DebitKind;
+use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
 use crate::storage::Storage;
-
-/// What requests are served with.
-pub struct App {
-    /// Balances, debits and keys.
-    pub storage: Arc<Storage>,
-    /// Who may do what.
-    pub auth: Auth,
-}
+use crate::traces::{AmznTraceId, RequestTrace};
 
 /// Methods of the `GET` routes (`HEAD` is answered like `GET`, without body).
 const ALLOW_GET: &str = "GET, HEAD";
@@ -55,6 +52,16 @@ impl<'a> Route<'a> {
         }
     }
 
+    /// The route's metric label: its pattern, never the account.
+    fn label(self) -> RouteLabel {
+        match self {
+            Self::Health => RouteLabel::Health,
+            Self::Live => RouteLabel::Live,
+            Self::Saldo(_) => RouteLabel::Saldo,
+            Self::Debit(kind) => RouteLabel::debit(kind),
+        }
+    }
+
     fn allow(self) -> &'static str {
         match self {
             Self::Health | Self::Live | Self::Saldo(_) => ALLOW_GET,
@@ -63,21 +70,70 @@ impl<'a> Route<'a> {
     }
 }
 
+/// What every request is served with.
+pub struct App {
+    /// Balances, debits and idempotency keys.
+    pub storage: Arc<Storage>,
+    /// The request path's metrics (records nothing when metrics are off).
+    pub metrics: Arc<Recorder>,
+    /// A request slower than this is logged at `warn`.
+    pub slow_request: Duration,
+    /// The trace pipeline is on: requests get spans.
+    pub traced: bool,
+    /// Who may do what.
+    pub auth: Auth,
+}
+
 /// Answers one request. Never fails: every refusal is a response.
 pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
     let request_id = request_id::for_request(request.headers().get(&request_id::HEADER));
-    let mut response = route(app, request)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    let method = MethodLabel::of(request.method());
+    // For the log line, which may come after the headers are gone.
+    let amzn_trace_id = AmznTraceId::of(request.headers());
+    // Built only when tracing is on: otherwise no tracing work at all.
+    let trace = app.traced.then(|| {
+        let id = request_id.to_str().unwrap_or_default();
+        let route =
+            Route::resolve(request.uri().path()).map_or(RouteLabel::Unmatched, Route::label);
+        RequestTrace::start(request.headers(), method, route, id, amzn_trace_id.as_ref())
+    });
+    let (route, answered) = match &trace {
+        None => route(app, request).await,
+        Some(trace) => route(app, request).instrument(trace.span.clone()).await,
+    };
+    let mut response = answered.unwrap_or_else(ApiError::into_response);
+    let status = response.status();
+    let elapsed = started.elapsed();
+    app.metrics.request(route, method, status, elapsed);
+    if let Some(trace) = &trace {
+        trace.finish(status.as_u16());
+    }
+    if elapsed >= app.slow_request {
+        tracing::warn!(
+            route = route.as_str(),
+            method = method.as_str(),
+            status = status.as_u16(),
+            duration_ms = elapsed.as_millis() as u64,
+            request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
+            amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
+            "slow request"
+        );
+    }
     response
         .headers_mut()
         .insert(request_id::HEADER, request_id);
     response
 }
 
-async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// The request's route (its label) and its answer.
+async fn route(
+    app: &App,
+    request: Request<Incoming>,
+) -> (RouteLabel, Result<Response<Body>, ApiError>) {
     let Some(route) = Route::resolve(request.uri().path()) else {
-        return Err(ApiError::RutaNoEncontrada);
+        return (RouteLabel::Unmatched, Err(ApiError::RutaNoEncontrada));
     };
     let is_allowed = match route {
         Route::Health | Route::Live | Route::Saldo(_) => {
@@ -85,23 +141,27 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
         }
         Route::Debit(_) => *request.method() == Method::POST,
     };
+    let label = route.label();
     if !is_allowed {
-        return Err(ApiError::MetodoNoPermitido {
-            allow: route.allow(),
-        });
+        let allow = route.allow();
+        return (label, Err(ApiError::MetodoNoPermitido { allow }));
     }
-    let storage = &app.storage;
     let access = match route {
-        Route::Health | Route::Live => None,
-        Route::Saldo(_) | Route::Debit(_) => app.auth.authenticate(request.headers()).await?,
+        Route::Health | Route::Live => Ok(None),
+        Route::Saldo(_) | Route::Debit(_) => app.auth.authenticate(request.headers()).await,
+    };
+    let access = match access {
+        Ok(access) => access,
+        Err(unauthenticated) => return (label, Err(unauthenticated.into())),
     };
     let access = access.as_deref();
-    match route {
-        Route::Health => api::get_health(storage),
-        Route::Live => api::get_live(storage),
-        Route::Saldo(segment) => api::get_saldo(storage, segment, access),
-        Route::Debit(kind) => api::post_debit(storage, kind, request, access).await,
-    }
+    let answered = match route {
+        Route::Health => api::get_health(&app.storage),
+        Route::Live => api::get_live(&app.storage),
+        Route::Saldo(segment) => api::get_saldo(app, segment, access),
+        Route::Debit(kind) => api::post_debit(app, kind, request, access).await,
+    };
+    (label, answered)
 }
 
 #[cfg(test)]

@@ -162,6 +162,7 @@ tokio::task_local! {
 
 /// Serves one connection until it closes, times out or finishes draining.
 async fn serve_connection(stream: TcpStream, app: Arc<App>, watched: Watched) {
+    let _open = app.metrics.connection();
     // Small responses must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let watch = watched.watch.clone();
@@ -169,11 +170,11 @@ async fn serve_connection(stream: TcpStream, app: Arc<App>, watched: Watched) {
         stream,
         watch: watch.clone(),
     });
-    let service = service_fn(move |request| {
-        let app = app.clone();
+    let service = service_fn(|request| {
+        let app = &app;
         async move {
             let _ = CURRENT.try_with(|watch| watch.enter(Phase::Handling));
-            let response = router::handle(&app, request).await;
+            let response = router::handle(app, request).await;
             let _ = CURRENT.try_with(|watch| watch.enter(Phase::Idle));
             Ok::<_, Infallible>(response)
         }

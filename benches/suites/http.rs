@@ -57,7 +57,9 @@ fn bench_full_request(c: &mut Criterion) {
     ])
     .unwrap()
     .serve;
-    let app = Arc::new(runtime.block_on(saldos::open_app(&args)).unwrap());
+    let storage = Arc::new(saldos::open_storage(&args).unwrap());
+    let auth = runtime.block_on(saldos::open_auth(&args.auth)).unwrap();
+    let app = Arc::new(saldos::app(&args, storage, auth, false));
     let (client, server) = tokio::io::duplex(64 * 1024);
     runtime.spawn(async move {
         let service = service_fn(move |request| {

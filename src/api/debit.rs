@@ -12,7 +12,9 @@ use crate::clock;
 use crate::idempotency::{self, Begin, InFlightGuard, Scoped};
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
-use crate::storage::{Keyed, Order, Storage};
+use crate::router::App;
+use crate::storage::{Keyed, Order};
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// The header marking a replayed answer.
@@ -29,11 +31,12 @@ fn monto_field(kind: DebitKind) -> &'static str {
 /// Validates the request, checks that `access` may debit the account, debits
 /// it and answers the new balance.
 pub async fn post_debit(
-    storage: &Storage,
+    app: &App,
     kind: DebitKind,
     request: Request<Incoming>,
     access: Option<&Access>,
 ) -> Result<Response<Body>, ApiError> {
+    let storage = &app.storage;
     let (head, incoming) = request.into_parts();
     if !is_json(&head.headers) {
         return Err(ApiError::TipoContenido);
@@ -71,6 +74,7 @@ pub async fn post_debit(
                         HeaderName::from_static(REPLAYED),
                         HeaderValue::from_static("true"),
                     );
+                    app.metrics.replay();
                     return Ok(response);
                 }
                 Begin::Conflict => return Err(ApiError::IdempotenciaConflicto),
@@ -86,10 +90,10 @@ pub async fn post_debit(
         principal,
         key: keyed,
     };
-    let outcome = storage
-        .debit(order)
+    let outcome = traces::waiting_on_storage(app.traced, "storage.debit", storage.debit(order))
         .await
         .map_err(|_| ApiError::NoDisponible)?;
+    app.metrics.debit(kind, outcome);
     Ok(answer(kind, debit.usuario, debit.monto, outcome))
 }
 

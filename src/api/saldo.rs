@@ -5,13 +5,14 @@ use http::{Response, StatusCode};
 use super::{ApiError, Body, json_response};
 use crate::auth::{self, Access, Operation};
 use crate::render::render;
-use crate::storage::Storage;
+use crate::router::App;
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// Answers the balance of the account named by the raw (still
 /// percent-encoded) path segment, when `access` may read it.
 pub fn get_saldo(
-    storage: &Storage,
+    app: &App,
     segment: &str,
     access: Option<&Access>,
 ) -> Result<Response<Body>, ApiError> {
@@ -19,7 +20,8 @@ pub fn get_saldo(
     if !auth::is_allowed(access, &usuario, Operation::Read) {
         return Err(ApiError::Prohibido);
     }
-    let saldo = storage.saldo(&usuario);
+    let saldo =
+        traces::reading_storage(app.traced, "storage.saldo", || app.storage.saldo(&usuario));
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());
