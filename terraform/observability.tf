@@ -1,0 +1,353 @@
+# Observability: the AWS Distro for OpenTelemetry collector runs beside the
+# service in every task. It scrapes the service's Prometheus listener on
+# loopback into CloudWatch metrics (embedded metric format, through the logs
+# endpoint) and forwards the service's OTLP traces to X-Ray (the service
+# samples them: parent-based, var.trace_sampling_ratio). Alarms go to an SNS
+# topic; a dashboard shows the same signals.
+#
+# The collector image comes from public.ecr.aws through an ECR pull-through
+# cache rule: the tasks have no internet route, ECR fetches it upstream.
+
+locals {
+  # Where the service listens for the collector (SPEC section 7 defaults),
+  # loopback only: the public port never serves metrics.
+  metrics_addr   = "127.0.0.1:9464"
+  otlp_http_addr = "127.0.0.1:4318"
+
+  metrics_namespace = "Saldos"
+  # Service metrics (gauges) published to CloudWatch, dimensioned by service;
+  # the alarms and the dashboard use these and nothing else from the service.
+  service_metrics = [
+    "saldos_storage_healthy",
+    "saldos_connections_open",
+    "saldos_accounts_stored",
+    "saldos_idempotency_keys_stored",
+  ]
+
+  collector_memory_mib = 256
+  app_memory_min_mib   = 512
+
+  pull_through_prefix      = "${var.name_prefix}-pub"
+  registry                 = split("/", aws_ecr_repository.saldos.repository_url)[0]
+  collector_repository     = "${local.pull_through_prefix}/aws-observability/aws-otel-collector"
+  collector_image          = "${local.registry}/${local.collector_repository}:${var.collector_version}"
+  collector_repository_arn = "arn:${data.aws_partition.current.partition}:ecr:${var.region}:${data.aws_caller_identity.current.account_id}:repository/${local.collector_repository}"
+
+  collector_config = {
+    extensions = {
+      health_check = {}
+    }
+    receivers = {
+      otlp = {
+        protocols = { http = { endpoint = local.otlp_http_addr } }
+      }
+      prometheus = {
+        config = {
+          scrape_configs = [{
+            job_name        = "saldos"
+            scrape_interval = "60s"
+            static_configs = [{
+              targets = [local.metrics_addr]
+              labels  = { ServiceName = var.name_prefix }
+            }]
+          }]
+        }
+      }
+    }
+    processors = {
+      batch = {}
+    }
+    exporters = {
+      awsxray = {
+        region = var.region
+      }
+      awsemf = {
+        region                  = var.region
+        namespace               = local.metrics_namespace
+        log_group_name          = aws_cloudwatch_log_group.metrics.name
+        log_stream_name         = "{TaskId}"
+        dimension_rollup_option = "NoDimensionRollup"
+        metric_declarations = [{
+          dimensions            = [["ServiceName"]]
+          metric_name_selectors = local.service_metrics
+        }]
+      }
+    }
+    service = {
+      extensions = ["health_check"]
+      pipelines = {
+        traces  = { receivers = ["otlp"], processors = ["batch"], exporters = ["awsxray"] }
+        metrics = { receivers = ["prometheus"], processors = ["batch"], exporters = ["awsemf"] }
+      }
+    }
+  }
+
+  # Not essential: a collector failure must not stop the ledger; it shows as
+  # missing metrics, which the storage alarm treats as breaching.
+  collector_container = {
+    name                   = "collector"
+    image                  = local.collector_image
+    essential              = false
+    readonlyRootFilesystem = true
+    linuxParameters        = { capabilities = { drop = ["ALL"] }, initProcessEnabled = false }
+    memoryReservation      = local.collector_memory_mib
+    environment = [
+      { name = "AOT_CONFIG_CONTENT", value = yamlencode(local.collector_config) },
+    ]
+    healthCheck = {
+      command     = ["CMD", "/healthcheck"]
+      interval    = 10
+      timeout     = 3
+      retries     = 3
+      startPeriod = 10
+    }
+    logConfiguration = local.log_configuration
+  }
+
+  alb_dimensions = {
+    LoadBalancer = aws_lb.main.arn_suffix
+    TargetGroup  = aws_lb_target_group.app.arn_suffix
+  }
+  # More connections than every task at the autoscaling ceiling may open, plus
+  # the migrate containers of a deployment: a leak or a foreign client.
+  db_connections_budget = var.autoscaling_max_tasks * (var.db_connections + 1)
+}
+
+resource "aws_ecr_pull_through_cache_rule" "public" {
+  ecr_repository_prefix = local.pull_through_prefix
+  upstream_registry_url = "public.ecr.aws"
+}
+
+resource "aws_cloudwatch_log_group" "metrics" {
+  #checkov:skip=CKV_AWS_338:These lines only carry metrics (EMF); CloudWatch keeps the metrics themselves for 15 months.
+  name              = "/ecs/${var.name_prefix}/metrics"
+  kms_key_id        = aws_kms_key.main.arn
+  retention_in_days = var.app_log_retention_days
+}
+
+resource "aws_sns_topic" "alarms" {
+  name              = "${var.name_prefix}-alarms"
+  kms_master_key_id = aws_kms_key.main.id
+}
+
+resource "aws_sns_topic_subscription" "alarm_email" {
+  count     = var.alarm_email == "" ? 0 : 1
+  topic_arn = aws_sns_topic.alarms.arn
+  protocol  = "email"
+  endpoint  = var.alarm_email
+}
+
+# --- the service ----------------------------------------------------------
+
+resource "aws_cloudwatch_metric_alarm" "storage_unhealthy" {
+  alarm_name          = "${var.name_prefix}-storage-unhealthy"
+  alarm_description   = "A task reports saldos_storage_healthy = 0 (journal failed or database unreachable), or no task reports at all."
+  namespace           = local.metrics_namespace
+  metric_name         = "saldos_storage_healthy"
+  dimensions          = { ServiceName = var.name_prefix }
+  statistic           = "Minimum"
+  period              = 60
+  evaluation_periods  = 3
+  comparison_operator = "LessThanThreshold"
+  threshold           = 1
+  treat_missing_data  = "breaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+}
+
+# --- the load balancer ----------------------------------------------------
+
+resource "aws_cloudwatch_metric_alarm" "http_5xx_rate" {
+  alarm_name          = "${var.name_prefix}-5xx-rate"
+  alarm_description   = "More than ${var.alarm_5xx_percent} % of requests answered 5xx (by the tasks or the ALB)."
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.alarm_5xx_percent
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+
+  metric_query {
+    id          = "rate"
+    expression  = "100 * (FILL(target5xx, 0) + FILL(elb5xx, 0)) / FILL(requests, 1)"
+    label       = "5xx %"
+    return_data = true
+  }
+
+  dynamic "metric_query" {
+    for_each = {
+      target5xx = "HTTPCode_Target_5XX_Count"
+      elb5xx    = "HTTPCode_ELB_5XX_Count"
+      requests  = "RequestCount"
+    }
+    content {
+      id = metric_query.key
+      metric {
+        namespace   = "AWS/ApplicationELB"
+        metric_name = metric_query.value
+        dimensions  = { LoadBalancer = aws_lb.main.arn_suffix }
+        period      = 60
+        stat        = "Sum"
+      }
+    }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "latency_p99" {
+  alarm_name          = "${var.name_prefix}-latency-p99"
+  alarm_description   = "p99 target response time above ${var.alarm_p99_latency_s} s."
+  namespace           = "AWS/ApplicationELB"
+  metric_name         = "TargetResponseTime"
+  dimensions          = local.alb_dimensions
+  extended_statistic  = "p99"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.alarm_p99_latency_s
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+}
+
+resource "aws_cloudwatch_metric_alarm" "unhealthy_hosts" {
+  alarm_name          = "${var.name_prefix}-unhealthy-hosts"
+  alarm_description   = "A target failed the ALB's /health check for 3 minutes."
+  namespace           = "AWS/ApplicationELB"
+  metric_name         = "UnHealthyHostCount"
+  dimensions          = local.alb_dimensions
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 3
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+}
+
+# --- the database (postgres mode) -----------------------------------------
+
+locals {
+  db_alarms = local.postgres ? {
+    cpu = {
+      description = "Database CPU above 80 % for 15 minutes."
+      metric      = "CPUUtilization"
+      statistic   = "Average"
+      operator    = "GreaterThanThreshold"
+      threshold   = 80
+      periods     = 3
+    }
+    free_storage = {
+      description = "Less than 10 % of the allocated storage free (autoscaling may have hit its ceiling)."
+      metric      = "FreeStorageSpace"
+      statistic   = "Minimum"
+      operator    = "LessThanThreshold"
+      threshold   = var.db_allocated_storage_gib * 1073741824 / 10
+      periods     = 1
+    }
+    connections = {
+      description = "More database connections than the service may open (${local.db_connections_budget})."
+      metric      = "DatabaseConnections"
+      statistic   = "Maximum"
+      operator    = "GreaterThanThreshold"
+      threshold   = local.db_connections_budget
+      periods     = 3
+    }
+  } : {}
+}
+
+resource "aws_cloudwatch_metric_alarm" "database" {
+  for_each            = local.db_alarms
+  alarm_name          = "${var.name_prefix}-db-${replace(each.key, "_", "-")}"
+  alarm_description   = each.value.description
+  namespace           = "AWS/RDS"
+  metric_name         = each.value.metric
+  dimensions          = { DBInstanceIdentifier = local.db_identifier }
+  statistic           = each.value.statistic
+  period              = 300
+  evaluation_periods  = each.value.periods
+  comparison_operator = each.value.operator
+  threshold           = each.value.threshold
+  treat_missing_data  = "breaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+}
+
+# --- dashboard ------------------------------------------------------------
+
+resource "aws_cloudwatch_dashboard" "main" {
+  dashboard_name = var.name_prefix
+  dashboard_body = jsonencode({
+    widgets = concat(
+      [
+        {
+          type = "metric", x = 0, y = 0, width = 12, height = 6
+          properties = {
+            title  = "Requests and 5xx"
+            region = var.region
+            stat   = "Sum"
+            period = 60
+            metrics = [
+              ["AWS/ApplicationELB", "RequestCount", "LoadBalancer", aws_lb.main.arn_suffix],
+              ["AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", "LoadBalancer", aws_lb.main.arn_suffix],
+              ["AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", "LoadBalancer", aws_lb.main.arn_suffix],
+            ]
+          }
+        },
+        {
+          type = "metric", x = 12, y = 0, width = 12, height = 6
+          properties = {
+            title  = "Target response time p99 / p50 (s)"
+            region = var.region
+            period = 60
+            metrics = [
+              ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", aws_lb.main.arn_suffix, "TargetGroup", aws_lb_target_group.app.arn_suffix, { stat = "p99" }],
+              ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", aws_lb.main.arn_suffix, "TargetGroup", aws_lb_target_group.app.arn_suffix, { stat = "p50" }],
+            ]
+          }
+        },
+        {
+          type = "metric", x = 0, y = 6, width = 12, height = 6
+          properties = {
+            title  = "Healthy / unhealthy targets, running tasks"
+            region = var.region
+            stat   = "Maximum"
+            period = 60
+            metrics = [
+              ["AWS/ApplicationELB", "HealthyHostCount", "LoadBalancer", aws_lb.main.arn_suffix, "TargetGroup", aws_lb_target_group.app.arn_suffix],
+              ["AWS/ApplicationELB", "UnHealthyHostCount", "LoadBalancer", aws_lb.main.arn_suffix, "TargetGroup", aws_lb_target_group.app.arn_suffix],
+              ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.main.name, "ServiceName", aws_ecs_service.app.name],
+            ]
+          }
+        },
+        {
+          type = "metric", x = 12, y = 6, width = 12, height = 6
+          properties = {
+            title   = "Service (from its /metrics)"
+            region  = var.region
+            stat    = "Minimum"
+            period  = 60
+            metrics = [for name in local.service_metrics : [local.metrics_namespace, name, "ServiceName", var.name_prefix]]
+          }
+        },
+      ],
+      local.postgres ? [
+        {
+          type = "metric", x = 0, y = 12, width = 24, height = 6
+          properties = {
+            title  = "Database: CPU %, connections, free storage"
+            region = var.region
+            period = 300
+            metrics = [
+              ["AWS/RDS", "CPUUtilization", "DBInstanceIdentifier", local.db_identifier],
+              ["AWS/RDS", "DatabaseConnections", "DBInstanceIdentifier", local.db_identifier, { yAxis = "right" }],
+              ["AWS/RDS", "FreeStorageSpace", "DBInstanceIdentifier", local.db_identifier, { yAxis = "right" }],
+            ]
+          }
+        },
+      ] : [],
+    )
+  })
+}
