@@ -3,7 +3,7 @@
 # release build on the project's toolchain, and a distroless runtime running
 # as uid/gid 65532 that works with a read-only root filesystem (the journal
 # lives in /data, an EFS volume on ECS). The RDS CA bundle (PGSSLROOTCERT for
-# verify-full) goes in when terraform/fetch_rds_ca.sh put a verified
+# verify-full) goes in when terraform/build_image.sh put a verified
 # rds-ca-bundle.pem in the build context; RDS_CA_BUNDLE_REQUIRED=true (the
 # pipeline in postgres mode) refuses to build without it.
 
@@ -34,7 +34,7 @@ RUN cargo build --release --locked --package saldos --bin saldos \
     && if [ -f rds-ca-bundle.pem ]; then \
         install -m 0444 rds-ca-bundle.pem /out/share/rds-ca-bundle.pem; \
     elif [ "$RDS_CA_BUNDLE_REQUIRED" = true ]; then \
-        echo "rds-ca-bundle.pem is missing: run terraform/fetch_rds_ca.sh" >&2; exit 1; \
+        echo "rds-ca-bundle.pem is missing: build with terraform/build_image.sh" >&2; exit 1; \
     fi
 
 FROM gcr.io/distroless/cc-debian13:nonroot AS runtime

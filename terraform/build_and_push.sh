@@ -4,7 +4,7 @@
 #
 # usage: [RDS_CA_BUNDLE_SHA256=<sha256>] terraform/build_and_push.sh [REGION]
 #   RDS_CA_BUNDLE_SHA256: required for postgres mode (the default): the pinned
-#   checksum of the RDS CA bundle fetch_rds_ca.sh puts into the image.
+#   checksum of the RDS CA bundle build_image.sh puts into the image.
 # needs: docker (or podman as docker), aws CLI v2 with credentials, git, curl,
 #        terraform with this stack applied (for the repository URL).
 set -euo pipefail
@@ -34,14 +34,7 @@ image="${repository_url}:${tag}"
 
 aws ecr get-login-password --region "$region" \
   | docker login --username AWS --password-stdin "$registry" >/dev/null
-required=false
-if [[ -n ${RDS_CA_BUNDLE_SHA256:-} ]]; then
-  "$here/fetch_rds_ca.sh" "$RDS_CA_BUNDLE_SHA256"
-  required=true
-else
-  echo "build_and_push: no RDS_CA_BUNDLE_SHA256: the image has no RDS CA bundle (journal mode only)" >&2
-fi
-docker build --pull --build-arg RDS_CA_BUNDLE_REQUIRED="$required" --tag "$image" "$repo_root"
+"$here/build_image.sh" "$image"
 docker push "$image"
 echo "$image"
 echo "deploy it with: terraform -chdir=$here apply -var image_tag=$tag" >&2

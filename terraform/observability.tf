@@ -55,7 +55,11 @@ locals {
       }
     }
     processors = {
-      batch = {}
+      # Below the container's reservation, so a burst drops data, not the task.
+      memory_limiter = { check_interval = "1s", limit_mib = local.collector_memory_mib - 56, spike_limit_mib = 50 }
+      # The task's identity (for the {TaskId} log stream) from the ECS metadata endpoint.
+      resourcedetection = { detectors = ["env", "ecs"] }
+      batch             = {}
     }
     exporters = {
       awsxray = {
@@ -76,8 +80,8 @@ locals {
     service = {
       extensions = ["health_check"]
       pipelines = {
-        traces  = { receivers = ["otlp"], processors = ["batch"], exporters = ["awsxray"] }
-        metrics = { receivers = ["prometheus"], processors = ["batch"], exporters = ["awsemf"] }
+        traces  = { receivers = ["otlp"], processors = ["memory_limiter", "resourcedetection", "batch"], exporters = ["awsxray"] }
+        metrics = { receivers = ["prometheus"], processors = ["memory_limiter", "resourcedetection", "batch"], exporters = ["awsemf"] }
       }
     }
   }

@@ -470,12 +470,23 @@ def test_only_the_alb_is_open_to_the_world_and_only_on_80_and_443():
 
 
 def test_buildspec_builds_the_checkout_tags_the_commit_and_deploys():
+    """The pipeline builds the checkout it is given (no clone), tags it with the
+    commit, and deploys every container that runs the service's image."""
     spec = yaml.safe_load((ROOT / "buildspec.yml").read_text())
     script = "\n".join(spec["phases"]["build"]["commands"])
     assert "git clone" not in script
-    assert "CODEBUILD_RESOLVED_SOURCE_VERSION" in script
-    assert 'docker build' in script and ' .\n' in script and 'docker push "$image"' in script
-    assert "terraform/fetch_rds_ca.sh" in script and "RDS_CA_BUNDLE_REQUIRED" in script
+    # Tagged with the commit, abbreviated as build_and_push.sh does.
+    assert "tag=${CODEBUILD_RESOLVED_SOURCE_VERSION:0:12}" in script
+    assert 'image="${REPOSITORY_URL}:${tag}"' in script
+    assert "rev-parse --short=12 HEAD" in (TERRAFORM / "build_and_push.sh").read_text()
+    assert 'docker push "$image"' in script
+    assert 'terraform/build_image.sh "$image"' in script
+    builder = (TERRAFORM / "build_image.sh").read_text()
+    assert 'RDS_CA_BUNDLE_REQUIRED="$required" --tag "$image" "$repo_root"' in builder and "sha256sum" in builder
+    assert "git clone" not in builder
+    # The other paths build through the same script.
+    assert 'build_image.sh" "$image"' in (TERRAFORM / "build_and_push.sh").read_text()
+    assert 'terraform/build_image.sh "$image"' in (ROOT / ".github/workflows/deploy.yml").read_text()
     assert spec["artifacts"]["files"] == ["imagedefinitions.json"]
     names = {mode: resolve(LOCALS["image_containers"][mode]).split() for mode in MODES}
     for mode in MODES:
