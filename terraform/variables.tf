@@ -22,7 +22,7 @@ variable "name_prefix" {
 
 variable "vpc_cidr" {
   type        = string
-  description = "CIDR block of the dedicated VPC (a /16 is split into public and private /20s)."
+  description = "CIDR block of the dedicated VPC (a /16 is split into public, private and database /20s)."
   default     = "10.40.0.0/16"
 
   validation {
@@ -234,12 +234,12 @@ variable "db_engine_major_version" {
 
 variable "db_instance_class" {
   type        = string
-  description = "RDS instance class (Multi-AZ doubles it: a primary and a standby)."
+  description = "RDS instance class (Multi-AZ doubles it: a primary and a standby). Burstable db.t* classes run out of CPU credits under sustained load."
   default     = "db.m7g.large"
 
   validation {
-    condition     = can(regex("^db\\.[a-z0-9]+\\.[a-z0-9]+$", var.db_instance_class)) && !startswith(var.db_instance_class, "db.t")
-    error_message = "db_instance_class must be an RDS class such as db.m7g.large; burstable db.t* classes are refused (CPU credits run out under load)."
+    condition     = can(regex("^db\\.[a-z0-9]+\\.[a-z0-9]+$", var.db_instance_class))
+    error_message = "db_instance_class must be an RDS instance class such as db.m7g.large."
   }
 }
 
