@@ -12,7 +12,7 @@ resource "aws_appautoscaling_target" "app" {
 }
 
 locals {
-  scaling_policies = local.postgres ? {
+  scaling_policy_definitions = {
     cpu = {
       metric = "ECSServiceAverageCPUUtilization"
       label  = null
@@ -23,7 +23,8 @@ locals {
       label  = "${aws_lb.main.arn_suffix}/${aws_lb_target_group.app.arn_suffix}"
       target = var.autoscaling_requests_per_target
     }
-  } : {}
+  }
+  scaling_policies = { for name, policy in local.scaling_policy_definitions : name => policy if local.postgres }
 }
 
 resource "aws_appautoscaling_policy" "app" {

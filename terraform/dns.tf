@@ -17,9 +17,9 @@ resource "aws_acm_certificate" "service" {
 }
 
 resource "aws_route53_record" "certificate_validation" {
-  for_each = local.dns_enabled ? {
-    for option in aws_acm_certificate.service[0].domain_validation_options : option.domain_name => option
-  } : {}
+  for_each = {
+    for option in(local.dns_enabled ? aws_acm_certificate.service[0].domain_validation_options : []) : option.domain_name => option
+  }
   zone_id         = var.hosted_zone_id
   name            = each.value.resource_record_name
   type            = each.value.resource_record_type

@@ -8,7 +8,7 @@
 # A task holds up to three containers: `migrate` (postgres mode; runs
 # `saldos migrate` as the master user under the service's advisory lock, then
 # exits), `collector` (the ADOT sidecar, observability.tf) and `saldos`, which
-# starts after the migration succeeded and the collector is healthy.
+# starts after the migration succeeded and the collector started.
 
 locals {
   # Valid Fargate memory sizes (MiB) for each CPU size.
@@ -93,9 +93,9 @@ locals {
   app_depends_on = {
     postgres = [
       { containerName = "migrate", condition = "SUCCESS" },
-      { containerName = "collector", condition = "HEALTHY" },
+      { containerName = "collector", condition = "START" },
     ]
-    journal = [{ containerName = "collector", condition = "HEALTHY" }]
+    journal = [{ containerName = "collector", condition = "START" }]
   }
 
   # Postgres mode: runs the migrations as the master user (under the

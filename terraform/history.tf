@@ -11,15 +11,12 @@ locals {
     archive_after = var.log_archive_after_days
     expire_after  = var.log_history_days
   }
-  history_buckets = merge(
-    {
-      logs  = merge(local.history, { prefix = "${var.name_prefix}-log-history-" })
-      trail = merge(local.history, { prefix = "${var.name_prefix}-cloudtrail-" })
-    },
-    var.enable_pipeline ? {
-      artifacts = { prefix = "${var.name_prefix}-pipeline-", archive_after = null, expire_after = 30 }
-    } : {},
-  )
+  bucket_definitions = {
+    logs      = merge(local.history, { prefix = "${var.name_prefix}-log-history-" })
+    trail     = merge(local.history, { prefix = "${var.name_prefix}-cloudtrail-" })
+    artifacts = { prefix = "${var.name_prefix}-pipeline-", archive_after = null, expire_after = 30 }
+  }
+  history_buckets = { for name, bucket in local.bucket_definitions : name => bucket if name != "artifacts" || var.enable_pipeline }
 }
 
 resource "aws_s3_bucket" "history" {

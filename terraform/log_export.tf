@@ -100,9 +100,10 @@ resource "aws_iam_role" "logs_to_firehose" {
 }
 
 data "aws_iam_policy_document" "logs_to_firehose" {
+  count = local.export_logs ? 1 : 0
   statement {
     actions   = ["firehose:PutRecord", "firehose:PutRecordBatch"]
-    resources = aws_kinesis_firehose_delivery_stream.logs[*].arn
+    resources = [aws_kinesis_firehose_delivery_stream.logs[0].arn]
   }
 }
 
@@ -110,7 +111,7 @@ resource "aws_iam_role_policy" "logs_to_firehose" {
   count  = local.export_logs ? 1 : 0
   name   = "put-into-the-log-stream"
   role   = aws_iam_role.logs_to_firehose[0].id
-  policy = data.aws_iam_policy_document.logs_to_firehose.json
+  policy = data.aws_iam_policy_document.logs_to_firehose[0].json
 }
 
 resource "aws_cloudwatch_log_subscription_filter" "app_to_history" {

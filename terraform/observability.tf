@@ -86,8 +86,9 @@ locals {
     }
   }
 
-  # Not essential: a collector failure must not stop the ledger; it shows as
-  # missing metrics, which the storage alarm treats as breaching.
+  # Not essential, and the service waits only for it to start, not to be
+  # healthy: a collector failure must not stop the ledger; it shows as missing
+  # metrics, which the storage alarm treats as breaching.
   collector_container = {
     name                   = "collector"
     image                  = local.collector_image
@@ -234,7 +235,7 @@ resource "aws_cloudwatch_metric_alarm" "unhealthy_hosts" {
 # --- the database (postgres mode) -----------------------------------------
 
 locals {
-  db_alarms = local.postgres ? {
+  db_alarm_definitions = {
     cpu = {
       description = "Database CPU above 80 % for 15 minutes."
       metric      = "CPUUtilization"
@@ -259,7 +260,8 @@ locals {
       threshold   = local.db_connections_budget
       periods     = 3
     }
-  } : {}
+  }
+  db_alarms = { for name, alarm in local.db_alarm_definitions : name => alarm if local.postgres }
 }
 
 resource "aws_cloudwatch_metric_alarm" "database" {

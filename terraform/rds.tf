@@ -44,7 +44,7 @@ resource "aws_db_parameter_group" "main" {
     name  = "log_min_duration_statement"
     value = "500"
   }
-  # Never log statement text with values of bind parameters beyond errors.
+  # Statements logged: schema changes only, never the statements carrying data.
   parameter {
     name  = "log_statement"
     value = "ddl"

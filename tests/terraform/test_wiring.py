@@ -188,10 +188,10 @@ def test_deployments_per_mode():
     assert number(target["min_capacity"]) >= 2
     assert "var.autoscaling_min_tasks >= 2" in str(VARIABLES["autoscaling_min_tasks"]["validation"])
     assert "var.desired_count >= 2" in str(VARIABLES["desired_count"]["validation"])
-    policies = LOCALS["scaling_policies"]
-    assert policies.startswith("${local.postgres ?"), policies
-    for metric in ("ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"):
-        assert f'metric = "{metric}"' in policies, metric
+    assert LOCALS["scaling_policies"].endswith("if local.postgres}}"), LOCALS["scaling_policies"]
+    metrics = {resolve(p["metric"]) for p in LOCALS["scaling_policy_definitions"].values()}
+    assert metrics == {"ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"}, metrics
+    assert "local.scaling_policies" in str(RESOURCES["aws_appautoscaling_policy"]["app"]["for_each"])
     # The journal's EFS exists in journal mode only.
     assert resolve(RESOURCES["aws_efs_file_system"]["journal"]["count"]) == "${local.journal ? 1 : 0}"
     volume = RESOURCES["aws_ecs_task_definition"]["app"]["dynamic"][0]['"volume"']
@@ -328,9 +328,9 @@ def test_the_app_logs_in_with_iam_tokens_as_its_own_role():
     connect = [st for st, _ in policy_statements(DATA["aws_iam_policy_document"]["task"]) if "rds-db:connect" in str(st["actions"])]
     assert len(connect) == 1 and [unquote(r) for r in connect[0]["resources"]] == ["${local.db_user_arn}"], connect
     assert LOCALS["db_user_arn"].endswith('dbuser:${aws_db_instance.main[0].resource_id}/${var.db_app_user}" : ""}'), LOCALS["db_user_arn"]
-    # The app's dependencies: the migration succeeded, the collector is up.
+    # The app's dependencies: the migration succeeded, the collector started.
     depends = {(resolve(d["containerName"]), resolve(d["condition"])) for d in LOCALS["app_depends_on"]["postgres"]}
-    assert depends == {("migrate", "SUCCESS"), ("collector", "HEALTHY")}, depends
+    assert depends == {("migrate", "SUCCESS"), ("collector", "START")}, depends
     assert resolve(CONTAINER["dependsOn"]) == "${local.app_depends_on[var.storage]}"
 
 
@@ -408,7 +408,9 @@ def test_alarms_cover_the_service_the_alb_and_the_database_and_notify_sns():
     alarms = RESOURCES["aws_cloudwatch_metric_alarm"]
     text = str(alarms)
     for metric in ("saldos_storage_healthy", "HTTPCode_Target_5XX_Count", "RequestCount", "TargetResponseTime", "UnHealthyHostCount", "CPUUtilization", "FreeStorageSpace", "DatabaseConnections"):
-        assert metric in text or metric in str(LOCALS["db_alarms"]), metric
+        assert metric in text or metric in str(LOCALS["db_alarm_definitions"]), metric
+    assert LOCALS["db_alarms"].endswith("if local.postgres}}"), LOCALS["db_alarms"]
+    assert "local.db_alarms" in str(alarms["database"]["for_each"])
     assert resolve(alarms["latency_p99"]["extended_statistic"]) == "p99"
     assert resolve(alarms["storage_unhealthy"]["treat_missing_data"]) == "breaching"
     for name, alarm in alarms.items():
@@ -427,8 +429,9 @@ def test_logs_are_exported_to_a_locked_down_bucket():
     firehose = RESOURCES["aws_kinesis_firehose_delivery_stream"]["logs"]
     assert 'aws_s3_bucket.history["logs"]' in str(firehose["extended_s3_configuration"][0]["bucket_arn"])
     assert resolve(firehose["server_side_encryption"][0]["enabled"]) is True
-    buckets = LOCALS["history_buckets"]
-    assert "logs" in buckets and "trail" in buckets
+    # Logs and trail buckets always exist; only the pipeline's is optional.
+    assert {"logs", "trail"} <= set(LOCALS["bucket_definitions"])
+    assert LOCALS["history_buckets"].endswith('if name != "artifacts" || var.enable_pipeline}}'), LOCALS["history_buckets"]
     for kind in ("aws_s3_bucket_public_access_block", "aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration", "aws_s3_bucket_lifecycle_configuration", "aws_s3_bucket_policy"):
         assert resolve(RESOURCES[kind]["history"]["for_each"]) == "${aws_s3_bucket.history}", kind
     block = RESOURCES["aws_s3_bucket_public_access_block"]["history"]
