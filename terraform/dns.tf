@@ -4,6 +4,9 @@
 
 locals {
   dns_enabled = var.domain_name != ""
+  certificate_validation = {
+    for option in(local.dns_enabled ? aws_acm_certificate.service[0].domain_validation_options : []) : option.domain_name => option
+  }
 }
 
 resource "aws_acm_certificate" "service" {
@@ -16,14 +19,14 @@ resource "aws_acm_certificate" "service" {
   }
 }
 
+# Keyed by the configured name (known at plan), not by the certificate's
+# validation options (known only once the certificate exists).
 resource "aws_route53_record" "certificate_validation" {
-  for_each = {
-    for option in(local.dns_enabled ? aws_acm_certificate.service[0].domain_validation_options : []) : option.domain_name => option
-  }
+  for_each        = local.dns_enabled ? toset([var.domain_name]) : toset([])
   zone_id         = var.hosted_zone_id
-  name            = each.value.resource_record_name
-  type            = each.value.resource_record_type
-  records         = [each.value.resource_record_value]
+  name            = local.certificate_validation[each.key].resource_record_name
+  type            = local.certificate_validation[each.key].resource_record_type
+  records         = [local.certificate_validation[each.key].resource_record_value]
   ttl             = 300
   allow_overwrite = true
 }
