@@ -131,6 +131,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "alb_logs" {
 }
 
 data "aws_iam_policy_document" "alb_logs" {
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["alb_logs"].json]
+
   statement {
     sid       = "AllowAlbLogDelivery"
     actions   = ["s3:PutObject"]
@@ -138,21 +140,6 @@ data "aws_iam_policy_document" "alb_logs" {
     principals {
       type        = "Service"
       identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
-    }
-  }
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.alb_logs.arn, "${aws_s3_bucket.alb_logs.arn}/*"]
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
     }
   }
 }

@@ -27,7 +27,7 @@ resource "aws_cloudtrail" "main" {
 }
 
 data "aws_iam_policy_document" "trail_bucket" {
-  source_policy_documents = [data.aws_iam_policy_document.history_tls_only["trail"].json]
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["trail"].json]
 
   statement {
     sid       = "CloudTrailChecksTheAcl"

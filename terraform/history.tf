@@ -83,8 +83,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "history" {
   }
 }
 
-data "aws_iam_policy_document" "history_tls_only" {
-  for_each = aws_s3_bucket.history
+# Every bucket of the stack refuses anything but TLS.
+data "aws_iam_policy_document" "tls_only" {
+  for_each = merge(aws_s3_bucket.history, { alb_logs = aws_s3_bucket.alb_logs })
   statement {
     sid       = "DenyInsecureTransport"
     effect    = "Deny"
@@ -105,5 +106,5 @@ data "aws_iam_policy_document" "history_tls_only" {
 resource "aws_s3_bucket_policy" "history" {
   for_each = aws_s3_bucket.history
   bucket   = each.value.id
-  policy   = each.key == "trail" ? data.aws_iam_policy_document.trail_bucket.json : data.aws_iam_policy_document.history_tls_only[each.key].json
+  policy   = each.key == "trail" ? data.aws_iam_policy_document.trail_bucket.json : data.aws_iam_policy_document.tls_only[each.key].json
 }

@@ -142,26 +142,114 @@ resource "aws_sns_topic_subscription" "alarm_email" {
   endpoint  = var.alarm_email
 }
 
-# --- the service ----------------------------------------------------------
+# --- alarms ---------------------------------------------------------------
 
-resource "aws_cloudwatch_metric_alarm" "storage_unhealthy" {
-  alarm_name          = "${var.name_prefix}-storage-unhealthy"
-  alarm_description   = "A task reports saldos_storage_healthy = 0 (journal failed or database unreachable), or no task reports at all."
-  namespace           = local.metrics_namespace
-  metric_name         = "saldos_storage_healthy"
-  dimensions          = { ServiceName = var.name_prefix }
-  statistic           = "Minimum"
-  period              = 60
-  evaluation_periods  = 3
-  comparison_operator = "LessThanThreshold"
-  threshold           = 1
-  treat_missing_data  = "breaching"
+locals {
+  # Every single-metric alarm, in one table: the service's own gauge, the
+  # ALB's view of the tasks, and (postgres mode) the database.
+  alarm_definitions = {
+    storage_unhealthy = {
+      description = "A task reports saldos_storage_healthy = 0 (journal failed or database unreachable), or no task reports at all."
+      namespace   = local.metrics_namespace
+      metric      = "saldos_storage_healthy"
+      dimensions  = { ServiceName = var.name_prefix }
+      statistic   = "Minimum"
+      period_s    = 60
+      periods     = 3
+      operator    = "LessThanThreshold"
+      threshold   = 1
+      missing     = "breaching"
+      postgres    = false
+    }
+    latency_p99 = {
+      description = "p99 target response time above ${var.alarm_p99_latency_s} s."
+      namespace   = "AWS/ApplicationELB"
+      metric      = "TargetResponseTime"
+      dimensions  = local.alb_dimensions
+      statistic   = "p99"
+      period_s    = 60
+      periods     = 3
+      operator    = "GreaterThanThreshold"
+      threshold   = var.alarm_p99_latency_s
+      missing     = "notBreaching"
+      postgres    = false
+    }
+    unhealthy_hosts = {
+      description = "A target failed the ALB's /health check for 3 minutes."
+      namespace   = "AWS/ApplicationELB"
+      metric      = "UnHealthyHostCount"
+      dimensions  = local.alb_dimensions
+      statistic   = "Maximum"
+      period_s    = 60
+      periods     = 3
+      operator    = "GreaterThanThreshold"
+      threshold   = 0
+      missing     = "notBreaching"
+      postgres    = false
+    }
+    db_cpu = {
+      description = "Database CPU above 80 % for 15 minutes."
+      namespace   = "AWS/RDS"
+      metric      = "CPUUtilization"
+      dimensions  = local.db_dimensions
+      statistic   = "Average"
+      period_s    = 300
+      periods     = 3
+      operator    = "GreaterThanThreshold"
+      threshold   = 80
+      missing     = "breaching"
+      postgres    = true
+    }
+    db_free_storage = {
+      description = "Less than 10 % of the allocated storage free (autoscaling may have hit its ceiling)."
+      namespace   = "AWS/RDS"
+      metric      = "FreeStorageSpace"
+      dimensions  = local.db_dimensions
+      statistic   = "Minimum"
+      period_s    = 300
+      periods     = 1
+      operator    = "LessThanThreshold"
+      threshold   = var.db_allocated_storage_gib * 1073741824 / 10
+      missing     = "breaching"
+      postgres    = true
+    }
+    db_connections = {
+      description = "More database connections than the service may open (${local.db_connections_budget})."
+      namespace   = "AWS/RDS"
+      metric      = "DatabaseConnections"
+      dimensions  = local.db_dimensions
+      statistic   = "Maximum"
+      period_s    = 300
+      periods     = 3
+      operator    = "GreaterThanThreshold"
+      threshold   = local.db_connections_budget
+      missing     = "breaching"
+      postgres    = true
+    }
+  }
+  alarms        = { for name, alarm in local.alarm_definitions : name => alarm if local.postgres || !alarm.postgres }
+  db_dimensions = { DBInstanceIdentifier = local.db_identifier }
+}
+
+resource "aws_cloudwatch_metric_alarm" "metric" {
+  for_each            = local.alarms
+  alarm_name          = "${var.name_prefix}-${replace(each.key, "_", "-")}"
+  alarm_description   = each.value.description
+  namespace           = each.value.namespace
+  metric_name         = each.value.metric
+  dimensions          = each.value.dimensions
+  statistic           = startswith(each.value.statistic, "p") ? null : each.value.statistic
+  extended_statistic  = startswith(each.value.statistic, "p") ? each.value.statistic : null
+  period              = each.value.period_s
+  evaluation_periods  = each.value.periods
+  comparison_operator = each.value.operator
+  threshold           = each.value.threshold
+  treat_missing_data  = each.value.missing
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
 }
 
-# --- the load balancer ----------------------------------------------------
-
+# 5xx as a share of requests: metric math over three ALB counters.
 resource "aws_cloudwatch_metric_alarm" "http_5xx_rate" {
   alarm_name          = "${var.name_prefix}-5xx-rate"
   alarm_description   = "More than ${var.alarm_5xx_percent} % of requests answered 5xx (by the tasks or the ALB)."
@@ -197,88 +285,6 @@ resource "aws_cloudwatch_metric_alarm" "http_5xx_rate" {
       }
     }
   }
-}
-
-resource "aws_cloudwatch_metric_alarm" "latency_p99" {
-  alarm_name          = "${var.name_prefix}-latency-p99"
-  alarm_description   = "p99 target response time above ${var.alarm_p99_latency_s} s."
-  namespace           = "AWS/ApplicationELB"
-  metric_name         = "TargetResponseTime"
-  dimensions          = local.alb_dimensions
-  extended_statistic  = "p99"
-  period              = 60
-  evaluation_periods  = 5
-  datapoints_to_alarm = 3
-  comparison_operator = "GreaterThanThreshold"
-  threshold           = var.alarm_p99_latency_s
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
-}
-
-resource "aws_cloudwatch_metric_alarm" "unhealthy_hosts" {
-  alarm_name          = "${var.name_prefix}-unhealthy-hosts"
-  alarm_description   = "A target failed the ALB's /health check for 3 minutes."
-  namespace           = "AWS/ApplicationELB"
-  metric_name         = "UnHealthyHostCount"
-  dimensions          = local.alb_dimensions
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 3
-  comparison_operator = "GreaterThanThreshold"
-  threshold           = 0
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
-}
-
-# --- the database (postgres mode) -----------------------------------------
-
-locals {
-  db_alarm_definitions = {
-    cpu = {
-      description = "Database CPU above 80 % for 15 minutes."
-      metric      = "CPUUtilization"
-      statistic   = "Average"
-      operator    = "GreaterThanThreshold"
-      threshold   = 80
-      periods     = 3
-    }
-    free_storage = {
-      description = "Less than 10 % of the allocated storage free (autoscaling may have hit its ceiling)."
-      metric      = "FreeStorageSpace"
-      statistic   = "Minimum"
-      operator    = "LessThanThreshold"
-      threshold   = var.db_allocated_storage_gib * 1073741824 / 10
-      periods     = 1
-    }
-    connections = {
-      description = "More database connections than the service may open (${local.db_connections_budget})."
-      metric      = "DatabaseConnections"
-      statistic   = "Maximum"
-      operator    = "GreaterThanThreshold"
-      threshold   = local.db_connections_budget
-      periods     = 3
-    }
-  }
-  db_alarms = { for name, alarm in local.db_alarm_definitions : name => alarm if local.postgres }
-}
-
-resource "aws_cloudwatch_metric_alarm" "database" {
-  for_each            = local.db_alarms
-  alarm_name          = "${var.name_prefix}-db-${replace(each.key, "_", "-")}"
-  alarm_description   = each.value.description
-  namespace           = "AWS/RDS"
-  metric_name         = each.value.metric
-  dimensions          = { DBInstanceIdentifier = local.db_identifier }
-  statistic           = each.value.statistic
-  period              = 300
-  evaluation_periods  = each.value.periods
-  comparison_operator = each.value.operator
-  threshold           = each.value.threshold
-  treat_missing_data  = "breaching"
-  alarm_actions       = [aws_sns_topic.alarms.arn]
-  ok_actions          = [aws_sns_topic.alarms.arn]
 }
 
 # --- dashboard ------------------------------------------------------------

@@ -27,12 +27,14 @@ resource "aws_cloudwatch_log_group" "build" {
   retention_in_days = var.log_retention_days
 }
 
-data "aws_iam_policy_document" "codebuild_assume" {
+# Who may assume the pipeline's roles: the service, on behalf of this account.
+data "aws_iam_policy_document" "pipeline_assume" {
+  for_each = toset(["codebuild", "codepipeline"])
   statement {
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
-      identifiers = ["codebuild.amazonaws.com"]
+      identifiers = ["${each.key}.amazonaws.com"]
     }
     condition {
       test     = "StringEquals"
@@ -45,7 +47,7 @@ data "aws_iam_policy_document" "codebuild_assume" {
 resource "aws_iam_role" "codebuild" {
   count              = local.pipeline ? 1 : 0
   name_prefix        = "${var.name_prefix}-build-"
-  assume_role_policy = data.aws_iam_policy_document.codebuild_assume.json
+  assume_role_policy = data.aws_iam_policy_document.pipeline_assume["codebuild"].json
 }
 
 data "aws_iam_policy_document" "codebuild" {
@@ -129,25 +131,10 @@ resource "aws_codebuild_project" "image" {
   }
 }
 
-data "aws_iam_policy_document" "codepipeline_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["codepipeline.amazonaws.com"]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [data.aws_caller_identity.current.account_id]
-    }
-  }
-}
-
 resource "aws_iam_role" "codepipeline" {
   count              = local.pipeline ? 1 : 0
   name_prefix        = "${var.name_prefix}-pipeline-"
-  assume_role_policy = data.aws_iam_policy_document.codepipeline_assume.json
+  assume_role_policy = data.aws_iam_policy_document.pipeline_assume["codepipeline"].json
 }
 
 data "aws_iam_policy_document" "codepipeline" {

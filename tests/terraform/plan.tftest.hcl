@@ -281,7 +281,7 @@ run "postgres_by_default" {
     error_message = "RDS, no EFS"
   }
   assert {
-    condition     = length(aws_appautoscaling_policy.app) == 2 && length(aws_cloudwatch_metric_alarm.database) == 3
+    condition     = length(aws_appautoscaling_policy.app) == 2 && length(aws_cloudwatch_metric_alarm.metric) == 6
     error_message = "autoscaling and database alarms"
   }
   assert {
@@ -334,8 +334,8 @@ run "journal_mode" {
     error_message = "one writer"
   }
   assert {
-    condition     = length(aws_db_instance.main) == 0 && length(aws_efs_file_system.journal) == 1 && length(aws_appautoscaling_target.app) == 0
-    error_message = "EFS, no RDS, no autoscaling"
+    condition     = length(aws_db_instance.main) == 0 && length(aws_efs_file_system.journal) == 1 && length(aws_appautoscaling_target.app) == 0 && length(aws_cloudwatch_metric_alarm.metric) == 3
+    error_message = "EFS; no RDS, autoscaling or database alarms"
   }
   assert {
     condition     = [for e in jsondecode(aws_ecs_task_definition.app.container_definitions)[1].environment : e.value if e.name == "SALDOS_AUTH"] == ["none"]

@@ -394,8 +394,7 @@ def test_collector_scrapes_the_metrics_listener_and_exports_to_cloudwatch_and_xr
 def test_alarms_and_dashboard_use_metrics_the_service_exports():
     exported = source_metric_names()
     assert exported, f"no saldos_* metric name in {SOURCE_ROOT}"
-    alarms = RESOURCES["aws_cloudwatch_metric_alarm"]
-    used = set(re.findall(r"saldos_[a-z0-9_]+", str(alarms)))
+    used = set(re.findall(r"saldos_[a-z0-9_]+", str([RESOURCES["aws_cloudwatch_metric_alarm"], LOCALS["alarm_definitions"]])))
     used |= {resolve(name) for name in LOCALS["service_metrics"]}
     assert "saldos_storage_healthy" in used
     missing = used - exported
@@ -405,14 +404,26 @@ def test_alarms_and_dashboard_use_metrics_the_service_exports():
 
 
 def test_alarms_cover_the_service_the_alb_and_the_database_and_notify_sns():
+    definitions = LOCALS["alarm_definitions"]
+    metrics = {resolve(a["metric"]): (name, a) for name, a in definitions.items()}
+    expected = {  # metric: (statistic, postgres mode only)
+        "saldos_storage_healthy": ("Minimum", False),
+        "TargetResponseTime": ("p99", False),
+        "UnHealthyHostCount": ("Maximum", False),
+        "CPUUtilization": ("Average", True),
+        "FreeStorageSpace": ("Minimum", True),
+        "DatabaseConnections": ("Maximum", True),
+    }
+    for metric, (statistic, postgres_only) in expected.items():
+        name, alarm = metrics[metric]
+        assert resolve(alarm["statistic"]) == statistic, (metric, alarm)
+        assert resolve(alarm["postgres"]) is postgres_only, (metric, alarm)
+    assert resolve(definitions["storage_unhealthy"]["missing"]) == "breaching"
+    assert LOCALS["alarms"].endswith("if local.postgres || !alarm.postgres}}"), LOCALS["alarms"]
     alarms = RESOURCES["aws_cloudwatch_metric_alarm"]
-    text = str(alarms)
-    for metric in ("saldos_storage_healthy", "HTTPCode_Target_5XX_Count", "RequestCount", "TargetResponseTime", "UnHealthyHostCount", "CPUUtilization", "FreeStorageSpace", "DatabaseConnections"):
-        assert metric in text or metric in str(LOCALS["db_alarm_definitions"]), metric
-    assert LOCALS["db_alarms"].endswith("if local.postgres}}"), LOCALS["db_alarms"]
-    assert "local.db_alarms" in str(alarms["database"]["for_each"])
-    assert resolve(alarms["latency_p99"]["extended_statistic"]) == "p99"
-    assert resolve(alarms["storage_unhealthy"]["treat_missing_data"]) == "breaching"
+    assert unquote(alarms["metric"]["for_each"]) == "${local.alarms}"
+    rate = str(alarms["http_5xx_rate"])
+    assert "HTTPCode_Target_5XX_Count" in rate and "HTTPCode_ELB_5XX_Count" in rate and "RequestCount" in rate
     for name, alarm in alarms.items():
         assert [resolve(a) for a in alarm["alarm_actions"]] == ["${aws_sns_topic.alarms.arn}"], name
     assert "aws_kms_key.main" in str(RESOURCES["aws_sns_topic"]["alarms"]["kms_master_key_id"])
@@ -441,7 +452,8 @@ def test_logs_are_exported_to_a_locked_down_bucket():
     assert resolve(sse["sse_algorithm"]) == "aws:kms"
     rule = RESOURCES["aws_s3_bucket_lifecycle_configuration"]["history"]["rule"][0]
     assert resolve(rule["dynamic"][0]['"transition"']["content"][0]["storage_class"]) == "DEEP_ARCHIVE"
-    tls = DATA["aws_iam_policy_document"]["history_tls_only"]["statement"][0]
+    tls = DATA["aws_iam_policy_document"]["tls_only"]["statement"][0]
+    assert "aws_s3_bucket.history" in str(DATA["aws_iam_policy_document"]["tls_only"]["for_each"])
     assert resolve(tls["effect"]) == "Deny" and resolve(tls["condition"][0]["variable"]) == "aws:SecureTransport"
 
 
