@@ -118,9 +118,13 @@ resource "aws_codebuild_project" "image" {
       name  = "IMAGE_CONTAINERS"
       value = local.image_containers[var.storage]
     }
-    environment_variable {
-      name  = "RDS_CA_BUNDLE_SHA256"
-      value = var.rds_ca_bundle_sha256
+    # Postgres mode: the pinned checksum of the RDS CA bundle the image needs.
+    dynamic "environment_variable" {
+      for_each = var.rds_ca_bundle_sha256 == "" ? [] : [var.rds_ca_bundle_sha256]
+      content {
+        name  = "RDS_CA_BUNDLE_SHA256"
+        value = environment_variable.value
+      }
     }
   }
 
