@@ -123,6 +123,29 @@ resource "aws_ecr_pull_through_cache_rule" "public" {
   upstream_registry_url = "public.ecr.aws"
 }
 
+# The repositories the cache creates on first pull: encrypted (KMS, AWS-managed
+# key: a customer-managed one would need a role for ECR), tags immutable, and
+# only the last 5 images kept.
+resource "aws_ecr_repository_creation_template" "pull_through" {
+  prefix               = local.pull_through_prefix
+  description          = "Images cached from public.ecr.aws (the ADOT collector)"
+  applied_for          = ["PULL_THROUGH_CACHE"]
+  image_tag_mutability = "IMMUTABLE"
+
+  encryption_configuration {
+    encryption_type = "KMS"
+  }
+
+  lifecycle_policy = jsonencode({
+    rules = [{
+      rulePriority = 1
+      description  = "Keep the last 5 images"
+      selection    = { tagStatus = "any", countType = "imageCountMoreThan", countNumber = 5 }
+      action       = { type = "expire" }
+    }]
+  })
+}
+
 resource "aws_cloudwatch_log_group" "metrics" {
   #checkov:skip=CKV_AWS_338:These lines only carry metrics (EMF); CloudWatch keeps the metrics themselves for 15 months.
   name              = "/ecs/${var.name_prefix}/metrics"
