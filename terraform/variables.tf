@@ -142,7 +142,7 @@ variable "alb_idle_timeout_s" {
 
 variable "health_check_grace_s" {
   type        = number
-  description = "Seconds ECS ignores failing health checks after a task starts (journal recovery time)."
+  description = "Seconds ECS ignores failing health checks after a task starts (journal recovery, or the wait for the migrations)."
   default     = 60
 
   validation {
