@@ -391,6 +391,13 @@ def test_collector_scrapes_the_metrics_listener_and_exports_to_cloudwatch_and_xr
     assert [resolve(a) for a in task["SendTraces"]["actions"]] == ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
 
 
+def test_the_collector_scrapes_the_address_the_service_listens_on():
+    config = (SOURCE_ROOT / "config.rs").read_text()
+    match = re.search(r'env = "SALDOS_METRICS_ADDR", default_value = "([^"]+)"', config)
+    assert match, f"no SALDOS_METRICS_ADDR default in {SOURCE_ROOT / 'config.rs'}"
+    assert resolve(LOCALS["metrics_addr"]) == match.group(1), (LOCALS["metrics_addr"], match.group(1))
+
+
 def test_alarms_and_dashboard_use_metrics_the_service_exports():
     exported = source_metric_names()
     assert exported, f"no saldos_* metric name in {SOURCE_ROOT}"
