@@ -6,18 +6,41 @@
 # machine hits both. Prints medians of req/s, p99 and requests per server
 # CPU-second (utime+stime from /proc/PID/stat), and their ratios to baseline.
 #
-# usage: benches/harness.sh [ROUNDS] [SECONDS]    (defaults: 3 rounds of 10 s)
+# The observability cells compare the same memory server with metrics on
+# (the default) and off (`--metrics-addr ""`), and with tracing on (OTLP to a
+# local sink that answers 200, default 5 % sampling) and off, GET /saldo and
+# POST /retiro at 256 connections, alternating, and print their ratios.
+#
+# usage: benches/harness.sh [ROUNDS] [SECONDS] [CELLS]
+#   defaults: 3 rounds of 10 s, CELLS=all; CELLS=observability runs only the
+#   observability cells.
 # needs: wrk, taskset, python3, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-10}
+cells=${3:-all}
 cargo build --release --locked --bin saldos --example hyper_baseline
 source benches/common.sh
 
+saldos=(target/release/saldos --bind 127.0.0.1 --workers 1 --log-format text)
+# Metrics on (the default) on a free port each, or off.
+metrics_on=(--metrics-addr 127.0.0.1:0)
 start_pinned baseline 5601 5 target/release/examples/hyper_baseline 5601 1
-start_pinned memory 5602 5 target/release/saldos --bind 127.0.0.1 --port 5602 --workers 1 --storage memory --log-format text
-start_pinned journal 5603 5 target/release/saldos --bind 127.0.0.1 --port 5603 --workers 1 --storage journal --data-dir "$work/data" --log-format text
+start_pinned memory 5602 5 "${saldos[@]}" "${metrics_on[@]}" --port 5602 --storage memory
+start_pinned journal 5603 5 "${saldos[@]}" "${metrics_on[@]}" --port 5603 --storage journal --data-dir "$work/data"
+start_pinned metrics-off 5604 5 "${saldos[@]}" --metrics-addr "" --port 5604 --storage memory
+# The OTLP sink (on wrk's CPU): reads each export and answers 200.
+taskset -c 1 python3 -c '
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()' 5606 &
+pids+=($!)
+start_pinned traced 5605 5 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:5606 "${saldos[@]}" "${metrics_on[@]}" --port 5605 --storage memory
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -37,6 +60,12 @@ run() { # server port mix conns
 
 for round in $(seq "$rounds"); do
   echo "round $round/$rounds" >&2
+  for mix in saldo retiro; do
+    run memory 5602 "$mix" 256
+    run metrics-off 5604 "$mix" 256
+    run traced 5605 "$mix" 256
+  done
+  [[ $cells == observability ]] && continue
   for conns in 64 256; do
     for mix in saldo retiro; do
       run baseline 5601 "$mix" "$conns"
@@ -67,10 +96,27 @@ for line in open(sys.argv[1]):
 def median(key, field):
     return statistics.median(run[field] for run in runs[key])
 
+def ratios(on, off, title):
+    pairs = [(mix, conns) for (server, mix, conns) in sorted(runs) if server == on and (off, mix, conns) in runs]
+    if not pairs:
+        return
+    print(f"\n{title}\n")
+    print(f"| mix | conns | req/s {on} | req/s {off} | × | req/CPU-s {on} | req/CPU-s {off} | × |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mix, conns in pairs:
+        a = [median((on, mix, conns), f) for f in (0, 2)]
+        b = [median((off, mix, conns), f) for f in (0, 2)]
+        print(f"| {mix} | {conns} | {a[0]:,.0f} | {b[0]:,.0f} | {a[0]/b[0]:.3f} | {a[1]:,.0f} | {b[1]:,.0f} | {a[1]/b[1]:.3f} |")
+
+ratios("memory", "metrics-off", "Metrics on (default) against off (--metrics-addr \"\"), memory storage:")
+ratios("traced", "memory", "Tracing on (OTLP, 5 % sampled) against off, metrics on, memory storage:")
+if not any(server == "baseline" for (server, _, _) in runs):
+    sys.exit(0)
+print()
 print("| storage | mix | conns | req/s | ×baseline | p99 ms | ×baseline | req/CPU-s | ×baseline |")
 print("|---|---|---|---|---|---|---|---|---|")
 for (server, mix, conns) in sorted(runs):
-    if server == "baseline":
+    if server in ("baseline", "metrics-off", "traced"):
         continue
     base = ("baseline", mix, conns)
     row = [median((server, mix, conns), f) for f in range(3)]

@@ -2,7 +2,7 @@
 //! validated once, before anything binds or opens a file. Every bad setting is
 //! reported in one line naming it; the binary then exits 2.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(120);
 
 /// The longest idempotency-key retention: 30 days.
 pub const IDEMPOTENCY_TTL_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+/// The longest slow-request threshold.
+pub const SLOW_REQUEST_MAX: Duration = Duration::from_secs(3_600);
 
 /// The most accounts a seed may list.
 pub const SEED_ACCOUNTS_MAX: usize = 10_000;
@@ -134,7 +137,19 @@ pub struct ServeArgs {
     /// more answers 503 NO_DISPONIBLE.
     #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub max_accounts: u64,
+
+    // Observability (SPEC section 7).
+    /// Address of the metrics listener (`GET /metrics`); empty: no metrics.
+    #[arg(long, env = "SALDOS_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+    /// A request slower than this is logged at `warn` (`0ms`: every request).
+    #[arg(long, env = "SALDOS_SLOW_REQUEST", default_value = "1s", value_parser = parse_slow_request)]
+    pub slow_request: Duration,
 }
+
+/// Where metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
 
 /// Seeded accounts, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -214,6 +229,21 @@ fn parse_seed(text: &str) -> Result<Seed, String> {
 
 fn parse_idempotency_ttl(text: &str) -> Result<Duration, String> {
     parse_duration_within(text, Duration::from_secs(1), IDEMPOTENCY_TTL_MAX)
+}
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text.trim().is_empty() {
+        return Ok(MetricsAddr(None));
+    }
+    let address = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not an address such as 127.0.0.1:9464 (empty: off)"))?;
+    Ok(MetricsAddr(Some(address)))
+}
+
+fn parse_slow_request(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, SLOW_REQUEST_MAX)
 }
 
 fn parse_shutdown_grace(text: &str) -> Result<Duration, String> {
@@ -301,6 +331,16 @@ mod tests {
             "a=9007199254740992",
         ] {
             assert!(parse_seed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn metrics_addresses_parse_or_turn_metrics_off() {
+        let on = parse_metrics_addr("127.0.0.1:9464").unwrap();
+        assert_eq!(on.0, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_metrics_addr("").unwrap(), MetricsAddr(None));
+        for bad in ["9464", "localhost:9464", "127.0.0.1", "1.2.3.4:99999"] {
+            assert!(parse_metrics_addr(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -12,6 +12,8 @@
 //! - [`sharded`]: the bounded, sharded hash tables the ledger and the keys share.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
+//! - [`metrics`], [`traces`]: Prometheus metrics and their listener,
+//!   OpenTelemetry traces.
 //! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
 
 pub mod api;
@@ -23,12 +25,14 @@ pub mod idempotency;
 pub mod journal;
 pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod render;
 pub mod request_id;
 pub mod router;
 pub mod server;
 pub mod sharded;
 pub mod storage;
+pub mod traces;
 pub mod usuario;
 
 use std::net::SocketAddr;
@@ -39,6 +43,8 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::{ServeArgs, StorageKind};
 use crate::ledger::{Ledger, Limits};
+use crate::metrics::Recorder;
+use crate::router::App;
 use crate::storage::Storage;
 
 /// Pending connections the kernel queues while all permits are taken.
@@ -127,8 +133,38 @@ pub fn listen(address: SocketAddr) -> Result<TcpListener, StartError> {
     listen().map_err(|source| StartError::Listen { address, source })
 }
 
+/// What every request is served with, as the arguments describe it;
+/// `traced`: the trace pipeline is on.
+pub fn app(args: &ServeArgs, storage: Arc<Storage>, traced: bool) -> App {
+    let metrics = match args.metrics_addr.0 {
+        Some(_) => Recorder::new(args.worker_count()),
+        None => Recorder::off(),
+    };
+    App {
+        storage,
+        metrics: Arc::new(metrics),
+        slow_request: args.slow_request,
+        traced,
+    }
+}
+
+/// Binds the metrics listener when metrics are on and serves it in a task
+/// (of the current runtime); returns the address it listens on.
+pub async fn spawn_metrics(args: &ServeArgs, app: &App) -> Result<Option<SocketAddr>, StartError> {
+    let Some(address) = args.metrics_addr.0 else {
+        return Ok(None);
+    };
+    let listen_error = |source| StartError::Listen { address, source };
+    let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    let registry = metrics::registry(app.metrics.clone(), &app.storage);
+    tokio::spawn(metrics::serve(listener, Arc::new(registry)));
+    Ok(Some(bound))
+}
+
 /// Runs the service until SIGTERM or SIGINT, then drains. Blocks.
-pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+/// `traced`: the trace pipeline is on.
+pub fn serve(args: ServeArgs, traced: bool) -> Result<(), StartError> {
     let workers = args.worker_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -148,11 +184,16 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             workers,
             shards = args.shard_count(),
             seeded = args.seed.0.len(),
+            traced,
             "listening"
         );
+        let app = Arc::new(app(&args, storage.clone(), traced));
+        if let Some(metrics_address) = spawn_metrics(&args, &app).await? {
+            tracing::info!(address = %metrics_address, "serving metrics");
+        }
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
         tokio::spawn(sweep_expired_keys(storage.clone()));
-        let drained = server::run(listener, storage.clone(), settings, shutdown_signal()).await;
+        let drained = server::run(listener, app, settings, shutdown_signal()).await;
         tracing::info!(connections_cut = drained.connections_cut, "stopped");
         Ok::<_, StartError>(storage)
     });

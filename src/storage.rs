@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
+
 use crate::clock;
 use crate::idempotency::{InFlightGuard, Remembered, Table};
 use crate::journal::{Journal, Key, Queued, Record, Unavailable};
@@ -70,6 +72,19 @@ impl Storage {
     /// The account's durable balance.
     pub fn saldo(&self, usuario: &Usuario) -> u64 {
         self.ledger.saldo(usuario)
+    }
+
+    /// Accounts stored (seeded or debited).
+    pub fn accounts_stored(&self) -> usize {
+        self.ledger.accounts_stored()
+    }
+
+    /// Registers this storage's own metric families (SPEC section 7): the
+    /// one place a storage adds what only it can measure.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        if let Some(journal) = &self.journal {
+            journal.stats().register(registry);
+        }
     }
 
     /// The idempotency keys.

@@ -11,7 +11,9 @@ use crate::clock;
 use crate::idempotency::{self, Begin, InFlightGuard};
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
-use crate::storage::{Keyed, Order, Storage};
+use crate::router::App;
+use crate::storage::{Keyed, Order};
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// The header marking a replayed answer.
@@ -27,10 +29,11 @@ fn monto_field(kind: DebitKind) -> &'static str {
 
 /// Validates the request, debits the account and answers the new balance.
 pub async fn post_debit(
-    storage: &Storage,
+    app: &App,
     kind: DebitKind,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let storage = &app.storage;
     let (head, incoming) = request.into_parts();
     if !is_json(&head.headers) {
         return Err(ApiError::TipoContenido);
@@ -61,6 +64,7 @@ pub async fn post_debit(
                         HeaderName::from_static(REPLAYED),
                         HeaderValue::from_static("true"),
                     );
+                    app.metrics.replay();
                     return Ok(response);
                 }
                 Begin::Conflict => return Err(ApiError::IdempotenciaConflicto),
@@ -75,10 +79,10 @@ pub async fn post_debit(
         monto: debit.monto,
         key: keyed,
     };
-    let outcome = storage
-        .debit(order)
+    let outcome = traces::waiting_on_storage(app.traced, "storage.debit", storage.debit(order))
         .await
         .map_err(|_| ApiError::NoDisponible)?;
+    app.metrics.debit(kind, outcome);
     Ok(answer(kind, debit.usuario, debit.monto, outcome))
 }
 

@@ -4,14 +4,16 @@ use http::{Response, StatusCode};
 
 use super::{ApiError, Body, json_response};
 use crate::render::render;
-use crate::storage::Storage;
+use crate::router::App;
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// Answers the balance of the account named by the raw (still
 /// percent-encoded) path segment.
-pub fn get_saldo(storage: &Storage, segment: &str) -> Result<Response<Body>, ApiError> {
+pub fn get_saldo(app: &App, segment: &str) -> Result<Response<Body>, ApiError> {
     let usuario = Usuario::from_path_segment(segment).map_err(|_| ApiError::UsuarioInvalido)?;
-    let saldo = storage.saldo(&usuario);
+    let saldo =
+        traces::reading_storage(app.traced, "storage.saldo", || app.storage.saldo(&usuario));
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());

@@ -47,6 +47,7 @@ fn start(dir: &Path) -> (Child, SocketAddr) {
         .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
         .args(["--opening-balance", &OPENING.to_string(), "--seed", ""])
         .args(["--journal-segment-bytes", "16384"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .env_remove("RUST_LOG")
