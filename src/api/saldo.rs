@@ -12,8 +12,9 @@ use crate::usuario::Usuario;
 /// percent-encoded) path segment.
 pub fn get_saldo(app: &App, segment: &str) -> Result<Response<Body>, ApiError> {
     let usuario = Usuario::from_path_segment(segment).map_err(|_| ApiError::UsuarioInvalido)?;
-    let saldo =
-        traces::reading_storage(app.traced, "storage.saldo", || app.storage.saldo(&usuario));
+    let saldo = traces::reading_storage(app.sampling.is_some(), "storage.saldo", || {
+        app.storage.saldo(&usuario)
+    });
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());
