@@ -59,7 +59,7 @@ fn bench_full_request(c: &mut Criterion) {
     .serve;
     let storage = Arc::new(saldos::open_storage(&args).unwrap());
     let auth = runtime.block_on(saldos::open_auth(&args.auth)).unwrap();
-    let app = Arc::new(saldos::app(&args, storage, auth, false));
+    let app = Arc::new(saldos::app(&args, storage, auth, None));
     let (client, server) = tokio::io::duplex(64 * 1024);
     runtime.spawn(async move {
         let service = service_fn(move |request| {

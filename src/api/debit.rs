@@ -90,9 +90,13 @@ pub async fn post_debit(
         principal,
         key: keyed,
     };
-    let outcome = traces::waiting_on_storage(app.traced, "storage.debit", storage.debit(order))
-        .await
-        .map_err(|_| ApiError::NoDisponible)?;
+    let outcome = traces::waiting_on_storage(
+        app.sampling.is_some(),
+        "storage.debit",
+        storage.debit(order),
+    )
+    .await
+    .map_err(|_| ApiError::NoDisponible)?;
     app.metrics.debit(kind, outcome);
     Ok(answer(kind, debit.usuario, debit.monto, outcome))
 }

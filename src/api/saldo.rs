@@ -20,8 +20,9 @@ pub fn get_saldo(
     if !auth::is_allowed(access, &usuario, Operation::Read) {
         return Err(ApiError::Prohibido);
     }
-    let saldo =
-        traces::reading_storage(app.traced, "storage.saldo", || app.storage.saldo(&usuario));
+    let saldo = traces::reading_storage(app.sampling.is_some(), "storage.saldo", || {
+        app.storage.saldo(&usuario)
+    });
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());

@@ -50,7 +50,7 @@ pub async fn start_server_with(
         .serve;
     let storage = Arc::new(saldos::open_storage(&args).expect("storage opens"));
     let auth = saldos::open_auth(&args.auth).await.expect("auth starts");
-    let app = Arc::new(saldos::app(&args, storage.clone(), auth, false));
+    let app = Arc::new(saldos::app(&args, storage.clone(), auth, None));
     let metrics_addr = saldos::spawn_metrics(&args, &app)
         .await
         .expect("metrics listen");
