@@ -40,6 +40,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Migrate(args) => saldos::migrate(&args),
         Command::Healthcheck(args) => {
             let url = args
                 .url

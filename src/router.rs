@@ -69,9 +69,9 @@ async fn route(storage: &Storage, request: Request<Incoming>) -> Result<Response
     let is_get = matches!(*request.method(), Method::GET | Method::HEAD);
     let is_post = *request.method() == Method::POST;
     match route {
-        Route::Health if is_get => api::get_health(storage),
+        Route::Health if is_get => api::get_health(storage).await,
         Route::Live if is_get => api::get_live(storage),
-        Route::Saldo(segment) if is_get => api::get_saldo(storage, segment),
+        Route::Saldo(segment) if is_get => api::get_saldo(storage, segment).await,
         Route::Debit(kind) if is_post => api::post_debit(storage, kind, request).await,
         _ => Err(ApiError::MetodoNoPermitido {
             allow: route.allow(),

@@ -57,7 +57,7 @@ fn bench_full_request(c: &mut Criterion) {
     ])
     .unwrap()
     .serve;
-    let storage = Arc::new(saldos::open_storage(&args).unwrap());
+    let storage = Arc::new(runtime.block_on(saldos::open_storage(&args)).unwrap());
     let (client, server) = tokio::io::duplex(64 * 1024);
     runtime.spawn(async move {
         let service = service_fn(move |request| {

@@ -7,11 +7,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{ApiError, Body, body, json_response};
-use crate::clock;
-use crate::idempotency::{self, Begin, InFlightGuard};
+use crate::idempotency;
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
-use crate::storage::{Keyed, Order, Storage};
+use crate::storage::{Answer, KeyRequest, Order, Refusal, Storage};
 use crate::usuario::Usuario;
 
 /// The header marking a replayed answer.
@@ -38,48 +37,38 @@ pub async fn post_debit(
     let key = idempotency_key(&head.headers)?;
     let bytes = body::read(incoming).await?;
     let debit = body::parse_debit(&bytes)?;
-    let keyed = match &key {
+    let key = match &key {
         None => None,
-        Some(key) => {
-            let key = key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?;
-            let fingerprint =
-                idempotency::fingerprint(head.method.as_str(), head.uri.path(), &bytes);
-            match storage.keys().begin(key, fingerprint, clock::unix_ms()) {
-                Begin::Started => Some(Keyed {
-                    key,
-                    fingerprint,
-                    guard: InFlightGuard::new(storage.keys(), key),
-                }),
-                Begin::Replay(remembered) => {
-                    let mut response = answer(
-                        remembered.kind,
-                        remembered.usuario,
-                        remembered.monto,
-                        remembered.outcome,
-                    );
-                    response.headers_mut().insert(
-                        HeaderName::from_static(REPLAYED),
-                        HeaderValue::from_static("true"),
-                    );
-                    return Ok(response);
-                }
-                Begin::Conflict => return Err(ApiError::IdempotenciaConflicto),
-                Begin::InFlight => return Err(ApiError::IdempotenciaEnCurso),
-                Begin::Full => return Err(ApiError::NoDisponible),
-            }
-        }
+        Some(key) => Some(KeyRequest {
+            key: key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?,
+            fingerprint: idempotency::fingerprint(head.method.as_str(), head.uri.path(), &bytes),
+        }),
     };
     let order = Order {
         kind,
         usuario: debit.usuario,
         monto: debit.monto,
-        key: keyed,
+        key,
     };
-    let outcome = storage
-        .debit(order)
-        .await
-        .map_err(|_| ApiError::NoDisponible)?;
-    Ok(answer(kind, debit.usuario, debit.monto, outcome))
+    match storage.debit(order).await {
+        Ok(Answer::Fresh(outcome)) => Ok(answer(kind, debit.usuario, debit.monto, outcome)),
+        Ok(Answer::Replay(remembered)) => {
+            let mut response = answer(
+                remembered.kind,
+                remembered.usuario,
+                remembered.monto,
+                remembered.outcome,
+            );
+            response.headers_mut().insert(
+                HeaderName::from_static(REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+            Ok(response)
+        }
+        Err(Refusal::KeyConflict) => Err(ApiError::IdempotenciaConflicto),
+        Err(Refusal::KeyInFlight) => Err(ApiError::IdempotenciaEnCurso),
+        Err(Refusal::Unavailable) => Err(ApiError::NoDisponible),
+    }
 }
 
 /// The answer to a settled debit request; a replay renders the same bytes.

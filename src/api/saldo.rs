@@ -9,9 +9,12 @@ use crate::usuario::Usuario;
 
 /// Answers the balance of the account named by the raw (still
 /// percent-encoded) path segment.
-pub fn get_saldo(storage: &Storage, segment: &str) -> Result<Response<Body>, ApiError> {
+pub async fn get_saldo(storage: &Storage, segment: &str) -> Result<Response<Body>, ApiError> {
     let usuario = Usuario::from_path_segment(segment).map_err(|_| ApiError::UsuarioInvalido)?;
-    let saldo = storage.saldo(&usuario);
+    let saldo = storage
+        .read_saldo(&usuario)
+        .await
+        .map_err(|_| ApiError::NoDisponible)?;
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());

@@ -10,6 +10,8 @@ mod http;
 mod journal;
 mod journal_support;
 mod model;
+mod pg_cluster;
+mod postgres;
 mod power_loss;
 mod process;
 mod util;

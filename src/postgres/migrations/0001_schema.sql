@@ -1,0 +1,158 @@
+-- saldos schema, version 1 (SPEC section 8). Applied once, in one
+-- transaction, under the migration advisory lock.
+
+-- The settings fixed when the database was first used: an instance started
+-- with others refuses to start.
+CREATE TABLE saldos_settings (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    opening_saldo bigint  NOT NULL CHECK (opening_saldo >= 0),
+    seed          text    NOT NULL
+);
+
+-- Accounts that were seeded or debited; every other one has the opening
+-- balance, so reading never writes.
+CREATE TABLE accounts (
+    usuario text   PRIMARY KEY,
+    saldo   bigint NOT NULL CHECK (saldo >= 0)
+);
+
+-- One row per committed debit batch (debits = how many were applied), or a
+-- fence (debits NULL) written by an instance that lost a batch's connection
+-- before learning its outcome: the batch's own insert of this id then fails,
+-- so a fenced batch can never commit later.
+CREATE TABLE debit_batches (
+    id          bigint      PRIMARY KEY,
+    debits      integer     CHECK (debits >= 0),
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX debit_batches_recorded_at ON debit_batches (recorded_at);
+
+-- The audit trail: every applied debit, with the balance it left.
+CREATE TABLE debits (
+    batch           bigint      NOT NULL,
+    seq             integer     NOT NULL,
+    usuario         text        NOT NULL,
+    kind            text        NOT NULL CHECK (kind IN ('pago', 'retiro')),
+    monto           bigint      NOT NULL CHECK (monto > 0),
+    saldo           bigint      NOT NULL CHECK (saldo >= 0),
+    debited_at      timestamptz NOT NULL,
+    principal       text        NOT NULL,
+    idempotency_key text,
+    PRIMARY KEY (batch, seq)
+);
+CREATE INDEX debits_usuario ON debits (usuario, debited_at);
+
+-- Remembered outcomes of keyed requests, per principal ('' without auth).
+CREATE TABLE idempotency_keys (
+    principal   text        NOT NULL,
+    key         text        NOT NULL,
+    fingerprint bigint      NOT NULL,
+    kind        text        CHECK (kind IN ('pago', 'retiro')),
+    usuario     text,
+    monto       bigint,
+    debited     boolean,
+    saldo       bigint,
+    created_at  timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at);
+
+-- One check-and-debit on one account: debited (true, the new balance) or
+-- refused (false, the balance). An account without a row has the opening
+-- balance; its row is created by its first debit, never by a refusal.
+CREATE FUNCTION saldos_debit_one(p_usuario text, p_monto bigint, p_opening bigint,
+                                 OUT debited boolean, OUT saldo bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR attempt IN 1..2 LOOP
+        UPDATE accounts a SET saldo = a.saldo - p_monto
+         WHERE a.usuario = p_usuario AND a.saldo >= p_monto
+        RETURNING a.saldo INTO saldo;
+        IF FOUND THEN debited := true; RETURN; END IF;
+        SELECT a.saldo INTO saldo FROM accounts a WHERE a.usuario = p_usuario;
+        IF FOUND THEN debited := false; RETURN; END IF;
+        IF p_opening < p_monto THEN debited := false; saldo := p_opening; RETURN; END IF;
+        INSERT INTO accounts AS a (usuario, saldo) VALUES (p_usuario, p_opening - p_monto)
+        ON CONFLICT (usuario) DO NOTHING
+        RETURNING a.saldo INTO saldo;
+        IF FOUND THEN debited := true; RETURN; END IF;
+        -- Created meanwhile by another transaction: its row decides, next pass.
+    END LOOP;
+    RAISE EXCEPTION 'account % neither found nor created', p_usuario;
+END $$;
+
+-- A batch of debits in one statement, one transaction, one commit. Locks are
+-- taken in one global order so batches of different instances never
+-- deadlock: idempotency keys first, sorted by (principal, key); then
+-- accounts, sorted by name, debits of one account in arrival order. Returns
+-- one row per debit, in argument order: outcome 0 debited, 1 refused, 2
+-- replay of a debit, 3 replay of a refusal, 4 key used by another request,
+-- 5 key in flight in this very batch; saldo; and when a replayed key was
+-- first settled (ms since the epoch).
+CREATE FUNCTION saldos_debit_batch(
+    p_batch bigint, p_opening bigint, p_key_ttl_ms bigint,
+    p_usuarios text[], p_kinds text[], p_montos bigint[],
+    p_principals text[], p_keys text[], p_fingerprints bigint[])
+RETURNS TABLE (outcome smallint, saldo bigint, settled_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n          integer  := cardinality(p_usuarios);
+    outcomes   smallint[] := array_fill(NULL::smallint, ARRAY[n]);
+    saldos     bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
+    settled    bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
+    applied    integer  := 0;
+    i          integer;
+    one        record;
+    seen       record;
+BEGIN
+    FOR i IN SELECT k FROM generate_subscripts(p_usuarios, 1) k
+              WHERE p_keys[k] IS NOT NULL ORDER BY p_principals[k], p_keys[k] LOOP
+        INSERT INTO idempotency_keys AS ik (principal, key, fingerprint, created_at, expires_at)
+        VALUES (p_principals[i], p_keys[i], p_fingerprints[i], now(),
+                now() + p_key_ttl_ms * interval '1 millisecond')
+        ON CONFLICT (principal, key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, kind = NULL, usuario = NULL, monto = NULL,
+               debited = NULL, saldo = NULL, created_at = EXCLUDED.created_at,
+               expires_at = EXCLUDED.expires_at
+         WHERE ik.expires_at <= now();
+        IF NOT FOUND THEN
+            SELECT ik.fingerprint, ik.debited, ik.saldo, ik.created_at INTO seen
+              FROM idempotency_keys ik WHERE ik.principal = p_principals[i] AND ik.key = p_keys[i];
+            IF seen.fingerprint <> p_fingerprints[i] THEN
+                outcomes[i] := 4;
+            ELSIF seen.debited IS NULL THEN
+                outcomes[i] := 5;
+            ELSE
+                outcomes[i] := CASE WHEN seen.debited THEN 2 ELSE 3 END;
+                saldos[i] := seen.saldo;
+                settled[i] := (extract(epoch FROM seen.created_at) * 1000)::bigint;
+            END IF;
+        END IF;
+    END LOOP;
+
+    FOR i IN SELECT k FROM generate_subscripts(p_usuarios, 1) k ORDER BY p_usuarios[k], k LOOP
+        CONTINUE WHEN outcomes[i] IS NOT NULL;
+        one := saldos_debit_one(p_usuarios[i], p_montos[i], p_opening);
+        outcomes[i] := CASE WHEN one.debited THEN 0 ELSE 1 END;
+        saldos[i] := one.saldo;
+        IF one.debited THEN
+            applied := applied + 1;
+            INSERT INTO debits (batch, seq, usuario, kind, monto, saldo, debited_at, principal,
+                                idempotency_key)
+            VALUES (p_batch, i, p_usuarios[i], p_kinds[i], p_montos[i], one.saldo, now(),
+                    p_principals[i], p_keys[i]);
+        END IF;
+        IF p_keys[i] IS NOT NULL THEN
+            UPDATE idempotency_keys ik
+               SET kind = p_kinds[i], usuario = p_usuarios[i], monto = p_montos[i],
+                   debited = one.debited, saldo = one.saldo
+             WHERE ik.principal = p_principals[i] AND ik.key = p_keys[i];
+        END IF;
+    END LOOP;
+
+    -- Last, so a fence written meanwhile (same id) makes this batch fail whole.
+    INSERT INTO debit_batches (id, debits) VALUES (p_batch, applied);
+    RETURN QUERY SELECT outcomes[k], saldos[k], settled[k]
+                   FROM generate_subscripts(outcomes, 1) k ORDER BY k;
+END $$;
