@@ -554,3 +554,170 @@ async fn the_application_role_runs_the_service_without_ddl() {
         );
     }
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs (PostgreSQL's packages depend on it)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A self-signed CA `name.pem` / `name.key` in `dir`.
+fn make_ca(dir: &std::path::Path, name: &str) {
+    let (pem, key, subject) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-subj",
+            &subject,
+        ],
+    );
+}
+
+// TLS (SPEC section 8): verify-full against the CA bundle connects (every
+// service connection is TLS); a server certificate from another CA, or not
+// naming the host, refuses the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verifies_the_server() {
+    let cluster = Cluster::start();
+    let url = cluster.create_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path(), "ca");
+    make_ca(dir.path(), "other-ca");
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(dir.path().join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    // The server reads its key as the postgres user, which must own it.
+    let postgres_owned = tempfile::tempdir().unwrap();
+    for file in ["server.pem", "server.key"] {
+        let to = postgres_owned.path().join(file);
+        std::fs::copy(dir.path().join(file), &to).unwrap();
+        let status = std::process::Command::new("chown")
+            .args(["postgres", to.to_str().unwrap()])
+            .status();
+        assert!(status.is_ok());
+    }
+    std::fs::set_permissions(
+        postgres_owned.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let admin = cluster.connect("postgres").await;
+    let files = postgres_owned.path().display();
+    // One statement each: ALTER SYSTEM refuses a transaction block.
+    for setting in [
+        format!("ssl_cert_file = '{files}/server.pem'"),
+        format!("ssl_key_file = '{files}/server.key'"),
+        "ssl = on".to_owned(),
+    ] {
+        admin
+            .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tls_url = |host: &str, ca: &str| {
+        format!(
+            "host={host} hostaddr=127.0.0.1 port={} user=postgres password={} dbname={database} \
+             sslmode=verify-full sslrootcert={}",
+            cluster.port,
+            pg_cluster::SUPERUSER_PASSWORD,
+            dir.path().join(ca).display()
+        )
+    };
+    let server = server_on(&tls_url("localhost", "ca.pem"), &[]).await;
+    let mut client = server.client().await;
+    assert_eq!(
+        client
+            .post("/retiro", r#"{"usuario":"a","monto":1}"#)
+            .await
+            .status,
+        200
+    );
+    client.assert_saldo("a", 99_999).await;
+    let plain: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.application_name = 'saldos' AND NOT s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let encrypted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.application_name = 'saldos' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0);
+    assert!(encrypted > 0);
+    for (host, ca) in [("localhost", "other-ca.pem"), ("127.0.0.1", "ca.pem")] {
+        let refused = open_on(&tls_url(host, ca), &[]).await;
+        assert!(refused.is_err(), "{host} with {ca}");
+    }
+}
