@@ -21,7 +21,7 @@ const SWEEP_KEYS_SQL: &str = "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRA
      LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
 const SWEEP_BATCHES_SQL: &str = "DELETE FROM debit_batches WHERE id = ANY(ARRAY(
-    SELECT id FROM debit_batches WHERE recorded_at <= now() - $2 * interval '1 millisecond'
+    SELECT id FROM debit_batches WHERE recorded_at <= now() - $2::bigint * interval '1 millisecond'
      LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
 /// Sweeps every `min(TTL, 60 s)` for as long as the process runs.

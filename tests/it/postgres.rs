@@ -721,3 +721,38 @@ async fn tls_verifies_the_server() {
         assert!(refused.is_err(), "{host} with {ca}");
     }
 }
+
+// Expired keys: a key past its TTL is new again, and the sweeper deletes
+// expired key rows (and old batch rows) in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_new_again_and_swept() {
+    let cluster = pg_cluster::shared();
+    let url = cluster.create_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let server = server_on(&url, &["--idempotency-ttl", "1s"]).await;
+    let mut client = server.client().await;
+    let first = keyed(&mut client, "/retiro", "k", r#"{"usuario":"a","monto":1}"#).await;
+    assert_eq!(first.unwrap().0, 200);
+    let conflict = keyed(&mut client, "/retiro", "k", r#"{"usuario":"a","monto":2}"#).await;
+    assert_eq!(conflict.unwrap().0, 422);
+    let admin = cluster.connect(&database).await;
+    let count = async |table: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        admin.query_one(&sql, &[]).await.unwrap().get(0)
+    };
+    assert_eq!(count("idempotency_keys").await, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count("idempotency_keys").await > 0 || count("debit_batches").await > 0 {
+        assert!(Instant::now() < deadline, "expired rows not swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count("debits").await, 1, "the audit trail is never swept");
+    let again = keyed(&mut client, "/retiro", "k", r#"{"usuario":"a","monto":2}"#).await;
+    assert_eq!(
+        again.unwrap(),
+        (
+            200,
+            r#"{"usuario":"a","monto_retirado":2,"nuevo_saldo":99997}"#.to_owned()
+        )
+    );
+}
