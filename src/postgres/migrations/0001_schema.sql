@@ -102,6 +102,9 @@ DECLARE
     saldos     bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
     settled    bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
     applied    integer  := 0;
+    audited    integer[] := '{}';   -- positions of applied debits
+    audit_saldos bigint[] := '{}';
+    settled_keys integer[] := '{}'; -- positions of keys decided in this batch
     i          integer;
     one        record;
     seen       record;
@@ -138,18 +141,25 @@ BEGIN
         saldos[i] := one.saldo;
         IF one.debited THEN
             applied := applied + 1;
-            INSERT INTO debits (batch, seq, usuario, kind, monto, saldo, debited_at, principal,
-                                idempotency_key)
-            VALUES (p_batch, i, p_usuarios[i], p_kinds[i], p_montos[i], one.saldo, now(),
-                    p_principals[i], p_keys[i]);
+            audited := audited || i;
+            audit_saldos := audit_saldos || one.saldo;
         END IF;
         IF p_keys[i] IS NOT NULL THEN
-            UPDATE idempotency_keys ik
-               SET kind = p_kinds[i], usuario = p_usuarios[i], monto = p_montos[i],
-                   debited = one.debited, saldo = one.saldo
-             WHERE ik.principal = p_principals[i] AND ik.key = p_keys[i];
+            settled_keys := settled_keys || i;
         END IF;
     END LOOP;
+
+    -- The audit rows and the keys' outcomes, one statement each.
+    INSERT INTO debits (batch, seq, usuario, kind, monto, saldo, debited_at, principal,
+                        idempotency_key)
+    SELECT p_batch, a.seq, p_usuarios[a.seq], p_kinds[a.seq], p_montos[a.seq], a.saldo, now(),
+           p_principals[a.seq], p_keys[a.seq]
+      FROM unnest(audited, audit_saldos) AS a(seq, saldo);
+    UPDATE idempotency_keys ik
+       SET kind = p_kinds[k.i], usuario = p_usuarios[k.i], monto = p_montos[k.i],
+           debited = (outcomes[k.i] = 0), saldo = saldos[k.i]
+      FROM unnest(settled_keys) AS k(i)
+     WHERE ik.principal = p_principals[k.i] AND ik.key = p_keys[k.i];
 
     -- Last, so a fence written meanwhile (same id) makes this batch fail whole.
     INSERT INTO debit_batches (id, debits) VALUES (p_batch, applied);
