@@ -18,6 +18,8 @@
 #
 # usage: benches/harness.sh [ROUNDS] [SECONDS]    (defaults: 3 rounds of 10 s)
 #        CELLS="postgres" benches/harness.sh …    (default: "hyper postgres")
+#        DB_CONNECTIONS=N: the postgres service's --db-connections (default 8;
+#        pinned to one CPU its own default would be 4)
 # needs: wrk, taskset, python3, two CPUs; PostgreSQL 15 and pgbench for the
 # postgres cells.
 set -euo pipefail
@@ -49,13 +51,14 @@ pg_ticks() {
 }
 
 pg_bin=/usr/lib/postgresql/15/bin
-pg_port=5610
+pg_port=5621
 as_postgres=()
 ((EUID == 0)) && as_postgres=(runuser -u postgres --) # the server refuses root
 psql_bench() { "$pg_bin/psql" -qAt -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
 
 if [[ $cells == *postgres* ]]; then
   mkdir -p "$work/pg"
+  chmod 755 "$work" # the postgres user must reach its directory
   ((EUID == 0)) && chown postgres "$work/pg"
   "${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
   # fsync and synchronous_commit on (the defaults): a commit is durable.
@@ -64,23 +67,24 @@ if [[ $cells == *postgres* ]]; then
     -c max_connections=300 -c shared_buffers=256MB >>"$work/postgres.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break; sleep 0.1; done
-  head -1 "$work/pg/data/postmaster.pid" >"$work/postgres.pid"
-  pids+=("$(cat "$work/postgres.pid")")
+  head -1 "$work/pg/data/postmaster.pid" >"$work/postmaster.pid"
+  pids+=("$(cat "$work/postmaster.pid")")
   psql_bench -c "CREATE DATABASE saldos" -c "CREATE DATABASE pgbench"
   "$pg_bin/pgbench" -q -i -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres pgbench >/dev/null 2>&1
-  start_pinned postgres 5604 10 target/release/saldos --bind 127.0.0.1 --port 5604 --workers 1 \
+  start_pinned postgres 5620 10 target/release/saldos --bind 127.0.0.1 --port 5620 --workers 1 \
     --storage postgres --database-url "postgres://postgres@127.0.0.1:$pg_port/saldos" \
-    --opening-balance 1000000000000 --log-format text
+    --opening-balance 1000000000000 --db-connections "${DB_CONNECTIONS:-8}" --log-format text
 fi
 
 # pgbench_run NAME CONNS ARGS...: pgbench on CPU 1, same columns as `run`
 # (its server CPU is PostgreSQL's).
 pgbench_run() {
   local name=$1 conns=$2 postmaster before after out; shift 2
-  postmaster=$(cat "$work/postgres.pid")
+  postmaster=$(cat "$work/postmaster.pid")
   before=$(pg_ticks "$postmaster")
   out=$(taskset -c 1 "$pg_bin/pgbench" -n -M prepared -j1 -c"$conns" -T"$seconds" -r \
     -h 127.0.0.1 -p "$pg_port" -U postgres "$@" 2>&1)
+  sleep 0.5 # pgbench's backends exit and are reaped: their time moves to the postmaster's
   after=$(pg_ticks "$postmaster")
   echo "$out" | awk -v s="$name" -v c="$conns" -v cpu="$((after - before))" -v hz="$(getconf CLK_TCK)" '
     /number of transactions actually processed/ { split($0, parts, ": "); split(parts[2], n, "/"); tx = n[1] }
@@ -93,10 +97,10 @@ run() { # server port mix conns
   local server=$1 port=$2 mix=$3 conns=$4 pid before after out pg_before=0 pg_after=0
   pid=$(cat "$work/$server.pid")
   before=$(cpu_ticks "$pid")
-  [[ -f $work/postgres.pid ]] && pg_before=$(pg_ticks "$(cat "$work/postgres.pid")")
+  [[ -f $work/postmaster.pid ]] && pg_before=$(pg_ticks "$(cat "$work/postmaster.pid")")
   out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${seconds}s" --latency -s "benches/wrk/$mix.lua" "http://127.0.0.1:$port")
   after=$(cpu_ticks "$pid")
-  [[ -f $work/postgres.pid ]] && pg_after=$(pg_ticks "$(cat "$work/postgres.pid")")
+  [[ -f $work/postmaster.pid ]] && pg_after=$(pg_ticks "$(cat "$work/postmaster.pid")")
   echo "$out" | awk -v s="$server" -v m="$mix" -v c="$conns" -v cpu="$((after - before))" \
     -v pg="$((pg_after - pg_before))" -v hz="$(getconf CLK_TCK)" '
     /requests in/ { requests = $1 }
@@ -123,11 +127,11 @@ for round in $(seq "$rounds"); do
     if [[ $cells == *postgres* ]]; then
       pgbench_run pgbench-debit "$conns" -f benches/pgbench/single_debit.sql saldos
       IFS='|' read -r batches_before debits_before <<<"$(batch_totals)"
-      run postgres 5604 retiro "$conns"
+      run postgres 5620 retiro "$conns"
       IFS='|' read -r batches_after debits_after <<<"$(batch_totals)"
       echo "postgres retiro $conns: $((debits_after - debits_before)) debits in $((batches_after - batches_before)) batches (commits)" >>"$work/batches"
       pgbench_run pgbench-select "$conns" -S pgbench
-      run postgres 5604 saldo "$conns"
+      run postgres 5620 saldo "$conns"
     fi
   done
 done

@@ -76,7 +76,8 @@ pub struct DatabaseArgs {
     /// PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT].
     #[arg(long, env = "SALDOS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Connections to the database [default: 2 × usable CPUs, 2 to 16].
+    /// Connections to the database, half of them writing debit batches
+    /// [default: 4 × usable CPUs, 4 to 32].
     #[arg(long, env = "SALDOS_DB_CONNECTIONS", value_parser = clap::value_parser!(u16).range(2..=DB_CONNECTIONS_MAX as i64))]
     pub db_connections: Option<u16>,
     /// How long a request may wait for its answer from the database.
@@ -102,10 +103,12 @@ pub enum DbAuth {
 }
 
 impl DatabaseArgs {
-    /// Connections: the flag, else 2 × usable CPUs within 2 ..= 16.
+    /// Connections: the flag, else 4 × usable CPUs within 4 ..= 32. Several
+    /// writers keep batches flowing while one waits for its commit's flush,
+    /// and PostgreSQL flushes their commits together.
     pub fn connection_count(&self) -> usize {
         self.db_connections
-            .map_or_else(|| (2 * usable_cpus()).clamp(2, 16), usize::from)
+            .map_or_else(|| (4 * usable_cpus()).clamp(4, 32), usize::from)
     }
 }
 
