@@ -120,7 +120,6 @@ const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO {role}",
     "GRANT SELECT, INSERT ON saldos_settings TO {role}",
     "GRANT SELECT ON saldos_migrations TO {role}",
-    "GRANT EXECUTE ON FUNCTION saldos_debit_one(text, bigint, bigint) TO {role}",
     "GRANT EXECUTE ON FUNCTION saldos_debit_batch(bigint, bigint, bigint, text[], text[], \
      bigint[], text[], text[], bigint[]) TO {role}",
 ];

@@ -10,11 +10,12 @@ CREATE TABLE saldos_settings (
 );
 
 -- Accounts that were seeded or debited; every other one has the opening
--- balance, so reading never writes.
+-- balance, so reading never writes. Room left in each page keeps a debit's
+-- update HOT (no index entry per update: the balance is not indexed).
 CREATE TABLE accounts (
     usuario text   PRIMARY KEY,
     saldo   bigint NOT NULL CHECK (saldo >= 0)
-);
+) WITH (fillfactor = 80);
 
 -- One row per committed debit batch (debits = how many were applied), or a
 -- fence (debits NULL) written by an instance that lost a batch's connection
@@ -58,30 +59,6 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at);
 
--- One check-and-debit on one account: debited (true, the new balance) or
--- refused (false, the balance). An account without a row has the opening
--- balance; its row is created by its first debit, never by a refusal.
-CREATE FUNCTION saldos_debit_one(p_usuario text, p_monto bigint, p_opening bigint,
-                                 OUT debited boolean, OUT saldo bigint)
-LANGUAGE plpgsql AS $$
-BEGIN
-    FOR attempt IN 1..2 LOOP
-        UPDATE accounts a SET saldo = a.saldo - p_monto
-         WHERE a.usuario = p_usuario AND a.saldo >= p_monto
-        RETURNING a.saldo INTO saldo;
-        IF FOUND THEN debited := true; RETURN; END IF;
-        SELECT a.saldo INTO saldo FROM accounts a WHERE a.usuario = p_usuario;
-        IF FOUND THEN debited := false; RETURN; END IF;
-        IF p_opening < p_monto THEN debited := false; saldo := p_opening; RETURN; END IF;
-        INSERT INTO accounts AS a (usuario, saldo) VALUES (p_usuario, p_opening - p_monto)
-        ON CONFLICT (usuario) DO NOTHING
-        RETURNING a.saldo INTO saldo;
-        IF FOUND THEN debited := true; RETURN; END IF;
-        -- Created meanwhile by another transaction: its row decides, next pass.
-    END LOOP;
-    RAISE EXCEPTION 'account % neither found nor created', p_usuario;
-END $$;
-
 -- A batch of debits in one statement, one transaction, one commit. Locks are
 -- taken in one global order so batches of different instances never
 -- deadlock: idempotency keys first, sorted by (principal, key); then
@@ -106,7 +83,8 @@ DECLARE
     audit_saldos bigint[] := '{}';
     settled_keys integer[] := '{}'; -- positions of keys decided in this batch
     i          integer;
-    one        record;
+    debited    boolean;
+    s          bigint;
     seen       record;
 BEGIN
     FOR i IN SELECT k FROM generate_subscripts(p_usuarios, 1) k
@@ -136,13 +114,34 @@ BEGIN
 
     FOR i IN SELECT k FROM generate_subscripts(p_usuarios, 1) k ORDER BY p_usuarios[k], k LOOP
         CONTINUE WHEN outcomes[i] IS NOT NULL;
-        one := saldos_debit_one(p_usuarios[i], p_montos[i], p_opening);
-        outcomes[i] := CASE WHEN one.debited THEN 0 ELSE 1 END;
-        saldos[i] := one.saldo;
-        IF one.debited THEN
+        -- One check-and-debit: the conditional update; else the row's balance
+        -- (refused); else no row, the opening balance: refused, or the row
+        -- created by this first debit. A row created meanwhile by another
+        -- transaction decides on the second pass.
+        debited := NULL;
+        FOR attempt IN 1..2 LOOP
+            UPDATE accounts a SET saldo = a.saldo - p_montos[i]
+             WHERE a.usuario = p_usuarios[i] AND a.saldo >= p_montos[i]
+            RETURNING a.saldo INTO s;
+            IF FOUND THEN debited := true; EXIT; END IF;
+            SELECT a.saldo INTO s FROM accounts a WHERE a.usuario = p_usuarios[i];
+            IF FOUND THEN debited := false; EXIT; END IF;
+            IF p_opening < p_montos[i] THEN debited := false; s := p_opening; EXIT; END IF;
+            INSERT INTO accounts AS a (usuario, saldo)
+            VALUES (p_usuarios[i], p_opening - p_montos[i])
+            ON CONFLICT (usuario) DO NOTHING
+            RETURNING a.saldo INTO s;
+            IF FOUND THEN debited := true; EXIT; END IF;
+        END LOOP;
+        IF debited IS NULL THEN
+            RAISE EXCEPTION 'account % neither found nor created', p_usuarios[i];
+        END IF;
+        outcomes[i] := CASE WHEN debited THEN 0 ELSE 1 END;
+        saldos[i] := s;
+        IF debited THEN
             applied := applied + 1;
             audited := audited || i;
-            audit_saldos := audit_saldos || one.saldo;
+            audit_saldos := audit_saldos || s;
         END IF;
         IF p_keys[i] IS NOT NULL THEN
             settled_keys := settled_keys || i;
