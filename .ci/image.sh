@@ -180,10 +180,11 @@ start() { # name podman-run-args... -- saldos-args...
   shift
   containers+=("$name")
   # As the ECS task definition runs it: read-only root with no tmpfs added,
-  # every capability dropped, the image's own user. Loopback only.
+  # every capability dropped, the image's own user. Loopback only (host
+  # network: metrics on a free port, so nothing else on 9464 can clash).
   timeout 60 "${PODMAN[@]}" run --detach --name "$name" "${SANDBOX[@]}" \
     --read-only --read-only-tmpfs=false --cap-drop ALL \
-    --env PORT="$port" --env SALDOS_BIND=127.0.0.1 \
+    --env PORT="$port" --env SALDOS_BIND=127.0.0.1 --env SALDOS_METRICS_ADDR=127.0.0.1:0 \
     "${run_args[@]}" "$IMAGE" "$@" >/dev/null 2>"$work/podman.err" || {
     cat "$work/podman.err" >&2
     fail "podman run of $name did not start (podman's message above)"

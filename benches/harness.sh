@@ -1,141 +1,83 @@
 #!/usr/bin/env bash
 # Side-by-side speed harness: saldos (memory and journal storage) against the
-# bare hyper baseline (examples/hyper_baseline.rs), with wrk on loopback; and
-# saldos on PostgreSQL against pgbench's own ceiling.
+# bare hyper baseline (examples/hyper_baseline.rs), with wrk on loopback.
 # Each server runs pinned to CPU 0 with one worker; wrk runs pinned to CPU 1
 # with one thread. Rounds alternate baseline and service so drift on a shared
 # machine hits both. Prints medians of req/s, p99 and requests per server
 # CPU-second (utime+stime from /proc/PID/stat), and their ratios to baseline.
 #
-# Postgres cells: a throwaway PostgreSQL 15 cluster and the service, both
-# pinned to CPU 0 (an app and its database on one small box), wrk or pgbench
-# on CPU 1 with the same client count. pgbench runs the single-debit
-# transaction (benches/pgbench/single_debit.sql: upsert, conditional update
-# with the audit row, commit) and the select-only one (-S); both -M prepared.
-# CPU seconds of the server and of PostgreSQL (postmaster, its children and
-# reaped children) are printed per cell, and mean debits per batch (= commit)
-# from the debit_batches table.
+# The observability cells compare the same memory server with metrics on
+# (the default) and off (`--metrics-addr ""`), and with tracing on (OTLP to a
+# local sink that answers 200, default 5 % sampling) and off, GET /saldo and
+# POST /retiro at 256 connections, alternating, and print their ratios.
 #
-# usage: benches/harness.sh [ROUNDS] [SECONDS]    (defaults: 3 rounds of 10 s)
-#        CELLS="postgres" benches/harness.sh …    (default: "hyper postgres")
-#        DB_CONNECTIONS=N: the postgres service's --db-connections (default 8;
-#        pinned to one CPU its own default would be 4)
-# needs: wrk, taskset, python3, two CPUs; PostgreSQL 15 and pgbench for the
-# postgres cells.
+# With CELLS=all it then runs the PostgreSQL cells (benches/postgres.sh: the
+# service on PostgreSQL beside pgbench), when PostgreSQL 15 is installed.
+#
+# usage: benches/harness.sh [ROUNDS] [SECONDS] [CELLS]
+#   defaults: 3 rounds of 10 s, CELLS=all; CELLS=observability runs only the
+#   observability cells; benches/postgres.sh alone runs only the postgres ones.
+# needs: wrk, taskset, python3, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-10}
-cells=${CELLS:-hyper postgres}
+cells=${3:-all}
 cargo build --release --locked --bin saldos --example hyper_baseline
 source benches/common.sh
-touch "$work/results"
 
-if [[ $cells == *hyper* ]]; then
-  start_pinned baseline 5601 5 target/release/examples/hyper_baseline 5601 1
-  start_pinned memory 5602 5 target/release/saldos --bind 127.0.0.1 --port 5602 --workers 1 --storage memory --log-format text
-  start_pinned journal 5603 5 target/release/saldos --bind 127.0.0.1 --port 5603 --workers 1 --storage journal --data-dir "$work/data" --log-format text
-fi
+saldos=(target/release/saldos --bind 127.0.0.1 --workers 1 --log-format text)
+# Metrics on (the default) on a free port each, or off.
+metrics_on=(--metrics-addr 127.0.0.1:0)
+start_pinned baseline 5601 5 target/release/examples/hyper_baseline 5601 1
+start_pinned memory 5602 5 "${saldos[@]}" "${metrics_on[@]}" --port 5602 --storage memory
+start_pinned journal 5603 5 "${saldos[@]}" "${metrics_on[@]}" --port 5603 --storage journal --data-dir "$work/data"
+start_pinned metrics-off 5604 5 "${saldos[@]}" --metrics-addr "" --port 5604 --storage memory
+# The OTLP sink (on wrk's CPU): reads each export and answers 200.
+taskset -c 1 python3 -c '
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()' 5606 &
+pids+=($!)
+start_pinned traced 5605 5 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:5606 "${saldos[@]}" "${metrics_on[@]}" --port 5605 --storage memory
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# PostgreSQL's CPU ticks: the postmaster's own and its reaped children's,
-# plus every live child's.
-pg_ticks() {
-  local postmaster=$1 total child
-  total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat")
-  for child in $(pgrep -P "$postmaster"); do
-    total=$((total + $(cpu_ticks "$child" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-
-pg_bin=/usr/lib/postgresql/15/bin
-pg_port=5621
-as_postgres=()
-((EUID == 0)) && as_postgres=(runuser -u postgres --) # the server refuses root
-psql_bench() { "$pg_bin/psql" -qAt -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
-
-if [[ $cells == *postgres* ]]; then
-  mkdir -p "$work/pg"
-  chmod 755 "$work" # the postgres user must reach its directory
-  ((EUID == 0)) && chown postgres "$work/pg"
-  "${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
-  # fsync and synchronous_commit on (the defaults): a commit is durable.
-  taskset -c 0 "${as_postgres[@]}" "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" \
-    -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$work/pg" \
-    -c max_connections=300 -c shared_buffers=256MB >>"$work/postgres.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break; sleep 0.1; done
-  head -1 "$work/pg/data/postmaster.pid" >"$work/postmaster.pid"
-  pids+=("$(cat "$work/postmaster.pid")")
-  psql_bench -c "CREATE DATABASE saldos" -c "CREATE DATABASE pgbench"
-  "$pg_bin/pgbench" -q -i -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres pgbench >/dev/null 2>&1
-  start_pinned postgres 5620 10 target/release/saldos --bind 127.0.0.1 --port 5620 --workers 1 \
-    --storage postgres --database-url "postgres://postgres@127.0.0.1:$pg_port/saldos" \
-    --opening-balance 1000000000000 --db-connections "${DB_CONNECTIONS:-8}" --log-format text
-fi
-
-# pgbench_run NAME CONNS ARGS...: pgbench on CPU 1, same columns as `run`
-# (its server CPU is PostgreSQL's).
-pgbench_run() {
-  local name=$1 conns=$2 postmaster before after out; shift 2
-  postmaster=$(cat "$work/postmaster.pid")
-  before=$(pg_ticks "$postmaster")
-  out=$(taskset -c 1 "$pg_bin/pgbench" -n -M prepared -j1 -c"$conns" -T"$seconds" -r \
-    -h 127.0.0.1 -p "$pg_port" -U postgres "$@" 2>&1)
-  sleep 0.5 # pgbench's backends exit and are reaped: their time moves to the postmaster's
-  after=$(pg_ticks "$postmaster")
-  echo "$out" | awk -v s="$name" -v c="$conns" -v cpu="$((after - before))" -v hz="$(getconf CLK_TCK)" '
-    /number of transactions actually processed/ { split($0, parts, ": "); split(parts[2], n, "/"); tx = n[1] }
-    /^tps/ { tps = $3 }
-    /latency average/ { avg = $4 }
-    END { printf "%s pgbench %s %s %sms %s 0 %s %s\n", s, c, tps, avg, tx / (cpu / hz), cpu / hz, cpu / hz }' >>"$work/results"
-}
-
 run() { # server port mix conns
-  local server=$1 port=$2 mix=$3 conns=$4 pid before after out pg_before=0 pg_after=0
+  local server=$1 port=$2 mix=$3 conns=$4 pid before after out
   pid=$(cat "$work/$server.pid")
   before=$(cpu_ticks "$pid")
-  [[ -f $work/postmaster.pid ]] && pg_before=$(pg_ticks "$(cat "$work/postmaster.pid")")
   out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${seconds}s" --latency -s "benches/wrk/$mix.lua" "http://127.0.0.1:$port")
   after=$(cpu_ticks "$pid")
-  [[ -f $work/postmaster.pid ]] && pg_after=$(pg_ticks "$(cat "$work/postmaster.pid")")
-  echo "$out" | awk -v s="$server" -v m="$mix" -v c="$conns" -v cpu="$((after - before))" \
-    -v pg="$((pg_after - pg_before))" -v hz="$(getconf CLK_TCK)" '
+  echo "$out" | awk -v s="$server" -v m="$mix" -v c="$conns" -v cpu="$((after - before))" -v hz="$(getconf CLK_TCK)" '
     /requests in/ { requests = $1 }
     /Requests\/sec/ { rps = $2 }
     $1 == "99%" { p99 = $2 }
     /Non-2xx/ { errors = $5 }
-    END { printf "%s %s %s %s %s %s %s %s %s\n", s, m, c, rps, p99, requests / (cpu / hz), errors + 0, cpu / hz, pg / hz }' >>"$work/results"
+    END { printf "%s %s %s %s %s %s %s\n", s, m, c, rps, p99, requests / (cpu / hz), errors + 0 }' >>"$work/results"
 }
-
-# Debit batches and the debits they carried so far (each batch one commit).
-batch_totals() { psql_bench -d saldos -c "SELECT count(*), coalesce(sum(debits), 0) FROM debit_batches"; }
 
 for round in $(seq "$rounds"); do
   echo "round $round/$rounds" >&2
+  for mix in saldo retiro; do
+    run memory 5602 "$mix" 256
+    run metrics-off 5604 "$mix" 256
+    run traced 5605 "$mix" 256
+  done
+  [[ $cells == observability ]] && continue
   for conns in 64 256; do
-    if [[ $cells == *hyper* ]]; then
-      for mix in saldo retiro; do
-        run baseline 5601 "$mix" "$conns"
-        run memory 5602 "$mix" "$conns"
-      done
-      run baseline 5601 retiro "$conns"
-      run journal 5603 retiro "$conns"
-    fi
-    if [[ $cells == *postgres* ]]; then
-      pgbench_run pgbench-debit "$conns" -f benches/pgbench/single_debit.sql saldos
-      IFS='|' read -r batches_before debits_before <<<"$(batch_totals)"
-      run postgres 5620 retiro "$conns"
-      IFS='|' read -r batches_after debits_after <<<"$(batch_totals)"
-      echo "postgres retiro $conns: $((debits_after - debits_before)) debits in $((batches_after - batches_before)) batches (commits)" >>"$work/batches"
-      pgbench_run pgbench-select "$conns" -S pgbench
-      run postgres 5620 saldo "$conns"
-    fi
+    for mix in saldo retiro; do
+      run baseline 5601 "$mix" "$conns"
+      run memory 5602 "$mix" "$conns"
+    done
+    run baseline 5601 retiro "$conns"
+    run journal 5603 retiro "$conns"
   done
 done
-[[ -f $work/batches ]] && cat "$work/batches" && awk '{d += $4; b += $7} END { if (b) printf "mean debits per batch (= per commit): %.1f\n", d / b }' "$work/batches"
 
 python3 - "$work/results" <<'PY'
 import collections, statistics, sys
@@ -148,21 +90,36 @@ def ms(text):
     return float(text)
 
 runs = collections.defaultdict(list)
-cpu = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    server, mix, conns, rps, p99, per_cpu, errors, server_s, pg_s = line.split()
+    server, mix, conns, rps, p99, per_cpu, errors = line.split()
     if int(errors):
         sys.exit(f"{server} {mix} {conns}: {errors} non-2xx responses")
     runs[(server, mix, int(conns))].append((float(rps), ms(p99), float(per_cpu)))
-    cpu[(server, mix, int(conns))].append((float(server_s), float(pg_s)))
 
 def median(key, field):
     return statistics.median(run[field] for run in runs[key])
 
+def ratios(on, off, title):
+    pairs = [(mix, conns) for (server, mix, conns) in sorted(runs) if server == on and (off, mix, conns) in runs]
+    if not pairs:
+        return
+    print(f"\n{title}\n")
+    print(f"| mix | conns | req/s {on} | req/s {off} | × | req/CPU-s {on} | req/CPU-s {off} | × |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mix, conns in pairs:
+        a = [median((on, mix, conns), f) for f in (0, 2)]
+        b = [median((off, mix, conns), f) for f in (0, 2)]
+        print(f"| {mix} | {conns} | {a[0]:,.0f} | {b[0]:,.0f} | {a[0]/b[0]:.3f} | {a[1]:,.0f} | {b[1]:,.0f} | {a[1]/b[1]:.3f} |")
+
+ratios("memory", "metrics-off", "Metrics on (default) against off (--metrics-addr \"\"), memory storage:")
+ratios("traced", "memory", "Tracing on (OTLP, 5 % sampled) against off, metrics on, memory storage:")
+if not any(server == "baseline" for (server, _, _) in runs):
+    sys.exit(0)
+print()
 print("| storage | mix | conns | req/s | ×baseline | p99 ms | ×baseline | req/CPU-s | ×baseline |")
 print("|---|---|---|---|---|---|---|---|---|")
 for (server, mix, conns) in sorted(runs):
-    if server == "baseline" or mix == "pgbench" or server == "postgres":
+    if server in ("baseline", "metrics-off", "traced"):
         continue
     base = ("baseline", mix, conns)
     row = [median((server, mix, conns), f) for f in range(3)]
@@ -173,26 +130,12 @@ for (server, mix, conns) in sorted(runs):
     if server == "baseline":
         row = [median((server, mix, conns), f) for f in range(3)]
         print(f"| baseline | {mix} | {conns} | {row[0]:,.0f} | 1.00 | {row[1]:.2f} | 1.00 | {row[2]:,.0f} | 1.00 |")
-
-# PostgreSQL cells: the service beside pgbench's ceiling at the same client
-# count (single debit per transaction for retiro, select-only for saldo).
-pg_rows = [(conns, mix) for (server, mix, conns) in runs if server == "postgres"]
-if pg_rows:
-    print()
-    print("| cell | conns | req/s (tps) | p99 ms (pgbench: mean) | server CPU s | PostgreSQL CPU s | × pgbench | target |")
-    print("|---|---|---|---|---|---|---|---|")
-    refs = {"retiro": ("pgbench-debit", 5.0), "saldo": ("pgbench-select", 1.0)}
-    for conns, mix in sorted(set(pg_rows)):
-        ref_name, target = refs[mix]
-        ref = ("pgbench", conns)
-        ref_key = (ref_name, "pgbench", conns)
-        key = ("postgres", mix, conns)
-        rps, p99 = median(key, 0), median(key, 1)
-        server_s = statistics.median(c[0] for c in cpu[key])
-        pg_s = statistics.median(c[1] for c in cpu[key])
-        base = median(ref_key, 0)
-        base_pg_s = statistics.median(c[1] for c in cpu[ref_key])
-        print(f"| {ref_name} | {conns} | {base:,.0f} | {median(ref_key, 1):.2f} | – | {base_pg_s:.1f} | 1.00 | |")
-        met = "met" if rps >= target * base else "NOT met"
-        print(f"| postgres {mix} | {conns} | {rps:,.0f} | {p99:.2f} | {server_s:.1f} | {pg_s:.1f} | {rps/base:.2f} | ≥ {target:g}× ({met}) |")
 PY
+
+if [[ $cells == all ]]; then
+  if [[ -x /usr/lib/postgresql/15/bin/postgres ]]; then
+    bash benches/postgres.sh "$rounds" "$seconds"
+  else
+    echo "postgres cells skipped: PostgreSQL 15 is not installed" >&2
+  fi
+fi

@@ -24,7 +24,7 @@ source benches/common.sh
 serve() { # name port segment_bytes
   start_pinned "$1" "$2" 60 target/release/saldos --bind 127.0.0.1 --port "$2" --workers 1 \
     --storage journal --data-dir "$work/$1" --seed "" --journal-segment-bytes "$3" \
-    --log-format text ${SHARDS:+--shards "$SHARDS"}
+    --log-format text --metrics-addr 127.0.0.1:0 ${SHARDS:+--shards "$SHARDS"}
 }
 
 prepare() { # name port segment_bytes

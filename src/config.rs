@@ -2,7 +2,7 @@
 //! validated once, before anything binds or opens a file. Every bad setting is
 //! reported in one line naming it; the binary then exits 2.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub const DB_CONNECTIONS_MAX: usize = 256;
 
 /// The longest database timeout.
 pub const DB_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// The longest slow-request threshold.
+pub const SLOW_REQUEST_MAX: Duration = Duration::from_secs(3_600);
 
 /// The most accounts a seed may list.
 pub const SEED_ACCOUNTS_MAX: usize = 10_000;
@@ -202,7 +204,19 @@ pub struct ServeArgs {
     /// The PostgreSQL storage's database.
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    // Observability (SPEC section 7).
+    /// Address of the metrics listener (`GET /metrics`); empty: no metrics.
+    #[arg(long, env = "SALDOS_METRICS_ADDR", default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+    /// A request slower than this is logged at `warn` (`0ms`: every request).
+    #[arg(long, env = "SALDOS_SLOW_REQUEST", default_value = "1s", value_parser = parse_slow_request)]
+    pub slow_request: Duration,
 }
+
+/// Where metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
 
 /// Seeded accounts, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -305,6 +319,21 @@ fn parse_db_timeout(text: &str) -> Result<Duration, String> {
     parse_duration_within(text, Duration::from_millis(100), DB_TIMEOUT_MAX)
 }
 
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text.trim().is_empty() {
+        return Ok(MetricsAddr(None));
+    }
+    let address = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not an address such as 127.0.0.1:9464 (empty: off)"))?;
+    Ok(MetricsAddr(Some(address)))
+}
+
+fn parse_slow_request(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, SLOW_REQUEST_MAX)
+}
+
 fn parse_shutdown_grace(text: &str) -> Result<Duration, String> {
     parse_duration_within(text, Duration::ZERO, SHUTDOWN_GRACE_MAX)
 }
@@ -390,6 +419,16 @@ mod tests {
             "a=9007199254740992",
         ] {
             assert!(parse_seed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn metrics_addresses_parse_or_turn_metrics_off() {
+        let on = parse_metrics_addr("127.0.0.1:9464").unwrap();
+        assert_eq!(on.0, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse_metrics_addr("").unwrap(), MetricsAddr(None));
+        for bad in ["9464", "localhost:9464", "127.0.0.1", "1.2.3.4:99999"] {
+            assert!(parse_metrics_addr(bad).is_err(), "{bad:?}");
         }
     }
 

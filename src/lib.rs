@@ -13,6 +13,8 @@
 //! - [`sharded`]: the bounded, sharded hash tables the ledger and the keys share.
 //! - [`usuario`]: account names and their rules.
 //! - [`render`]: response bytes without per-response allocation.
+//! - [`metrics`], [`traces`]: Prometheus metrics and their listener,
+//!   OpenTelemetry traces.
 //! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`http_get`], [`clock`]:
 //!   cross-cutting.
 
@@ -26,6 +28,7 @@ pub mod idempotency;
 pub mod journal;
 pub mod ledger;
 pub mod logging;
+pub mod metrics;
 pub mod postgres;
 pub mod render;
 pub mod request_id;
@@ -33,6 +36,7 @@ pub mod router;
 pub mod server;
 pub mod sharded;
 pub mod storage;
+pub mod traces;
 pub mod usuario;
 
 use std::net::SocketAddr;
@@ -43,6 +47,8 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::{MigrateArgs, ServeArgs, StorageKind};
 use crate::ledger::{Ledger, Limits};
+use crate::metrics::Recorder;
+use crate::router::App;
 use crate::storage::Storage;
 
 /// Pending connections the kernel queues while all permits are taken.
@@ -149,8 +155,38 @@ pub fn listen(address: SocketAddr) -> Result<TcpListener, StartError> {
     listen().map_err(|source| StartError::Listen { address, source })
 }
 
+/// What every request is served with, as the arguments describe it;
+/// `traced`: the trace pipeline is on.
+pub fn app(args: &ServeArgs, storage: Arc<Storage>, traced: bool) -> App {
+    let metrics = match args.metrics_addr.0 {
+        Some(_) => Recorder::new(args.worker_count()),
+        None => Recorder::off(),
+    };
+    App {
+        storage,
+        metrics: Arc::new(metrics),
+        slow_request: args.slow_request,
+        traced,
+    }
+}
+
+/// Binds the metrics listener when metrics are on and serves it in a task
+/// (of the current runtime); returns the address it listens on.
+pub async fn spawn_metrics(args: &ServeArgs, app: &App) -> Result<Option<SocketAddr>, StartError> {
+    let Some(address) = args.metrics_addr.0 else {
+        return Ok(None);
+    };
+    let listen_error = |source| StartError::Listen { address, source };
+    let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    let registry = metrics::registry(app.metrics.clone(), &app.storage);
+    tokio::spawn(metrics::serve(listener, Arc::new(registry)));
+    Ok(Some(bound))
+}
+
 /// Runs the service until SIGTERM or SIGINT, then drains. Blocks.
-pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+/// `traced`: the trace pipeline is on.
+pub fn serve(args: ServeArgs, traced: bool) -> Result<(), StartError> {
     let workers = args.worker_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -170,13 +206,18 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             workers,
             shards = args.shard_count(),
             seeded = args.seed.0.len(),
+            traced,
             "listening"
         );
+        let app = Arc::new(app(&args, storage.clone(), traced));
+        if let Some(metrics_address) = spawn_metrics(&args, &app).await? {
+            tracing::info!(address = %metrics_address, "serving metrics");
+        }
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
         if storage.as_local().is_some() {
             tokio::spawn(sweep_expired_keys(storage.clone()));
         }
-        let drained = server::run(listener, storage.clone(), settings, shutdown_signal()).await;
+        let drained = server::run(listener, app, settings, shutdown_signal()).await;
         tracing::info!(connections_cut = drained.connections_cut, "stopped");
         Ok::<_, StartError>(storage)
     });
@@ -192,7 +233,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
 /// `saldos migrate`: applies the PostgreSQL migrations, then exits: 0 when
 /// the schema is current, 1 when it could not be brought there.
 pub fn migrate(args: &MigrateArgs) -> std::process::ExitCode {
-    logging::init(config::LogFormat::Text);
+    logging::init(config::LogFormat::Text, None);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();

@@ -31,8 +31,12 @@ fn main() -> ExitCode {
             if let Err(reason) = args.validate() {
                 return bad_config(&format!("error: {reason}"));
             }
-            saldos::logging::init(args.log_format);
-            match saldos::serve(args) {
+            let traces = match saldos::traces::Pipeline::from_env() {
+                Ok(traces) => traces,
+                Err(error) => return bad_config(&format!("error: {error}")),
+            };
+            saldos::logging::init(args.log_format, traces.as_ref());
+            match saldos::serve(args, traces.is_some()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "cannot serve");

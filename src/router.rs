@@ -1,13 +1,20 @@
 //! The router: the one place that maps a method and path to a handler, and
-//! every refusal to its response. Also stamps `X-Request-Id` on every answer.
+//! every refusal to its response. Also stamps `X-Request-Id` on every answer,
+//! counts it in the request metrics and logs it when slow.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::api::{self, ApiError, Body};
 use crate::ledger::DebitKind;
+use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
 use crate::storage::Storage;
+use crate::traces::{AmznTraceId, RequestTrace};
 
 /// Methods of the `GET` routes (`HEAD` is answered like `GET`, without body).
 const ALLOW_GET: &str = "GET, HEAD";
@@ -42,6 +49,16 @@ impl<'a> Route<'a> {
         }
     }
 
+    /// The route's metric label: its pattern, never the account.
+    fn label(self) -> RouteLabel {
+        match self {
+            Self::Health => RouteLabel::Health,
+            Self::Live => RouteLabel::Live,
+            Self::Saldo(_) => RouteLabel::Saldo,
+            Self::Debit(kind) => RouteLabel::debit(kind),
+        }
+    }
+
     fn allow(self) -> &'static str {
         match self {
             Self::Health | Self::Live | Self::Saldo(_) => ALLOW_GET,
@@ -50,33 +67,82 @@ impl<'a> Route<'a> {
     }
 }
 
+/// What every request is served with.
+pub struct App {
+    /// Balances, debits and idempotency keys.
+    pub storage: Arc<Storage>,
+    /// The request path's metrics (records nothing when metrics are off).
+    pub metrics: Arc<Recorder>,
+    /// A request slower than this is logged at `warn`.
+    pub slow_request: Duration,
+    /// The trace pipeline is on: requests get spans.
+    pub traced: bool,
+}
+
 /// Answers one request. Never fails: every refusal is a response.
-pub async fn handle(storage: &Storage, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
     let request_id = request_id::for_request(request.headers().get(&request_id::HEADER));
-    let mut response = route(storage, request)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    let method = MethodLabel::of(request.method());
+    // For the log line, which may come after the headers are gone.
+    let amzn_trace_id = AmznTraceId::of(request.headers());
+    // Built only when tracing is on: otherwise no tracing work at all.
+    let trace = app.traced.then(|| {
+        let id = request_id.to_str().unwrap_or_default();
+        let route =
+            Route::resolve(request.uri().path()).map_or(RouteLabel::Unmatched, Route::label);
+        RequestTrace::start(request.headers(), method, route, id, amzn_trace_id.as_ref())
+    });
+    let (route, answered) = match &trace {
+        None => route(app, request).await,
+        Some(trace) => route(app, request).instrument(trace.span.clone()).await,
+    };
+    let mut response = answered.unwrap_or_else(ApiError::into_response);
+    let status = response.status();
+    let elapsed = started.elapsed();
+    app.metrics.request(route, method, status, elapsed);
+    if let Some(trace) = &trace {
+        trace.finish(status.as_u16());
+    }
+    if elapsed >= app.slow_request {
+        tracing::warn!(
+            route = route.as_str(),
+            method = method.as_str(),
+            status = status.as_u16(),
+            duration_ms = elapsed.as_millis() as u64,
+            request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
+            amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
+            "slow request"
+        );
+    }
     response
         .headers_mut()
         .insert(request_id::HEADER, request_id);
     response
 }
 
-async fn route(storage: &Storage, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// The request's route (its label) and its answer.
+async fn route(
+    app: &App,
+    request: Request<Incoming>,
+) -> (RouteLabel, Result<Response<Body>, ApiError>) {
     let Some(route) = Route::resolve(request.uri().path()) else {
-        return Err(ApiError::RutaNoEncontrada);
+        return (RouteLabel::Unmatched, Err(ApiError::RutaNoEncontrada));
     };
     let is_get = matches!(*request.method(), Method::GET | Method::HEAD);
     let is_post = *request.method() == Method::POST;
-    match route {
-        Route::Health if is_get => api::get_health(storage).await,
-        Route::Live if is_get => api::get_live(storage),
-        Route::Saldo(segment) if is_get => api::get_saldo(storage, segment).await,
-        Route::Debit(kind) if is_post => api::post_debit(storage, kind, request).await,
+    let label = route.label();
+    let answered = match route {
+        Route::Health if is_get => api::get_health(&app.storage).await,
+        Route::Live if is_get => api::get_live(&app.storage),
+        Route::Saldo(segment) if is_get => api::get_saldo(app, segment).await,
+        Route::Debit(kind) if is_post => api::post_debit(app, kind, request).await,
         _ => Err(ApiError::MetodoNoPermitido {
             allow: route.allow(),
         }),
-    }
+    };
+    (label, answered)
 }
 
 #[cfg(test)]

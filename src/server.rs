@@ -39,8 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::MissedTickBehavior;
 
-use crate::router;
-use crate::storage::Storage;
+use crate::router::{self, App};
 
 /// How long a keep-alive connection may sit with no request, by default.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -102,7 +101,7 @@ pub struct Drained {
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn run(
     listener: TcpListener,
-    storage: Arc<Storage>,
+    app: Arc<App>,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Drained {
@@ -135,9 +134,9 @@ pub async fn run(
             }
         };
         let watched = watchdog.register();
-        let (storage, open_tx) = (storage.clone(), open_tx.clone());
+        let (app, open_tx) = (app.clone(), open_tx.clone());
         tokio::spawn(async move {
-            serve_connection(stream, storage, watched).await;
+            serve_connection(stream, app, watched).await;
             drop((permit, open_tx));
         });
     }
@@ -162,7 +161,8 @@ tokio::task_local! {
 }
 
 /// Serves one connection until it closes, times out or finishes draining.
-async fn serve_connection(stream: TcpStream, storage: Arc<Storage>, watched: Watched) {
+async fn serve_connection(stream: TcpStream, app: Arc<App>, watched: Watched) {
+    let _open = app.metrics.connection();
     // Small responses must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     let watch = watched.watch.clone();
@@ -170,11 +170,11 @@ async fn serve_connection(stream: TcpStream, storage: Arc<Storage>, watched: Wat
         stream,
         watch: watch.clone(),
     });
-    let service = service_fn(move |request| {
-        let storage = storage.clone();
+    let service = service_fn(|request| {
+        let app = &app;
         async move {
             let _ = CURRENT.try_with(|watch| watch.enter(Phase::Handling));
-            let response = router::handle(&storage, request).await;
+            let response = router::handle(app, request).await;
             let _ = CURRENT.try_with(|watch| watch.enter(Phase::Idle));
             Ok::<_, Infallible>(response)
         }

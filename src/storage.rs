@@ -13,6 +13,8 @@
 
 use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
+
 use crate::clock;
 use crate::idempotency::{Begin, InFlightGuard, Remembered, Table};
 use crate::journal::{Journal, Key, Queued, Record, Unavailable};
@@ -141,6 +143,34 @@ impl Storage {
         }
     }
 
+    /// Readiness as last seen, without waiting (for a metrics scrape): the
+    /// journal's state, or whether the last database round trip succeeded.
+    pub fn was_ready(&self) -> bool {
+        match &self.backend {
+            Backend::Local(local) => local.is_live(),
+            Backend::Postgres(postgres) => postgres.was_ready(),
+        }
+    }
+
+    /// Accounts stored, when this process holds them.
+    pub fn accounts_stored(&self) -> Option<usize> {
+        self.as_local().map(Local::accounts_stored)
+    }
+
+    /// Idempotency keys remembered, when this process holds them.
+    pub fn keys_stored(&self) -> Option<usize> {
+        self.as_local().map(|local| local.keys().keys_stored())
+    }
+
+    /// Registers this storage's own metric families (SPEC section 7): the
+    /// one place a storage adds what only it can measure.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        match &self.backend {
+            Backend::Local(local) => local.register_metrics(registry),
+            Backend::Postgres(postgres) => postgres.stats().register(registry),
+        }
+    }
+
     /// Readiness: debits can be applied now.
     pub async fn is_ready(&self) -> bool {
         match &self.backend {
@@ -181,6 +211,18 @@ impl Local {
     /// The account's durable balance.
     pub fn saldo(&self, usuario: &Usuario) -> u64 {
         self.ledger.saldo(usuario)
+    }
+
+    /// Accounts stored (seeded or debited).
+    pub fn accounts_stored(&self) -> usize {
+        self.ledger.accounts_stored()
+    }
+
+    /// Registers the journal's metric families, if durable.
+    fn register_metrics(&self, registry: &mut Registry) {
+        if let Some(journal) = &self.journal {
+            journal.stats().register(registry);
+        }
     }
 
     /// The idempotency keys.

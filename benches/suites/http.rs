@@ -58,12 +58,13 @@ fn bench_full_request(c: &mut Criterion) {
     .unwrap()
     .serve;
     let storage = Arc::new(runtime.block_on(saldos::open_storage(&args)).unwrap());
+    let app = Arc::new(saldos::app(&args, storage, false));
     let (client, server) = tokio::io::duplex(64 * 1024);
     runtime.spawn(async move {
         let service = service_fn(move |request| {
-            let storage = storage.clone();
+            let app = app.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(saldos::router::handle(&storage, request).await)
+                Ok::<_, std::convert::Infallible>(saldos::router::handle(&app, request).await)
             }
         });
         let _ = http1::Builder::new()

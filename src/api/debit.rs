@@ -10,7 +10,9 @@ use super::{ApiError, Body, body, json_response};
 use crate::idempotency;
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
-use crate::storage::{Answer, KeyRequest, Order, Refusal, Storage};
+use crate::router::App;
+use crate::storage::{Answer, KeyRequest, Order, Refusal};
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// The header marking a replayed answer.
@@ -26,7 +28,7 @@ fn monto_field(kind: DebitKind) -> &'static str {
 
 /// Validates the request, debits the account and answers the new balance.
 pub async fn post_debit(
-    storage: &Storage,
+    app: &App,
     kind: DebitKind,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -50,8 +52,12 @@ pub async fn post_debit(
         monto: debit.monto,
         key,
     };
-    match storage.debit(order).await {
-        Ok(Answer::Fresh(outcome)) => Ok(answer(kind, debit.usuario, debit.monto, outcome)),
+    let settled = traces::waiting_on_storage(app.traced, "storage.debit", app.storage.debit(order));
+    match settled.await {
+        Ok(Answer::Fresh(outcome)) => {
+            app.metrics.debit(kind, outcome);
+            Ok(answer(kind, debit.usuario, debit.monto, outcome))
+        }
         Ok(Answer::Replay(remembered)) => {
             let mut response = answer(
                 remembered.kind,
@@ -63,6 +69,7 @@ pub async fn post_debit(
                 HeaderName::from_static(REPLAYED),
                 HeaderValue::from_static("true"),
             );
+            app.metrics.replay();
             Ok(response)
         }
         Err(Refusal::KeyConflict) => Err(ApiError::IdempotenciaConflicto),

@@ -4,15 +4,16 @@ use http::{Response, StatusCode};
 
 use super::{ApiError, Body, json_response};
 use crate::render::render;
-use crate::storage::Storage;
+use crate::router::App;
+use crate::traces;
 use crate::usuario::Usuario;
 
 /// Answers the balance of the account named by the raw (still
 /// percent-encoded) path segment.
-pub async fn get_saldo(storage: &Storage, segment: &str) -> Result<Response<Body>, ApiError> {
+pub async fn get_saldo(app: &App, segment: &str) -> Result<Response<Body>, ApiError> {
     let usuario = Usuario::from_path_segment(segment).map_err(|_| ApiError::UsuarioInvalido)?;
-    let saldo = storage
-        .read_saldo(&usuario)
+    let read = app.storage.read_saldo(&usuario);
+    let saldo = traces::waiting_on_storage(app.traced, "storage.saldo", read)
         .await
         .map_err(|_| ApiError::NoDisponible)?;
     let body = render(|w| {

@@ -38,8 +38,12 @@ pub use medium::{Medium, Os, PowerCut};
 pub use queue::{ENTRIES_MAX, Queued, Slot, Ticket};
 pub use record::{DecodeError, Key, Record};
 
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, ReplayError};
+use crate::metrics;
 use crate::usuario::Usuario;
 use data_dir::{DataDir, Fixed};
 use queue::Queue;
@@ -130,7 +134,7 @@ pub struct Faults {
 }
 
 /// Counters of the writer's work.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Batches written and synced.
     pub batches: AtomicU64,
@@ -138,6 +142,39 @@ pub struct Stats {
     pub records: AtomicU64,
     /// Snapshots made durable.
     pub snapshots: AtomicU64,
+    /// Seconds each batch's write and `fdatasync` took (observed by the
+    /// writer alone, once per batch).
+    pub sync_seconds: Histogram,
+    /// Records in each batch written.
+    pub batch_records: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            batches: AtomicU64::default(),
+            records: AtomicU64::default(),
+            snapshots: AtomicU64::default(),
+            sync_seconds: Histogram::new(metrics::SYNC_BOUNDS_SECONDS),
+            batch_records: Histogram::new(metrics::BATCH_BOUNDS_RECORDS),
+        }
+    }
+}
+
+impl Stats {
+    /// Registers the journal's own metric families.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            metrics::JOURNAL_SYNC_DURATION,
+            "Time of each group commit's write and fdatasync.",
+            self.sync_seconds.clone(),
+        );
+        registry.register(
+            metrics::JOURNAL_BATCH_RECORDS,
+            "Records in each group commit.",
+            self.batch_records.clone(),
+        );
+    }
 }
 
 /// What the data directory must hold, from the configuration.

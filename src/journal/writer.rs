@@ -21,6 +21,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::data_dir::DataDir;
 use super::medium::MediumFile;
@@ -100,10 +101,11 @@ impl Writer {
             self.settle(&batch, durable);
             if durable {
                 self.tail.next_record += records;
-                self.shared
-                    .stats
-                    .records
-                    .fetch_add(records, Ordering::Relaxed);
+                let stats = &self.shared.stats;
+                stats.records.fetch_add(records, Ordering::Relaxed);
+                if records > 0 {
+                    stats.batch_records.observe(records as f64);
+                }
             }
             // Last: a woken request sees the batch settled and counted.
             self.shared.queue.complete(first, batch.len(), durable);
@@ -176,11 +178,15 @@ impl Writer {
         if faults.fail_write.swap(false, Ordering::Relaxed) {
             return Err(io::Error::other("injected write failure"));
         }
+        let started = Instant::now();
         self.tail.segment.append(bytes)?;
         if faults.fail_sync.swap(false, Ordering::Relaxed) {
             return Err(io::Error::other("injected fdatasync failure"));
         }
-        self.tail.segment.sync_data()
+        self.tail.segment.sync_data()?;
+        let stats = &self.shared.stats;
+        stats.sync_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Applies (or releases) each entry in journal order.

@@ -21,10 +21,14 @@ mod schema;
 mod sweeper;
 mod writer;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -32,6 +36,7 @@ pub use connect::Target;
 
 use crate::config::{DatabaseArgs, MigrateArgs};
 use crate::journal::Unavailable;
+use crate::metrics;
 use crate::storage::{Answer, Order, Refusal};
 use crate::usuario::Usuario;
 
@@ -109,9 +114,74 @@ fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Counts of the database work, for metrics.
+#[derive(Debug)]
+pub struct Stats {
+    /// Seconds from sending each debit batch to its commit's answer.
+    batch_seconds: Histogram,
+    /// Debits in each committed batch.
+    batch_debits: Histogram,
+    /// Connections not opened or lost, statements failed.
+    errors: Counter,
+    /// The last database round trip succeeded.
+    ready: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            batch_seconds: Histogram::new(metrics::SYNC_BOUNDS_SECONDS),
+            batch_debits: Histogram::new(metrics::BATCH_BOUNDS_RECORDS),
+            errors: Counter::default(),
+            ready: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Stats {
+    /// Registers the PostgreSQL storage's own metric families.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            metrics::DB_BATCH_DURATION,
+            "Time from sending each debit batch to its commit.",
+            self.batch_seconds.clone(),
+        );
+        registry.register(
+            metrics::DB_BATCH_DEBITS,
+            "Debits in each committed batch (one commit each).",
+            self.batch_debits.clone(),
+        );
+        registry.register(
+            metrics::counter_base(metrics::DB_ERRORS),
+            "Database connections not opened or lost, and statements failed.",
+            self.errors.clone(),
+        );
+    }
+
+    /// A committed batch of `debits` that took `seconds`.
+    fn batch(&self, debits: usize, seconds: f64) {
+        self.batch_debits.observe(debits as f64);
+        self.batch_seconds.observe(seconds);
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A round trip that succeeded.
+    fn answered(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A failure of the database or of the way to it.
+    fn failed(&self) {
+        self.errors.inc();
+        self.ready.store(false, Ordering::Relaxed);
+    }
+}
+
 /// What the connections' tasks share.
 struct Shared {
     target: Target,
+    /// Counts for metrics.
+    stats: Stats,
     /// `--db-timeout`.
     timeout: Duration,
     /// The opening balance, as the database stores amounts.
@@ -165,6 +235,7 @@ impl Postgres {
         drop(client);
         let shared = Arc::new(Shared {
             target,
+            stats: Stats::default(),
             timeout,
             opening_saldo: i64::try_from(options.opening_saldo).unwrap_or(i64::MAX),
             key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
@@ -192,6 +263,16 @@ impl Postgres {
     /// The account's committed balance, read from the database.
     pub async fn saldo(&self, usuario: &Usuario) -> Result<u64, Unavailable> {
         self.read(Some(*usuario), self.shared.timeout).await
+    }
+
+    /// The database work's counts.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Whether the last database round trip succeeded.
+    pub fn was_ready(&self) -> bool {
+        self.shared.stats.ready.load(Ordering::Relaxed)
     }
 
     /// Readiness: the database answers a query now.

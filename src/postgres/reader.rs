@@ -66,11 +66,13 @@ pub async fn run(shared: Arc<Shared>, queue: Receiver<Read>) {
         };
         match tokio::time::timeout_at(deadline.into(), read).await {
             Ok(Ok(saldos)) => {
+                shared.stats.answered();
                 for (read, saldo) in batch.drain(..).zip(saldos) {
                     let _ = read.answer.send(Ok(saldo));
                 }
             }
             Ok(Err(_)) | Err(_) => {
+                shared.stats.failed();
                 session = None;
                 batch.drain(..).for_each(Deadlined::refuse);
             }

@@ -103,6 +103,9 @@ async fn settle(shared: &Shared, session: &mut Option<Session>, batch: &mut Vec<
         let result = tokio::time::timeout_at(deadline.into(), call).await;
         match result {
             Ok(Ok(rows)) => {
+                shared
+                    .stats
+                    .batch(batch.len(), started.elapsed().as_secs_f64());
                 tracing::trace!(
                     debits = batch.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -123,6 +126,7 @@ async fn settle(shared: &Shared, session: &mut Option<Session>, batch: &mut Vec<
                     tracing::debug!(%error, "debit batch rolled back; retried");
                     continue;
                 }
+                shared.stats.failed();
                 tracing::error!(%error, debits = batch.len(), "debit batch failed; nothing applied");
                 return refuse_all(batch);
             }
@@ -162,6 +166,7 @@ async fn open_session<'s>(
         match connect(shared, timeout).await {
             Ok(open) => *session = Some(open),
             Err(error) => {
+                shared.stats.failed();
                 tracing::warn!(%error, "cannot connect a debit writer");
                 return None;
             }
@@ -214,6 +219,7 @@ async fn resolve(shared: &Shared, session: &mut Option<Session>, batch_id: i64) 
         };
         match tokio::time::timeout_at(deadline.into(), asked).await {
             Ok(Ok(resolution)) => {
+                shared.stats.answered();
                 return resolution;
             }
             Ok(Err(error)) => {

@@ -5,11 +5,13 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::metrics::{Scrape, scrape};
 use crate::util::{Backend, Client, TestServer, error_body, start_server, start_server_on};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
-async fn journal_server(dir: &Path, extra: &[&str]) -> TestServer {
+/// A server on the journal storage in `dir`, with `extra` flags.
+pub async fn journal_server(dir: &Path, extra: &[&str]) -> TestServer {
     let mut args = vec!["--storage", "journal", "--data-dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     start_server(&args).await
@@ -252,7 +254,8 @@ async fn failed_writes_and_syncs_acknowledge_nothing() {
 }
 
 // A writer thread that dies (a panic) fails the journal: the debit it held
-// and every later one get 503, and both probes say the process must go.
+// and every later one get 503, both probes say the process must go, and
+// `saldos_storage_healthy` goes from 1 to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_writer_fails_both_probes() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,6 +263,8 @@ async fn a_dead_writer_fails_both_probes() {
     let mut client = server.client().await;
     let body = r#"{"usuario":"usuario2","monto":1000}"#;
     assert_eq!(client.post("/retiro", body).await.status, 200);
+    let healthy = |scrape: Scrape| scrape.value("saldos_storage_healthy", &[]);
+    assert_eq!(healthy(scrape(&server).await), 1.0);
     let faults = server.storage.journal_handle().unwrap().faults();
     faults.panic_writer.store(true, Ordering::Relaxed);
     assert_eq!(client.post("/retiro", body).await.status, 503);
@@ -267,6 +272,7 @@ async fn a_dead_writer_fails_both_probes() {
     for probe in ["/health", "/health/live"] {
         assert_eq!(client.get(probe).await.status, 503, "{probe}");
     }
+    assert_eq!(healthy(scrape(&server).await), 0.0);
     client.assert_saldo("usuario2", 14_000).await;
     drop(client);
     stop(server).await;

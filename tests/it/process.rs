@@ -22,15 +22,24 @@ const ENV_VARS: &[&str] = &[
     "SALDOS_LOG_FORMAT",
     "SALDOS_MAX_CONNECTIONS",
     "SALDOS_MAX_ACCOUNTS",
+    "SALDOS_METRICS_ADDR",
+    "SALDOS_SLOW_REQUEST",
     "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 ];
 
-fn saldos(args: &[&str], env: &[(&str, &str)]) -> Command {
+pub fn saldos(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BINARY);
     command.args(args);
     for var in ENV_VARS {
         command.env_remove(var);
     }
+    // Tests run side by side: each server's metrics on a port of its own.
+    command.env("SALDOS_METRICS_ADDR", "127.0.0.1:0");
     command.envs(env.iter().copied());
     command
 }
@@ -85,6 +94,13 @@ fn bad_configuration_exits_2_naming_the_setting() {
         (&["--log-format", "xml"], &[], "--log-format"),
         (&["--storage", "disk"], &[], "--storage"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&["--metrics-addr", "9464"], &[], "--metrics-addr"),
+        (
+            &[],
+            &[("SALDOS_METRICS_ADDR", "localhost")],
+            "--metrics-addr",
+        ),
+        (&["--slow-request", "fast"], &[], "--slow-request"),
     ];
     for (args, env, named) in cases {
         let output = saldos(args, env).stdin(Stdio::null()).output().unwrap();
@@ -100,7 +116,7 @@ fn bad_configuration_exits_2_naming_the_setting() {
 }
 
 /// A running binary whose stdout lines arrive on a channel.
-struct Running {
+pub struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     /// The journal's data directory, removed when the test ends.
@@ -109,8 +125,13 @@ struct Running {
 
 impl Running {
     /// Starts the binary with `args` and a fresh data directory.
-    fn start(args: &[&str]) -> Self {
-        let mut command = saldos(args, &[]);
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts the binary with `args`, `env` and a fresh data directory.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = saldos(args, env);
         let data_dir = tempfile::tempdir().unwrap();
         command.arg("--data-dir").arg(data_dir.path());
         Self::spawn(command, data_dir)
@@ -137,7 +158,7 @@ impl Running {
     }
 
     /// The next stdout line containing `needle`, within 10 s.
-    fn line_with(&self, needle: &str) -> String {
+    pub fn line_with(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -148,7 +169,7 @@ impl Running {
         }
     }
 
-    fn signal(&self, name: &str) {
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()
@@ -156,7 +177,7 @@ impl Running {
         assert!(status.success());
     }
 
-    fn exit_code_within(&mut self, within: Duration) -> Option<i32> {
+    pub fn exit_code_within(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -176,7 +197,7 @@ impl Drop for Running {
 }
 
 /// The `host:port` a "listening" log line names.
-fn listening_address(line: &str) -> String {
+pub fn listening_address(line: &str) -> String {
     let after = line.split("address").nth(1).expect("address field");
     after
         .trim_start_matches(['"', ':', '='])

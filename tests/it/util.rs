@@ -22,6 +22,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A server running in this process on 127.0.0.1 and an ephemeral port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The metrics listener, unless the test turned metrics off.
+    pub metrics_addr: Option<SocketAddr>,
     pub storage: Arc<Storage>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Drained>,
@@ -92,6 +94,8 @@ pub(crate) use contract_tests;
 pub fn spawn_binary(extra: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_saldos"))
         .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
+        // Metrics on a free port: several binaries may run at once.
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .args(extra)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -127,11 +131,18 @@ pub async fn start_server_with(
     if !extra.contains(&"--storage") {
         argv.extend_from_slice(&["--storage", "memory"]);
     }
+    if !extra.contains(&"--metrics-addr") {
+        argv.extend_from_slice(&["--metrics-addr", "127.0.0.1:0"]);
+    }
     argv.extend_from_slice(extra);
     let args = Cli::try_parse_from(argv)
         .expect("test arguments parse")
         .serve;
     let storage = Arc::new(saldos::open_storage(&args).await.expect("storage opens"));
+    let app = Arc::new(saldos::app(&args, storage.clone(), false));
+    let metrics_addr = saldos::spawn_metrics(&args, &app)
+        .await
+        .expect("metrics listen");
     let listener = saldos::listen(SocketAddr::new(args.bind, args.port)).expect("listens");
     let addr = listener.local_addr().unwrap();
     let settings = adjust(Settings::new(
@@ -139,11 +150,12 @@ pub async fn start_server_with(
         args.shutdown_grace,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, storage.clone(), settings, async {
+    let task = tokio::spawn(server::run(listener, app, settings, async {
         let _ = stopped.await;
     }));
     TestServer {
         addr,
+        metrics_addr,
         storage,
         stop: Some(stop),
         task,
