@@ -50,6 +50,7 @@ use crate::ledger::{Ledger, Limits};
 use crate::metrics::Recorder;
 use crate::router::App;
 use crate::storage::Storage;
+use crate::traces::Sampling;
 
 /// Pending connections the kernel queues while all permits are taken.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -156,8 +157,8 @@ pub fn listen(address: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 /// What every request is served with, as the arguments describe it;
-/// `traced`: the trace pipeline is on.
-pub fn app(args: &ServeArgs, storage: Arc<Storage>, traced: bool) -> App {
+/// `sampling`: which requests get a span (`None`: tracing is off).
+pub fn app(args: &ServeArgs, storage: Arc<Storage>, sampling: Option<Sampling>) -> App {
     let metrics = match args.metrics_addr.0 {
         Some(_) => Recorder::new(args.worker_count()),
         None => Recorder::off(),
@@ -166,7 +167,7 @@ pub fn app(args: &ServeArgs, storage: Arc<Storage>, traced: bool) -> App {
         storage,
         metrics: Arc::new(metrics),
         slow_request: args.slow_request,
-        traced,
+        sampling,
     }
 }
 
@@ -185,8 +186,8 @@ pub async fn spawn_metrics(args: &ServeArgs, app: &App) -> Result<Option<SocketA
 }
 
 /// Runs the service until SIGTERM or SIGINT, then drains. Blocks.
-/// `traced`: the trace pipeline is on.
-pub fn serve(args: ServeArgs, traced: bool) -> Result<(), StartError> {
+/// `sampling`: which requests get a span (`None`: tracing is off).
+pub fn serve(args: ServeArgs, sampling: Option<Sampling>) -> Result<(), StartError> {
     let workers = args.worker_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -206,10 +207,10 @@ pub fn serve(args: ServeArgs, traced: bool) -> Result<(), StartError> {
             workers,
             shards = args.shard_count(),
             seeded = args.seed.0.len(),
-            traced,
+            traced = sampling.is_some(),
             "listening"
         );
-        let app = Arc::new(app(&args, storage.clone(), traced));
+        let app = Arc::new(app(&args, storage.clone(), sampling));
         if let Some(metrics_address) = spawn_metrics(&args, &app).await? {
             tracing::info!(address = %metrics_address, "serving metrics");
         }

@@ -36,7 +36,8 @@ fn main() -> ExitCode {
                 Err(error) => return bad_config(&format!("error: {error}")),
             };
             saldos::logging::init(args.log_format, traces.as_ref());
-            match saldos::serve(args, traces.is_some()) {
+            let sampling = traces.as_ref().map(saldos::traces::Pipeline::sampling);
+            match saldos::serve(args, sampling) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "cannot serve");

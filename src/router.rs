@@ -14,7 +14,7 @@ use crate::ledger::DebitKind;
 use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
 use crate::storage::Storage;
-use crate::traces::{AmznTraceId, RequestTrace};
+use crate::traces::{AmznTraceId, RequestTrace, Sampling};
 
 /// Methods of the `GET` routes (`HEAD` is answered like `GET`, without body).
 const ALLOW_GET: &str = "GET, HEAD";
@@ -75,8 +75,8 @@ pub struct App {
     pub metrics: Arc<Recorder>,
     /// A request slower than this is logged at `warn`.
     pub slow_request: Duration,
-    /// The trace pipeline is on: requests get spans.
-    pub traced: bool,
+    /// Which requests get a span; `None`: the trace pipeline is off.
+    pub sampling: Option<Sampling>,
 }
 
 /// Answers one request. Never fails: every refusal is a response.
@@ -87,11 +87,12 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
     // For the log line, which may come after the headers are gone.
     let amzn_trace_id = AmznTraceId::of(request.headers());
     // Built only when tracing is on: otherwise no tracing work at all.
-    let trace = app.traced.then(|| {
+    let trace = app.sampling.and_then(|sampling| {
         let id = request_id.to_str().unwrap_or_default();
         let route =
             Route::resolve(request.uri().path()).map_or(RouteLabel::Unmatched, Route::label);
-        RequestTrace::start(request.headers(), method, route, id, amzn_trace_id.as_ref())
+        let headers = request.headers();
+        RequestTrace::start_sampled(sampling, headers, method, route, id, amzn_trace_id.as_ref())
     });
     let (route, answered) = match &trace {
         None => route(app, request).await,

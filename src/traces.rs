@@ -10,7 +10,9 @@
 //! - Spans are `tracing` spans of target [`TARGET`], turned into OpenTelemetry
 //!   spans by `tracing-opentelemetry`; the log output never sees them.
 //! - Sampler from `OTEL_TRACES_SAMPLER` / `_ARG`, default parent-based ratio
-//!   0.05; service name from `OTEL_SERVICE_NAME`, default `saldos`.
+//!   0.05, applied before a span exists ([`sampling`]): an unsampled request
+//!   builds no span at all. Service name from `OTEL_SERVICE_NAME`, default
+//!   `saldos`.
 //! - Export is batched on a thread of its own through a bounded queue
 //!   (`OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
 //!   `OTEL_BSP_SCHEDULE_DELAY`): a full queue drops the span and counts it
@@ -41,15 +43,16 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::header::is_visible_ascii;
 use crate::metrics::{MethodLabel, RouteLabel};
 
+mod sampling;
+
+pub use sampling::Sampling;
+
 /// The `tracing` target of every span meant for OpenTelemetry (no module's
 /// path starts with it: target filters match prefixes).
 pub const TARGET: &str = "saldos_spans";
 
 /// The default service name.
 const SERVICE_NAME: &str = "saldos";
-
-/// The default sampling ratio of a trace without a sampled parent.
-const SAMPLE_RATIO: f64 = 0.05;
 
 /// Defaults of the batch settings (the OpenTelemetry specification's).
 const QUEUE_SPANS_DEFAULT: usize = 2048;
@@ -84,6 +87,7 @@ pub struct Error(String);
 /// The running trace pipeline; dropping it exports what is queued.
 pub struct Pipeline {
     provider: SdkTracerProvider,
+    sampling: Sampling,
 }
 
 impl Pipeline {
@@ -108,18 +112,20 @@ impl Pipeline {
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(SERVICE_NAME);
         }
-        let mut builder = SdkTracerProvider::builder()
+        let sampling = Sampling::from_env()?;
+        // Requests are sampled before their span exists (`Sampling`): the
+        // SDK keeps every span it is given.
+        let provider = SdkTracerProvider::builder()
             .with_resource(resource.build())
-            .with_span_processor(Exporting::start(exporter, Batching::from_env()?)?);
-        // Unset, the SDK's own default would be to sample every trace.
-        if std::env::var_os("OTEL_TRACES_SAMPLER").is_none() {
-            builder = builder.with_sampler(Sampler::ParentBased(Box::new(
-                Sampler::TraceIdRatioBased(SAMPLE_RATIO),
-            )));
-        }
-        Ok(Some(Self {
-            provider: builder.build(),
-        }))
+            .with_span_processor(Exporting::start(exporter, Batching::from_env()?)?)
+            .with_sampler(Sampler::AlwaysOn)
+            .build();
+        Ok(Some(Self { provider, sampling }))
+    }
+
+    /// Which requests get a span.
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
     }
 
     /// The `tracing` layer that turns spans of [`TARGET`] into
@@ -151,16 +157,22 @@ pub struct RequestTrace {
 }
 
 impl RequestTrace {
-    /// Starts the request's span, continuing the `traceparent` it carries.
+    /// Starts the request's span, continuing the `traceparent` it carries,
+    /// when `sampling` samples it; `None` (and no span built) otherwise.
     /// Its name and route are set here: once a span has a parent, its
     /// name can no longer change.
-    pub fn start(
+    pub fn start_sampled(
+        sampling: Sampling,
         headers: &HeaderMap,
         method: MethodLabel,
         route: RouteLabel,
         request_id: &str,
         amzn_trace_id: Option<&AmznTraceId>,
-    ) -> Self {
+    ) -> Option<Self> {
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        if !sampling.samples(&parent) {
+            return None;
+        }
         let (method, route) = (method.as_str(), route.as_str());
         let span = tracing::info_span!(
             target: TARGET,
@@ -173,11 +185,10 @@ impl RequestTrace {
             request_id,
             aws.xray.trace_id = amzn_trace_id.map(AmznTraceId::as_str),
         );
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
-        Self { span }
+        Some(Self { span })
     }
 
     /// Records how the request ended.
@@ -235,9 +246,10 @@ impl fmt::Display for AmznTraceId {
 }
 
 /// Runs `wait`, a wait on storage, inside a child span of the request's
-/// when the request is traced.
+/// when the request is traced (`traced`: the pipeline is on; and the
+/// request was sampled: its span is the current one).
 pub async fn waiting_on_storage<F: Future>(traced: bool, name: &'static str, wait: F) -> F::Output {
-    if !traced {
+    if !traced || tracing::Span::current().is_none() {
         return wait.await;
     }
     wait.instrument(tracing::info_span!(target: TARGET, "storage", otel.name = name))
@@ -245,9 +257,9 @@ pub async fn waiting_on_storage<F: Future>(traced: bool, name: &'static str, wai
 }
 
 /// Runs `read`, a read from storage, inside a child span of the request's
-/// when the request is traced.
+/// when the request is traced (as [`waiting_on_storage`]).
 pub fn reading_storage<T>(traced: bool, name: &'static str, read: impl FnOnce() -> T) -> T {
-    if !traced {
+    if !traced || tracing::Span::current().is_none() {
         return read();
     }
     tracing::info_span!(target: TARGET, "storage", otel.name = name).in_scope(read)

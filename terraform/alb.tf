@@ -1,10 +1,10 @@
 # The public Application Load Balancer: HTTPS (TLS 1.3 policy) when a
-# certificate is given, with HTTP redirected to it; plain HTTP forwarding only
-# without one. Invalid header fields are dropped; access logs go to S3.
+# certificate is given or made for domain_name (dns.tf), with HTTP redirected
+# to it; plain HTTP forwarding only without one. Invalid header fields are dropped; access logs go to S3.
 
 resource "aws_lb" "main" {
   #checkov:skip=CKV2_AWS_76:The attached web ACL (waf.tf) has AWSManagedRulesKnownBadInputsRuleSet, the Log4j rules; CKV_AWS_192 passes on the ACL itself.
-  #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever certificate_arn is set; without a certificate there is no HTTPS to redirect to.
+  #checkov:skip=CKV2_AWS_20:HTTP redirects to HTTPS whenever a certificate is set or made; without a certificate there is no HTTPS to redirect to.
   name                       = "${var.name_prefix}-alb"
   load_balancer_type         = "application"
   internal                   = false
@@ -43,12 +43,12 @@ resource "aws_lb_target_group" "app" {
 }
 
 resource "aws_lb_listener" "https" {
-  count             = var.certificate_arn == "" ? 0 : 1
+  count             = local.https_enabled ? 1 : 0
   load_balancer_arn = aws_lb.main.arn
   port              = 443
   protocol          = "HTTPS"
   ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
-  certificate_arn   = var.certificate_arn
+  certificate_arn   = local.certificate_arn
 
   default_action {
     type             = "forward"
@@ -57,18 +57,18 @@ resource "aws_lb_listener" "https" {
 }
 
 resource "aws_lb_listener" "http" {
-  #checkov:skip=CKV_AWS_2:Plain HTTP is served only when no certificate_arn is given; with one, this listener redirects to HTTPS.
+  #checkov:skip=CKV_AWS_2:Plain HTTP is served only when no certificate is given or made; with one, this listener redirects to HTTPS.
   #checkov:skip=CKV_AWS_103:TLS policy applies to the HTTPS listener (TLS 1.3 policy); this one is HTTP by design, see CKV_AWS_2.
   load_balancer_arn = aws_lb.main.arn
   port              = 80
   protocol          = "HTTP"
 
   default_action {
-    type             = var.certificate_arn == "" ? "forward" : "redirect"
-    target_group_arn = var.certificate_arn == "" ? aws_lb_target_group.app.arn : null
+    type             = local.https_enabled ? "redirect" : "forward"
+    target_group_arn = local.https_enabled ? null : aws_lb_target_group.app.arn
 
     dynamic "redirect" {
-      for_each = var.certificate_arn == "" ? [] : [1]
+      for_each = local.https_enabled ? [1] : []
       content {
         port        = "443"
         protocol    = "HTTPS"
@@ -131,6 +131,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "alb_logs" {
 }
 
 data "aws_iam_policy_document" "alb_logs" {
+  source_policy_documents = [data.aws_iam_policy_document.tls_only["alb_logs"].json]
+
   statement {
     sid       = "AllowAlbLogDelivery"
     actions   = ["s3:PutObject"]
@@ -138,21 +140,6 @@ data "aws_iam_policy_document" "alb_logs" {
     principals {
       type        = "Service"
       identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
-    }
-  }
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.alb_logs.arn, "${aws_s3_bucket.alb_logs.arn}/*"]
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
     }
   }
 }

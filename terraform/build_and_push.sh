@@ -2,8 +2,10 @@
 # Builds the saldos image from this checkout, tags it with the commit SHA,
 # pushes it to the stack's ECR repository and prints the image URI.
 #
-# usage: terraform/build_and_push.sh [REGION]
-# needs: docker (or podman as docker), aws CLI v2 with credentials, git,
+# usage: [RDS_CA_BUNDLE_SHA256=<sha256>] terraform/build_and_push.sh [REGION]
+#   RDS_CA_BUNDLE_SHA256: required for postgres mode (the default): the pinned
+#   checksum of the RDS CA bundle build_image.sh puts into the image.
+# needs: docker (or podman as docker), aws CLI v2 with credentials, git, curl,
 #        terraform with this stack applied (for the repository URL).
 set -euo pipefail
 
@@ -32,7 +34,7 @@ image="${repository_url}:${tag}"
 
 aws ecr get-login-password --region "$region" \
   | docker login --username AWS --password-stdin "$registry" >/dev/null
-docker build --pull --tag "$image" "$repo_root"
+"$here/build_image.sh" "$image"
 docker push "$image"
 echo "$image"
 echo "deploy it with: terraform -chdir=$here apply -var image_tag=$tag" >&2

@@ -1,8 +1,9 @@
-# EFS holds the journal: encrypted, one mount target per private subnet, an
-# access point owned by uid/gid 65532 rooted at its own directory, TLS and IAM
-# required for every mount.
+# Journal mode only: EFS holds the journal: encrypted, one mount target per
+# private subnet, an access point owned by uid/gid 65532 rooted at its own
+# directory, TLS and IAM required for every mount.
 
 resource "aws_efs_file_system" "journal" {
+  count            = local.journal ? 1 : 0
   creation_token   = "${var.name_prefix}-journal"
   encrypted        = true
   kms_key_id       = aws_kms_key.main.arn
@@ -17,21 +18,23 @@ resource "aws_efs_file_system" "journal" {
 }
 
 resource "aws_efs_backup_policy" "journal" {
-  file_system_id = aws_efs_file_system.journal.id
+  count          = local.journal ? 1 : 0
+  file_system_id = aws_efs_file_system.journal[0].id
   backup_policy {
     status = "ENABLED"
   }
 }
 
 resource "aws_efs_mount_target" "journal" {
-  count           = 3
-  file_system_id  = aws_efs_file_system.journal.id
+  count           = local.journal ? 3 : 0
+  file_system_id  = aws_efs_file_system.journal[0].id
   subnet_id       = aws_subnet.private[count.index].id
-  security_groups = [aws_security_group.efs.id]
+  security_groups = [aws_security_group.efs[0].id]
 }
 
 resource "aws_efs_access_point" "journal" {
-  file_system_id = aws_efs_file_system.journal.id
+  count          = local.journal ? 1 : 0
+  file_system_id = aws_efs_file_system.journal[0].id
 
   posix_user {
     uid = 65532
@@ -49,6 +52,7 @@ resource "aws_efs_access_point" "journal" {
 }
 
 data "aws_iam_policy_document" "efs" {
+  count = local.journal ? 1 : 0
   statement {
     sid     = "TasksThroughTheAccessPointOnly"
     actions = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
@@ -56,11 +60,11 @@ data "aws_iam_policy_document" "efs" {
       type        = "AWS"
       identifiers = [local.task_role]
     }
-    resources = [aws_efs_file_system.journal.arn]
+    resources = [aws_efs_file_system.journal[0].arn]
     condition {
       test     = "StringEquals"
       variable = "elasticfilesystem:AccessPointArn"
-      values   = [aws_efs_access_point.journal.arn]
+      values   = [aws_efs_access_point.journal[0].arn]
     }
   }
   statement {
@@ -71,7 +75,7 @@ data "aws_iam_policy_document" "efs" {
       type        = "AWS"
       identifiers = ["*"]
     }
-    resources = [aws_efs_file_system.journal.arn]
+    resources = [aws_efs_file_system.journal[0].arn]
     condition {
       test     = "Bool"
       variable = "aws:SecureTransport"
@@ -81,6 +85,7 @@ data "aws_iam_policy_document" "efs" {
 }
 
 resource "aws_efs_file_system_policy" "journal" {
-  file_system_id = aws_efs_file_system.journal.id
-  policy         = data.aws_iam_policy_document.efs.json
+  count          = local.journal ? 1 : 0
+  file_system_id = aws_efs_file_system.journal[0].id
+  policy         = data.aws_iam_policy_document.efs[0].json
 }

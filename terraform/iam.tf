@@ -25,9 +25,18 @@ resource "aws_iam_role" "execution" {
 
 data "aws_iam_policy_document" "execution" {
   statement {
-    sid       = "PullTheImage"
-    actions   = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
-    resources = [aws_ecr_repository.saldos.arn]
+    sid     = "PullTheImages"
+    actions = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
+    resources = [
+      aws_ecr_repository.saldos.arn,
+      local.collector_repository_arn,
+    ]
+  }
+  statement {
+    # The first pull of the collector image fills the pull-through cache.
+    sid       = "FillThePullThroughCache"
+    actions   = ["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"]
+    resources = [local.collector_repository_arn]
   }
   statement {
     sid       = "EcrLogin"
@@ -38,6 +47,29 @@ data "aws_iam_policy_document" "execution" {
     sid       = "WriteLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.app.arn}:*"]
+  }
+  # The RDS-managed master secret, injected only into the migrate container:
+  # this secret and nothing else, decrypted only through Secrets Manager.
+  dynamic "statement" {
+    for_each = local.postgres ? [1] : []
+    content {
+      sid       = "ReadTheMasterSecret"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [local.master_secret_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.postgres ? [1] : []
+    content {
+      sid       = "DecryptTheMasterSecret"
+      actions   = ["kms:Decrypt"]
+      resources = [aws_kms_key.main.arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${var.region}.amazonaws.com"]
+      }
+    }
   }
 }
 
@@ -55,21 +87,46 @@ resource "aws_iam_role" "task" {
 }
 
 data "aws_iam_policy_document" "task" {
-  statement {
-    sid       = "MountAndWriteTheJournal"
-    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
-    resources = [aws_efs_file_system.journal.arn]
-    condition {
-      test     = "StringEquals"
-      variable = "elasticfilesystem:AccessPointArn"
-      values   = [aws_efs_access_point.journal.arn]
+  # Postgres mode: log in as the service's role with IAM tokens, on this
+  # instance only.
+  dynamic "statement" {
+    for_each = local.postgres ? [1] : []
+    content {
+      sid       = "ConnectAsTheAppUser"
+      actions   = ["rds-db:connect"]
+      resources = [local.db_user_arn]
     }
+  }
+  # Journal mode: mount and write the journal through its access point.
+  dynamic "statement" {
+    for_each = local.journal ? [1] : []
+    content {
+      sid       = "MountAndWriteTheJournal"
+      actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+      resources = [aws_efs_file_system.journal[0].arn]
+      condition {
+        test     = "StringEquals"
+        variable = "elasticfilesystem:AccessPointArn"
+        values   = [aws_efs_access_point.journal[0].arn]
+      }
+    }
+  }
+  # The collector: traces to X-Ray, metrics as EMF into its own log group.
+  statement {
+    sid       = "SendTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"] # X-Ray's write actions have no resource-level permissions.
+  }
+  statement {
+    sid       = "WriteEmfMetrics"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = [aws_cloudwatch_log_group.metrics.arn, "${aws_cloudwatch_log_group.metrics.arn}:*"]
   }
 }
 
 resource "aws_iam_role_policy" "task" {
   count  = var.task_role_arn == "" ? 1 : 0
-  name   = "journal-efs"
+  name   = "storage-traces-metrics"
   role   = aws_iam_role.task[0].id
   policy = data.aws_iam_policy_document.task.json
 }
@@ -102,4 +159,27 @@ resource "aws_iam_role_policy" "flow_logs" {
   name   = "write-flow-logs"
   role   = aws_iam_role.flow_logs[0].id
   policy = data.aws_iam_policy_document.flow_logs.json
+}
+
+data "aws_iam_policy_document" "rds_monitoring_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["monitoring.rds.amazonaws.com"]
+    }
+  }
+}
+
+# RDS enhanced monitoring (OS metrics every 30 s), only when roles are created.
+resource "aws_iam_role" "rds_monitoring" {
+  count              = local.postgres && local.create_roles ? 1 : 0
+  name_prefix        = "${var.name_prefix}-rdsmon-"
+  assume_role_policy = data.aws_iam_policy_document.rds_monitoring_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "rds_monitoring" {
+  count      = local.postgres && local.create_roles ? 1 : 0
+  role       = aws_iam_role.rds_monitoring[0].name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
 }

@@ -1,7 +1,7 @@
 # A dedicated VPC across three AZs: public subnets hold only the ALB; tasks and
-# EFS live in private subnets with no route to the internet. AWS APIs the task
-# needs (ECR, S3 for image layers, CloudWatch Logs) are reached through VPC
-# endpoints, so no NAT gateway is needed.
+# EFS live in private subnets with no route to the internet, the database in
+# its own subnets with no route at all. Every AWS API the tasks call is reached
+# through a VPC endpoint, so there is no NAT gateway (see local.endpoints).
 
 resource "aws_vpc" "main" {
   cidr_block           = var.vpc_cidr
@@ -47,6 +47,28 @@ resource "aws_subnet" "private" {
   tags = { Name = "${var.name_prefix}-private-${local.azs[count.index]}", Tier = "private" }
 }
 
+# The database subnets: their own route table has no route at all beyond the
+# VPC itself, so the database has no way to or from the internet.
+resource "aws_subnet" "database" {
+  count             = local.postgres ? 3 : 0
+  vpc_id            = aws_vpc.main.id
+  availability_zone = local.azs[count.index]
+  cidr_block        = cidrsubnet(var.vpc_cidr, 4, count.index + 12)
+
+  tags = { Name = "${var.name_prefix}-database-${local.azs[count.index]}", Tier = "database" }
+}
+
+resource "aws_route_table" "database" {
+  count  = local.postgres ? 1 : 0
+  vpc_id = aws_vpc.main.id
+}
+
+resource "aws_route_table_association" "database" {
+  count          = local.postgres ? 3 : 0
+  subnet_id      = aws_subnet.database[count.index].id
+  route_table_id = aws_route_table.database[0].id
+}
+
 resource "aws_route_table" "public" {
   vpc_id = aws_vpc.main.id
 
@@ -79,8 +101,22 @@ resource "aws_vpc_endpoint" "s3" {
   route_table_ids   = [aws_route_table.private.id]
 }
 
+locals {
+  # What the tasks call, and why: image pulls (ecr.api, ecr.dkr; layers come
+  # from S3 through the gateway endpoint), awslogs and the collector's EMF
+  # metrics (logs), traces (xray), the master secret for the migrate container
+  # (secretsmanager), the JWKS of a Cognito user pool (cognito-idp). RDS IAM
+  # tokens are signed locally and the task's credentials come from the ECS
+  # agent, so neither STS nor RDS endpoints are needed.
+  endpoints = concat(
+    ["ecr.api", "ecr.dkr", "logs", "xray"],
+    local.postgres ? ["secretsmanager"] : [],
+    var.jwks_url != "" ? ["cognito-idp"] : [],
+  )
+}
+
 resource "aws_vpc_endpoint" "interface" {
-  for_each            = toset(["ecr.api", "ecr.dkr", "logs"])
+  for_each            = toset(local.endpoints)
   vpc_id              = aws_vpc.main.id
   service_name        = "com.amazonaws.${var.region}.${each.key}"
   vpc_endpoint_type   = "Interface"

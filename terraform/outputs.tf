@@ -4,12 +4,12 @@ output "alb_dns_name" {
 }
 
 output "service_url" {
-  description = "Base URL of the service."
-  value       = var.certificate_arn == "" ? "http://${aws_lb.main.dns_name}" : "https://${aws_lb.main.dns_name}"
+  description = "Base URL of the service (the domain when one is given)."
+  value       = "${local.https_enabled ? "https" : "http"}://${local.dns_enabled ? var.domain_name : aws_lb.main.dns_name}"
 }
 
 output "ecr_repository_url" {
-  description = "Where build_and_push.sh pushes images."
+  description = "Where build_and_push.sh and the pipeline push images."
   value       = aws_ecr_repository.saldos.repository_url
 }
 
@@ -24,6 +24,41 @@ output "service_name" {
 }
 
 output "log_group" {
-  description = "CloudWatch log group of the service."
+  description = "CloudWatch log group of the service (short retention)."
   value       = aws_cloudwatch_log_group.app.name
+}
+
+output "log_history_bucket" {
+  description = "S3 bucket holding the exported service logs."
+  value       = aws_s3_bucket.history["logs"].id
+}
+
+output "cloudtrail_bucket" {
+  description = "S3 bucket holding the CloudTrail files and their digests."
+  value       = aws_s3_bucket.history["trail"].id
+}
+
+output "db_endpoint" {
+  description = "RDS endpoint (host:port), postgres mode; null in journal mode."
+  value       = one(aws_db_instance.main[*].endpoint)
+}
+
+output "db_master_secret_arn" {
+  description = "Secrets Manager ARN of the RDS-managed master password (read by the migrate container only); null in journal mode."
+  value       = local.postgres ? local.master_secret_arn : null
+}
+
+output "dashboard_url" {
+  description = "CloudWatch dashboard of the service."
+  value       = "https://${var.region}.console.aws.amazon.com/cloudwatch/home?region=${var.region}#dashboards/dashboard/${aws_cloudwatch_dashboard.main.dashboard_name}"
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic every alarm notifies (subscribe more endpoints to it)."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "pipeline_name" {
+  description = "CodePipeline that builds and deploys main; null without enable_pipeline."
+  value       = one(aws_codepipeline.main[*].name)
 }

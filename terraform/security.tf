@@ -1,6 +1,6 @@
 # Security groups: the internet reaches only the ALB (80/443); the ALB reaches
-# only the tasks on the app port; only the tasks reach EFS (2049) and the VPC
-# endpoints (443).
+# only the tasks on the app port; only the tasks reach the database (5432, in
+# postgres mode), EFS (2049, in journal mode) and the VPC endpoints (443).
 
 resource "aws_security_group" "alb" {
   name        = "${var.name_prefix}-alb"
@@ -38,7 +38,7 @@ resource "aws_vpc_security_group_egress_rule" "alb_to_tasks" {
 
 resource "aws_security_group" "tasks" {
   name        = "${var.name_prefix}-tasks"
-  description = "saldos tasks: app port from the ALB; EFS and AWS endpoints out"
+  description = "saldos tasks: app port from the ALB; database or EFS and AWS endpoints out"
   vpc_id      = aws_vpc.main.id
 }
 
@@ -52,17 +52,28 @@ resource "aws_vpc_security_group_ingress_rule" "tasks_from_alb" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "tasks_to_efs" {
+  count                        = local.journal ? 1 : 0
   security_group_id            = aws_security_group.tasks.id
   description                  = "NFS to the journal's EFS mount targets"
-  referenced_security_group_id = aws_security_group.efs.id
+  referenced_security_group_id = aws_security_group.efs[0].id
   ip_protocol                  = "tcp"
   from_port                    = 2049
   to_port                      = 2049
 }
 
+resource "aws_vpc_security_group_egress_rule" "tasks_to_database" {
+  count                        = local.postgres ? 1 : 0
+  security_group_id            = aws_security_group.tasks.id
+  description                  = "PostgreSQL to the RDS instance only"
+  referenced_security_group_id = aws_security_group.database[0].id
+  ip_protocol                  = "tcp"
+  from_port                    = local.db_port
+  to_port                      = local.db_port
+}
+
 resource "aws_vpc_security_group_egress_rule" "tasks_to_endpoints" {
   security_group_id            = aws_security_group.tasks.id
-  description                  = "HTTPS to the ECR and CloudWatch Logs interface endpoints"
+  description                  = "HTTPS to the AWS interface endpoints (ECR, logs, X-Ray, Secrets Manager, Cognito)"
   referenced_security_group_id = aws_security_group.endpoints.id
   ip_protocol                  = "tcp"
   from_port                    = 443
@@ -79,18 +90,37 @@ resource "aws_vpc_security_group_egress_rule" "tasks_to_s3" {
 }
 
 resource "aws_security_group" "efs" {
+  count       = local.journal ? 1 : 0
   name        = "${var.name_prefix}-efs"
   description = "saldos journal EFS: NFS from the tasks only"
   vpc_id      = aws_vpc.main.id
 }
 
 resource "aws_vpc_security_group_ingress_rule" "efs_from_tasks" {
-  security_group_id            = aws_security_group.efs.id
+  count                        = local.journal ? 1 : 0
+  security_group_id            = aws_security_group.efs[0].id
   description                  = "NFS from the tasks only"
   referenced_security_group_id = aws_security_group.tasks.id
   ip_protocol                  = "tcp"
   from_port                    = 2049
   to_port                      = 2049
+}
+
+resource "aws_security_group" "database" {
+  count       = local.postgres ? 1 : 0
+  name        = "${var.name_prefix}-database"
+  description = "saldos RDS PostgreSQL: 5432 from the tasks only"
+  vpc_id      = aws_vpc.main.id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "database_from_tasks" {
+  count                        = local.postgres ? 1 : 0
+  security_group_id            = aws_security_group.database[0].id
+  description                  = "PostgreSQL from the tasks only"
+  referenced_security_group_id = aws_security_group.tasks.id
+  ip_protocol                  = "tcp"
+  from_port                    = local.db_port
+  to_port                      = local.db_port
 }
 
 resource "aws_security_group" "endpoints" {

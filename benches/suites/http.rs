@@ -58,7 +58,7 @@ fn bench_full_request(c: &mut Criterion) {
     .unwrap()
     .serve;
     let storage = Arc::new(runtime.block_on(saldos::open_storage(&args)).unwrap());
-    let app = Arc::new(saldos::app(&args, storage, false));
+    let app = Arc::new(saldos::app(&args, storage, None));
     let (client, server) = tokio::io::duplex(64 * 1024);
     runtime.spawn(async move {
         let service = service_fn(move |request| {

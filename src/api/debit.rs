@@ -52,7 +52,11 @@ pub async fn post_debit(
         monto: debit.monto,
         key,
     };
-    let settled = traces::waiting_on_storage(app.traced, "storage.debit", app.storage.debit(order));
+    let settled = traces::waiting_on_storage(
+        app.sampling.is_some(),
+        "storage.debit",
+        app.storage.debit(order),
+    );
     match settled.await {
         Ok(Answer::Fresh(outcome)) => {
             app.metrics.debit(kind, outcome);

@@ -13,7 +13,7 @@ use crate::usuario::Usuario;
 pub async fn get_saldo(app: &App, segment: &str) -> Result<Response<Body>, ApiError> {
     let usuario = Usuario::from_path_segment(segment).map_err(|_| ApiError::UsuarioInvalido)?;
     let read = app.storage.read_saldo(&usuario);
-    let saldo = traces::waiting_on_storage(app.traced, "storage.saldo", read)
+    let saldo = traces::waiting_on_storage(app.sampling.is_some(), "storage.saldo", read)
         .await
         .map_err(|_| ApiError::NoDisponible)?;
     let body = render(|w| {

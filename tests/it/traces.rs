@@ -24,6 +24,7 @@ use crate::util::Client;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+const UNSAMPLED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const AMZN_TRACE_ID: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1";
 
 /// A span as exported, with the resource's service name.
@@ -136,8 +137,19 @@ fn requests_are_traced_through_otlp_and_logged_with_their_ids() {
         ("X-Request-Id", "pedido-trazado"),
     ];
     let body = r#"{"usuario":"usuario1","monto":1}"#;
+    // A caller that did not sample its trace: parent-based sampling builds
+    // no span for it (sent first, so its spans would precede the others).
+    let unsampled = format!("00-{UNSAMPLED_TRACE_ID}-{PARENT_SPAN_ID}-00");
+    let unsampled_headers = [
+        ("Content-Type", "application/json"),
+        ("traceparent", unsampled.as_str()),
+    ];
     runtime.block_on(async {
         let mut client = Client::connect(address).await;
+        let reply = client
+            .request("POST", "/pago", &unsampled_headers, Some(body))
+            .await;
+        assert_eq!(reply.status, 200);
         let reply = client.request("POST", "/pago", &headers, Some(body)).await;
         assert_eq!(reply.status, 200);
         let reply = client
@@ -157,6 +169,12 @@ fn requests_are_traced_through_otlp_and_logged_with_their_ids() {
     ];
     let names: Vec<&str> = cases.iter().flat_map(|case| [case.0, case.3]).collect();
     let exported = spans_named(&spans, &names);
+    assert!(
+        exported
+            .iter()
+            .all(|e| hex(&e.span.trace_id) != UNSAMPLED_TRACE_ID),
+        "a span of an unsampled trace was exported"
+    );
     let named = |name| exported.iter().find(|e| e.span.name == name).unwrap();
     for (name, route, status, storage) in cases {
         let request = named(name);
@@ -181,7 +199,9 @@ fn requests_are_traced_through_otlp_and_logged_with_their_ids() {
 
     // `--slow-request 0ms`: every request is logged, with its ids, never
     // its account.
-    let line = running.line_with("slow request");
+    // (The unsampled request's line came first: it carries no trace id.)
+    let line = running.line_with(r#""request_id":"pedido-trazado""#);
+    assert!(line.contains("slow request"), "{line}");
     for field in [
         r#""request_id":"pedido-trazado""#,
         &format!(r#""trace_id":"{TRACE_ID}""#),

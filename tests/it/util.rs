@@ -139,7 +139,7 @@ pub async fn start_server_with(
         .expect("test arguments parse")
         .serve;
     let storage = Arc::new(saldos::open_storage(&args).await.expect("storage opens"));
-    let app = Arc::new(saldos::app(&args, storage.clone(), false));
+    let app = Arc::new(saldos::app(&args, storage.clone(), None));
     let metrics_addr = saldos::spawn_metrics(&args, &app)
         .await
         .expect("metrics listen");
