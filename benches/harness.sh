@@ -16,9 +16,12 @@
 # `saldos dev-token` from a throwaway key) against the same requests to the
 # memory server without authentication, at 64 and 256 connections.
 #
+# With CELLS=all it then runs the PostgreSQL cells (benches/postgres.sh: the
+# service on PostgreSQL beside pgbench), when PostgreSQL 15 is installed.
+#
 # usage: benches/harness.sh [ROUNDS] [SECONDS] [CELLS]
 #   defaults: 3 rounds of 10 s, CELLS=all; CELLS=observability or CELLS=auth
-#   runs only those cells.
+#   runs only those cells; benches/postgres.sh alone runs only the postgres ones.
 # needs: wrk, taskset, python3, openssl, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,3 +153,11 @@ for (server, mix, conns) in sorted(runs):
         row = [median((server, mix, conns), f) for f in range(3)]
         print(f"| baseline | {mix} | {conns} | {row[0]:,.0f} | 1.00 | {row[1]:.2f} | 1.00 | {row[2]:,.0f} | 1.00 |")
 PY
+
+if [[ $cells == all ]]; then
+  if [[ -x /usr/lib/postgresql/15/bin/postgres ]]; then
+    bash benches/postgres.sh "$rounds" "$seconds"
+  else
+    echo "postgres cells skipped: PostgreSQL 15 is not installed" >&2
+  fi
+fi

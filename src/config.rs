@@ -20,6 +20,11 @@ pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(120);
 /// The longest idempotency-key retention: 30 days.
 pub const IDEMPOTENCY_TTL_MAX: Duration = Duration::from_secs(30 * 86_400);
 
+/// The most connections to the database one instance may open.
+pub const DB_CONNECTIONS_MAX: usize = 256;
+
+/// The longest database timeout.
+pub const DB_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 /// The longest slow-request threshold.
 pub const SLOW_REQUEST_MAX: Duration = Duration::from_secs(3_600);
 
@@ -53,6 +58,63 @@ pub enum Command {
     /// DEVELOPMENT ONLY: sign an access token with a local private key and
     /// print it (or, with --jwks, print the key's public JWKS).
     DevToken(DevTokenArgs),
+    /// Apply the PostgreSQL schema migrations, then exit.
+    Migrate(MigrateArgs),
+}
+
+/// `saldos migrate` options.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// After migrating, make sure this role exists (LOGIN) with only what
+    /// the service needs (no DDL), and `rds_iam` when that role exists.
+    #[arg(long, env = "SALDOS_DB_APP_ROLE", value_parser = parse_role)]
+    pub app_role: Option<String>,
+}
+
+/// How the PostgreSQL storage reaches its database (SPEC section 8).
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL or key=value string [default: the libpq variables
+    /// PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT].
+    #[arg(long, env = "SALDOS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections to the database, half of them writing debit batches
+    /// [default: 4 × usable CPUs, 4 to 32].
+    #[arg(long, env = "SALDOS_DB_CONNECTIONS", value_parser = clap::value_parser!(u16).range(2..=DB_CONNECTIONS_MAX as i64))]
+    pub db_connections: Option<u16>,
+    /// How long a request may wait for its answer from the database.
+    #[arg(long, env = "SALDOS_DB_TIMEOUT", default_value = "5s", value_parser = parse_db_timeout)]
+    pub db_timeout: Duration,
+    /// A file holding the database password, read again for every new
+    /// connection, so a rotated password needs no restart.
+    #[arg(long, env = "SALDOS_DB_PASSWORD_FILE", conflicts_with = "db_auth")]
+    pub db_password_file: Option<PathBuf>,
+    /// How the service authenticates to the database.
+    #[arg(long, env = "SALDOS_DB_AUTH", value_enum, default_value_t = DbAuth::Password)]
+    pub db_auth: DbAuth,
+}
+
+/// How the service authenticates to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbAuth {
+    /// The password of the URL, `PGPASSWORD` or `--db-password-file`.
+    Password,
+    /// An RDS IAM authentication token minted for every new connection from
+    /// the task role's credentials (`AWS_REGION`, container credentials).
+    RdsIam,
+}
+
+impl DatabaseArgs {
+    /// Connections: the flag, else 4 × usable CPUs within 4 ..= 32. Several
+    /// writers keep batches flowing while one waits for its commit's flush,
+    /// and PostgreSQL flushes their commits together.
+    pub fn connection_count(&self) -> usize {
+        self.db_connections
+            .map_or_else(|| (4 * usable_cpus()).clamp(4, 32), usize::from)
+    }
 }
 
 /// `saldos healthcheck` options.
@@ -73,6 +135,8 @@ pub enum StorageKind {
     Journal,
     /// RAM only, lost at exit: for benchmarks and experiments.
     Memory,
+    /// PostgreSQL (SPEC section 8): many instances, one database.
+    Postgres,
 }
 
 /// How log lines are written to stdout.
@@ -140,6 +204,9 @@ pub struct ServeArgs {
     /// more answers 503 NO_DISPONIBLE.
     #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub max_accounts: u64,
+    /// The PostgreSQL storage's database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     // Observability (SPEC section 7).
     /// Address of the metrics listener (`GET /metrics`); empty: no metrics.
@@ -372,6 +439,27 @@ fn parse_seed(text: &str) -> Result<Seed, String> {
 
 fn parse_idempotency_ttl(text: &str) -> Result<Duration, String> {
     parse_duration_within(text, Duration::from_secs(1), IDEMPOTENCY_TTL_MAX)
+}
+
+/// The longest role name PostgreSQL keeps.
+pub const ROLE_BYTES_MAX: usize = 63;
+
+fn parse_role(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_well = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !starts_well || !rest_well || text.len() > ROLE_BYTES_MAX {
+        return Err(format!(
+            "'{text}' is not a role name: 1 to {ROLE_BYTES_MAX} of a-z, 0-9 and _, not starting with a digit"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_db_timeout(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::from_millis(100), DB_TIMEOUT_MAX)
 }
 
 fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {

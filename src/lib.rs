@@ -9,6 +9,7 @@
 //! - [`principal`]: who made a request, recorded with debits and keys.
 //! - [`storage`]: the seam handlers call to read and debit balances.
 //! - [`journal`]: write-ahead journal, group commit, snapshots, recovery.
+//! - [`postgres`]: PostgreSQL storage: batched debits and reads, migrations.
 //! - [`idempotency`]: remembered outcomes of keyed requests.
 //! - [`ledger`]: sharded in-memory balances and check-and-debit; no I/O.
 //! - [`sharded`]: the bounded, sharded hash tables the ledger and the keys share.
@@ -16,7 +17,8 @@
 //! - [`render`]: response bytes without per-response allocation.
 //! - [`metrics`], [`traces`]: Prometheus metrics and their listener,
 //!   OpenTelemetry traces.
-//! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`clock`]: cross-cutting.
+//! - [`request_id`], [`header`], [`logging`], [`healthcheck`], [`http_get`], [`clock`]:
+//!   cross-cutting.
 
 pub mod api;
 pub mod auth;
@@ -24,11 +26,13 @@ pub mod clock;
 pub mod config;
 pub mod header;
 pub mod healthcheck;
+pub mod http_get;
 pub mod idempotency;
 pub mod journal;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod postgres;
 pub mod principal;
 pub mod render;
 pub mod request_id;
@@ -46,7 +50,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::Auth;
-use crate::config::{AuthArgs, AuthMode, ServeArgs, StorageKind};
+use crate::config::{AuthArgs, AuthMode, MigrateArgs, ServeArgs, StorageKind};
 use crate::ledger::{Ledger, Limits};
 use crate::metrics::Recorder;
 use crate::router::App;
@@ -82,6 +86,9 @@ pub enum StartError {
     /// The data directory cannot be used.
     #[error("cannot open the journal: {0}")]
     Journal(#[from] journal::Error),
+    /// The database cannot be used.
+    #[error("cannot open the PostgreSQL storage: {0}")]
+    Postgres(#[from] postgres::Error),
     /// Authentication is on and its keys cannot be had.
     #[error("cannot start authentication: {0}")]
     Auth(String),
@@ -115,8 +122,25 @@ pub async fn open_auth(args: &AuthArgs) -> Result<Auth, StartError> {
 }
 
 /// Builds the storage the arguments describe: seeded, and with the journal
-/// recovered from the data directory.
-pub fn open_storage(args: &ServeArgs) -> Result<Storage, StartError> {
+/// recovered from the data directory, or the database migrated and checked.
+pub async fn open_storage(args: &ServeArgs) -> Result<Storage, StartError> {
+    match args.storage {
+        StorageKind::Postgres => {
+            let options = postgres::Options {
+                database: &args.database,
+                opening_saldo: args.opening_balance,
+                seed: &args.seed.0,
+                key_ttl: args.idempotency_ttl,
+            };
+            Ok(Storage::postgres(postgres::Postgres::open(&options).await?))
+        }
+        StorageKind::Memory | StorageKind::Journal => open_local(args),
+    }
+}
+
+/// The ledger and keys in this process, seeded; recovered from the journal
+/// when durable.
+fn open_local(args: &ServeArgs) -> Result<Storage, StartError> {
     let ledger = Arc::new(Ledger::new(Limits {
         shard_count: args.shard_count(),
         opening_saldo: args.opening_balance,
@@ -130,29 +154,27 @@ pub fn open_storage(args: &ServeArgs) -> Result<Storage, StartError> {
     for (usuario, saldo) in &args.seed.0 {
         ledger.seed(usuario, *saldo).map_err(StartError::Seed)?;
     }
-    match args.storage {
-        StorageKind::Memory => Ok(Storage::memory(ledger, keys)),
-        StorageKind::Journal => {
-            let options = journal::Options {
-                dir: &args.data_dir,
-                opening_saldo: args.opening_balance,
-                seed: &args.seed.0,
-                segment_bytes_max: args.journal_segment_bytes,
-            };
-            let recovered = journal::open(&options, ledger.clone(), keys.clone())?;
-            tracing::info!(
-                data_dir = %args.data_dir.display(),
-                snapshot = recovered.snapshot,
-                records_replayed = recovered.records_replayed,
-                torn_bytes = recovered.torn_bytes,
-                accounts = ledger.accounts_stored(),
-                keys = keys.keys_stored(),
-                elapsed_ms = recovered.elapsed.as_millis() as u64,
-                "journal recovered"
-            );
-            Ok(Storage::journal(ledger, keys, recovered.journal))
-        }
+    if args.storage != StorageKind::Journal {
+        return Ok(Storage::memory(ledger, keys));
     }
+    let options = journal::Options {
+        dir: &args.data_dir,
+        opening_saldo: args.opening_balance,
+        seed: &args.seed.0,
+        segment_bytes_max: args.journal_segment_bytes,
+    };
+    let recovered = journal::open(&options, ledger.clone(), keys.clone())?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        snapshot = recovered.snapshot,
+        records_replayed = recovered.records_replayed,
+        torn_bytes = recovered.torn_bytes,
+        accounts = ledger.accounts_stored(),
+        keys = keys.keys_stored(),
+        elapsed_ms = recovered.elapsed.as_millis() as u64,
+        "journal recovered"
+    );
+    Ok(Storage::journal(ledger, keys, recovered.journal))
 }
 
 /// Binds the listening socket with a deep backlog.
@@ -209,7 +231,7 @@ pub fn serve(args: ServeArgs, sampling: Option<Sampling>) -> Result<(), StartErr
         .build()
         .map_err(StartError::Runtime)?;
     let storage = runtime.block_on(async {
-        let storage = Arc::new(open_storage(&args)?);
+        let storage = Arc::new(open_storage(&args).await?);
         let auth = open_auth(&args.auth).await?;
         let listener = listen(SocketAddr::new(args.bind, args.port))?;
         let address = listener.local_addr().map_err(|source| StartError::Listen {
@@ -231,7 +253,9 @@ pub fn serve(args: ServeArgs, sampling: Option<Sampling>) -> Result<(), StartErr
             tracing::info!(address = %metrics_address, "serving metrics");
         }
         let settings = server::Settings::new(args.max_connections as usize, args.shutdown_grace);
-        tokio::spawn(sweep_expired_keys(storage.clone()));
+        if storage.as_local().is_some() {
+            tokio::spawn(sweep_expired_keys(storage.clone()));
+        }
         let drained = server::run(listener, app, settings, shutdown_signal()).await;
         tracing::info!(connections_cut = drained.connections_cut, "stopped");
         Ok::<_, StartError>(storage)
@@ -245,6 +269,32 @@ pub fn serve(args: ServeArgs, sampling: Option<Sampling>) -> Result<(), StartErr
     Ok(())
 }
 
+/// `saldos migrate`: applies the PostgreSQL migrations, then exits: 0 when
+/// the schema is current, 1 when it could not be brought there.
+pub fn migrate(args: &MigrateArgs) -> std::process::ExitCode {
+    logging::init(config::LogFormat::Text, None);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let migrated = match runtime {
+        Ok(runtime) => runtime.block_on(postgres::migrate(args)),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match migrated {
+        Ok(applied) => {
+            tracing::info!(applied, "database schema is current");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot migrate");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Forgets expired idempotency keys now and then, so the table's memory
 /// follows the live keys rather than the keys ever seen, and reports new keys
 /// refused because the table was full of live ones.
@@ -253,7 +303,9 @@ async fn sweep_expired_keys(storage: Arc<Storage>) {
     let mut refused_reported = 0;
     loop {
         interval.tick().await;
-        let keys = storage.keys();
+        let Some(keys) = storage.as_local().map(storage::Local::keys) else {
+            return;
+        };
         let swept = keys.sweep(clock::unix_ms());
         if swept > 0 {
             tracing::debug!(swept, "expired idempotency keys swept");

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             }
             Err(reason) => bad_config(&format!("error: {reason}")),
         },
+        Command::Migrate(args) => saldos::migrate(&args),
         Command::Healthcheck(args) => {
             let url = args
                 .url

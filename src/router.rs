@@ -157,9 +157,9 @@ async fn route(
     };
     let access = access.as_deref();
     let answered = match route {
-        Route::Health => api::get_health(&app.storage),
+        Route::Health => api::get_health(&app.storage).await,
         Route::Live => api::get_live(&app.storage),
-        Route::Saldo(segment) => api::get_saldo(app, segment, access),
+        Route::Saldo(segment) => api::get_saldo(app, segment, access).await,
         Route::Debit(kind) => api::post_debit(app, kind, request, access).await,
     };
     (label, answered)

@@ -1,5 +1,6 @@
 //! The storage seam: what handlers call to read balances, debit them and
-//! remember idempotency keys, whatever keeps them.
+//! settle idempotency keys, whatever keeps them. Each storage decides keys,
+//! replays and debits its own way; handlers only render the answer.
 //!
 //! - `memory`: the ledger alone; a debit is applied at once; lost at exit.
 //! - `journal`: a debit is reserved in the ledger and its record queued for
@@ -7,15 +8,18 @@
 //!   are in debit order); its answer waits until the writer has synced the
 //!   record and applied it. A refusal made while debits of the account are
 //!   still pending waits for them too, so the balance it shows is durable.
+//! - `postgres`: balances, keys and the audit trail live in the database
+//!   ([`crate::postgres`]); nothing is answered from this process's memory.
 
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
 use crate::clock;
-use crate::idempotency::{InFlightGuard, Remembered, Scoped, Table};
+use crate::idempotency::{Begin, InFlightGuard, Remembered, Scoped, Table};
 use crate::journal::{Journal, Key, Queued, Record, Unavailable};
 use crate::ledger::{self, DebitKind, Ledger, Outcome};
+use crate::postgres::Postgres;
 use crate::principal::Principal;
 use crate::usuario::Usuario;
 
@@ -27,24 +31,178 @@ pub struct Order<'a> {
     pub usuario: Usuario,
     /// The amount, 1 ..= 10^12.
     pub monto: u64,
-    /// Who asks (recorded with the debit); `None` without authentication.
+    /// Who asks (recorded with the debit, and the scope of its key);
+    /// `None` without authentication.
     pub principal: Option<&'a Principal>,
-    /// Its idempotency key, already marked in flight.
-    pub key: Option<Keyed<'a>>,
+    /// Its idempotency key and the request's fingerprint, if it sent one.
+    pub key: Option<KeyRequest<'a>>,
 }
 
-/// An idempotency key in flight.
-pub struct Keyed<'a> {
-    /// The key, in its principal's scope.
-    pub key: Scoped<'a>,
+/// An `Idempotency-Key` as a request sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRequest<'a> {
+    /// The key.
+    pub key: &'a str,
     /// The request's fingerprint.
     pub fingerprint: u64,
-    /// Forgets the key if the debit is dropped before it is queued.
-    pub guard: InFlightGuard<'a>,
 }
 
-/// Balances, their debits and the idempotency keys.
+/// How a debit request was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Decided now: debited or refused.
+    Fresh(Outcome),
+    /// Its key was settled before with the same request: answer that again.
+    Replay(Remembered),
+}
+
+/// Why a debit request got no outcome; nothing was applied for it, except
+/// [`Refusal::Unavailable`] after a commit whose outcome could not be learned
+/// (SPEC section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The storage cannot take the debit now: 503.
+    Unavailable,
+    /// Its key was used before with a different request: 422.
+    KeyConflict,
+    /// Its key's first request is still being processed: 409.
+    KeyInFlight,
+}
+
+impl From<Unavailable> for Refusal {
+    fn from(_: Unavailable) -> Self {
+        Self::Unavailable
+    }
+}
+
+/// Where balances, debits and keys are kept.
 pub struct Storage {
+    backend: Backend,
+}
+
+enum Backend {
+    Local(Local),
+    Postgres(Postgres),
+}
+
+impl Storage {
+    /// Storage in RAM only: state is lost when the process exits.
+    pub fn memory(ledger: Arc<Ledger>, keys: Arc<Table>) -> Self {
+        Self::local(Local {
+            ledger,
+            keys,
+            journal: None,
+        })
+    }
+
+    /// Durable storage: `journal` was opened over `ledger` and `keys`.
+    pub fn journal(ledger: Arc<Ledger>, keys: Arc<Table>, journal: Journal) -> Self {
+        Self::local(Local {
+            ledger,
+            keys,
+            journal: Some(journal),
+        })
+    }
+
+    /// Storage in PostgreSQL.
+    pub fn postgres(postgres: Postgres) -> Self {
+        Self {
+            backend: Backend::Postgres(postgres),
+        }
+    }
+
+    fn local(local: Local) -> Self {
+        Self {
+            backend: Backend::Local(local),
+        }
+    }
+
+    /// The in-process ledger and keys (memory and journal storage).
+    pub fn as_local(&self) -> Option<&Local> {
+        match &self.backend {
+            Backend::Local(local) => Some(local),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The journal, when storage is durable and local.
+    pub fn journal_handle(&self) -> Option<&Journal> {
+        self.as_local().and_then(Local::journal_handle)
+    }
+
+    /// The account's durable balance.
+    pub async fn read_saldo(&self, usuario: &Usuario) -> Result<u64, Unavailable> {
+        match &self.backend {
+            Backend::Local(local) => Ok(local.saldo(usuario)),
+            Backend::Postgres(postgres) => postgres.saldo(usuario).await,
+        }
+    }
+
+    /// Settles one debit request: its key first (replay, conflict, in
+    /// flight), then the check-and-debit, durable when this returns.
+    pub async fn debit(&self, order: Order<'_>) -> Result<Answer, Refusal> {
+        match &self.backend {
+            Backend::Local(local) => local.debit_request(order).await,
+            Backend::Postgres(postgres) => postgres.debit(order).await,
+        }
+    }
+
+    /// Readiness as last seen, without waiting (for a metrics scrape): the
+    /// journal's state, or whether the last database round trip succeeded.
+    pub fn was_ready(&self) -> bool {
+        match &self.backend {
+            Backend::Local(local) => local.is_live(),
+            Backend::Postgres(postgres) => postgres.was_ready(),
+        }
+    }
+
+    /// Accounts stored, when this process holds them.
+    pub fn accounts_stored(&self) -> Option<usize> {
+        self.as_local().map(Local::accounts_stored)
+    }
+
+    /// Idempotency keys remembered, when this process holds them.
+    pub fn keys_stored(&self) -> Option<usize> {
+        self.as_local().map(|local| local.keys().keys_stored())
+    }
+
+    /// Registers this storage's own metric families (SPEC section 7): the
+    /// one place a storage adds what only it can measure.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        match &self.backend {
+            Backend::Local(local) => local.register_metrics(registry),
+            Backend::Postgres(postgres) => postgres.stats().register(registry),
+        }
+    }
+
+    /// Readiness: debits can be applied now.
+    pub async fn is_ready(&self) -> bool {
+        match &self.backend {
+            Backend::Local(local) => local.is_live(),
+            Backend::Postgres(postgres) => postgres.is_ready().await,
+        }
+    }
+
+    /// Liveness: false only when the process itself must be replaced.
+    pub fn is_live(&self) -> bool {
+        match &self.backend {
+            Backend::Local(local) => local.is_live(),
+            // An unreachable database never fails liveness (SPEC section 3).
+            Backend::Postgres(_) => true,
+        }
+    }
+}
+
+/// An idempotency key in flight in the local table.
+struct Keyed<'a> {
+    key: Scoped<'a>,
+    fingerprint: u64,
+    /// Forgets the key if the debit is dropped before it is queued.
+    guard: InFlightGuard<'a>,
+}
+
+/// Memory and journal storage: balances and keys in this process.
+pub struct Local {
     /// Balances; every read is answered from here.
     ledger: Arc<Ledger>,
     /// Remembered idempotency keys.
@@ -53,25 +211,7 @@ pub struct Storage {
     journal: Option<Journal>,
 }
 
-impl Storage {
-    /// Storage in RAM only: state is lost when the process exits.
-    pub fn memory(ledger: Arc<Ledger>, keys: Arc<Table>) -> Self {
-        Self {
-            ledger,
-            keys,
-            journal: None,
-        }
-    }
-
-    /// Durable storage: `journal` was opened over `ledger` and `keys`.
-    pub fn journal(ledger: Arc<Ledger>, keys: Arc<Table>, journal: Journal) -> Self {
-        Self {
-            ledger,
-            keys,
-            journal: Some(journal),
-        }
-    }
-
+impl Local {
     /// The account's durable balance.
     pub fn saldo(&self, usuario: &Usuario) -> u64 {
         self.ledger.saldo(usuario)
@@ -82,9 +222,8 @@ impl Storage {
         self.ledger.accounts_stored()
     }
 
-    /// Registers this storage's own metric families (SPEC section 7): the
-    /// one place a storage adds what only it can measure.
-    pub fn register_metrics(&self, registry: &mut Registry) {
+    /// Registers the journal's metric families, if durable.
+    fn register_metrics(&self, registry: &mut Registry) {
         if let Some(journal) = &self.journal {
             journal.stats().register(registry);
         }
@@ -100,11 +239,6 @@ impl Storage {
         self.journal.as_ref()
     }
 
-    /// Readiness: debits can be applied now.
-    pub fn is_ready(&self) -> bool {
-        self.is_live()
-    }
-
     /// Liveness: false once the journal failed or its writer died, which only
     /// a restart (recovery from what is really on disk) can mend.
     pub fn is_live(&self) -> bool {
@@ -113,16 +247,40 @@ impl Storage {
             .is_none_or(|journal| !journal.has_failed())
     }
 
-    /// Applies one check-and-debit; its outcome is durable (with the journal)
-    /// when this returns. `Unavailable`: nothing was applied.
-    pub async fn debit(&self, order: Order<'_>) -> Result<Outcome, Unavailable> {
-        match &self.journal {
-            None => self.debit_in_memory(order),
-            Some(journal) => self.debit_durably(journal, order).await,
-        }
+    /// The key's verdict from the table, then the debit.
+    async fn debit_request(&self, order: Order<'_>) -> Result<Answer, Refusal> {
+        let keyed = match order.key {
+            None => None,
+            Some(KeyRequest { key, fingerprint }) => {
+                let key = Scoped {
+                    principal: order.principal,
+                    key,
+                };
+                match self.keys.begin(key, fingerprint, clock::unix_ms()) {
+                    Begin::Started => Some(Keyed {
+                        key,
+                        fingerprint,
+                        guard: InFlightGuard::new(&self.keys, key),
+                    }),
+                    Begin::Replay(remembered) => return Ok(Answer::Replay(remembered)),
+                    Begin::Conflict => return Err(Refusal::KeyConflict),
+                    Begin::InFlight => return Err(Refusal::KeyInFlight),
+                    Begin::Full => return Err(Refusal::Unavailable),
+                }
+            }
+        };
+        let outcome = match &self.journal {
+            None => self.debit_in_memory(&order, keyed),
+            Some(journal) => self.debit_durably(journal, &order, keyed).await,
+        }?;
+        Ok(Answer::Fresh(outcome))
     }
 
-    fn debit_in_memory(&self, order: Order<'_>) -> Result<Outcome, Unavailable> {
+    fn debit_in_memory(
+        &self,
+        order: &Order<'_>,
+        keyed: Option<Keyed<'_>>,
+    ) -> Result<Outcome, Unavailable> {
         let outcome = match self.ledger.debit(&order.usuario, order.monto) {
             Ok(debit) => Outcome::Debited {
                 nuevo_saldo: debit.nuevo_saldo,
@@ -132,7 +290,7 @@ impl Storage {
             }) => Outcome::Refused { saldo_disponible },
             Err(ledger::Error::LedgerFull) => return Err(Unavailable),
         };
-        if let Some(keyed) = order.key {
+        if let Some(keyed) = keyed {
             let remembered = Remembered {
                 fingerprint: keyed.fingerprint,
                 kind: order.kind,
@@ -150,10 +308,11 @@ impl Storage {
     async fn debit_durably(
         &self,
         journal: &Journal,
-        order: Order<'_>,
+        order: &Order<'_>,
+        keyed: Option<Keyed<'_>>,
     ) -> Result<Outcome, Unavailable> {
         let slot = journal.slot().await?;
-        let key = order.key.as_ref().map(|keyed| Key {
+        let key = keyed.as_ref().map(|keyed| Key {
             key: keyed.key.key.into(),
             fingerprint: keyed.fingerprint,
         });
@@ -216,7 +375,7 @@ impl Storage {
             }
             Err(ledger::Error::LedgerFull) => return Err(Unavailable),
         };
-        if let Some(keyed) = order.key {
+        if let Some(keyed) = keyed {
             // Queued: from here the writer settles or abandons the key.
             keyed.guard.disarm();
         }

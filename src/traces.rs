@@ -256,15 +256,6 @@ pub async fn waiting_on_storage<F: Future>(traced: bool, name: &'static str, wai
         .await
 }
 
-/// Runs `read`, a read from storage, inside a child span of the request's
-/// when the request is traced (as [`waiting_on_storage`]).
-pub fn reading_storage<T>(traced: bool, name: &'static str, read: impl FnOnce() -> T) -> T {
-    if !traced || tracing::Span::current().is_none() {
-        return read();
-    }
-    tracing::info_span!(target: TARGET, "storage", otel.name = name).in_scope(read)
-}
-
 /// Request headers as the propagator reads them.
 struct Headers<'a>(&'a HeaderMap);
 

@@ -57,7 +57,7 @@ fn bench_full_request(c: &mut Criterion) {
     ])
     .unwrap()
     .serve;
-    let storage = Arc::new(saldos::open_storage(&args).unwrap());
+    let storage = Arc::new(runtime.block_on(saldos::open_storage(&args)).unwrap());
     let auth = runtime.block_on(saldos::open_auth(&args.auth)).unwrap();
     let app = Arc::new(saldos::app(&args, storage, auth, None));
     let (client, server) = tokio::io::duplex(64 * 1024);

@@ -71,7 +71,7 @@ fn bench_group_commit(c: &mut Criterion) {
     ])
     .unwrap()
     .serve;
-    let storage = Arc::new(runtime.block_on(async { saldos::open_storage(&args).unwrap() }));
+    let storage = Arc::new(runtime.block_on(saldos::open_storage(&args)).unwrap());
     let mut group = c.benchmark_group("journal");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);

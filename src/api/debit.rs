@@ -8,12 +8,11 @@ use hyper::body::Incoming;
 
 use super::{ApiError, Body, body, json_response};
 use crate::auth::{self, Access, Operation};
-use crate::clock;
-use crate::idempotency::{self, Begin, InFlightGuard, Scoped};
+use crate::idempotency;
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
 use crate::router::App;
-use crate::storage::{Keyed, Order};
+use crate::storage::{Answer, KeyRequest, Order, Refusal};
 use crate::traces;
 use crate::usuario::Usuario;
 
@@ -36,7 +35,6 @@ pub async fn post_debit(
     request: Request<Incoming>,
     access: Option<&Access>,
 ) -> Result<Response<Body>, ApiError> {
-    let storage = &app.storage;
     let (head, incoming) = request.into_parts();
     if !is_json(&head.headers) {
         return Err(ApiError::TipoContenido);
@@ -49,56 +47,48 @@ pub async fn post_debit(
     if !auth::is_allowed(access, &debit.usuario, Operation::Debit) {
         return Err(ApiError::Prohibido);
     }
-    let principal = access.map(|access| &access.principal);
-    let keyed = match &key {
+    let key = match &key {
         None => None,
-        Some(key) => {
-            let key = key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?;
-            let key = Scoped { principal, key };
-            let fingerprint =
-                idempotency::fingerprint(head.method.as_str(), head.uri.path(), &bytes);
-            match storage.keys().begin(key, fingerprint, clock::unix_ms()) {
-                Begin::Started => Some(Keyed {
-                    key,
-                    fingerprint,
-                    guard: InFlightGuard::new(storage.keys(), key),
-                }),
-                Begin::Replay(remembered) => {
-                    let mut response = answer(
-                        remembered.kind,
-                        remembered.usuario,
-                        remembered.monto,
-                        remembered.outcome,
-                    );
-                    response.headers_mut().insert(
-                        HeaderName::from_static(REPLAYED),
-                        HeaderValue::from_static("true"),
-                    );
-                    app.metrics.replay();
-                    return Ok(response);
-                }
-                Begin::Conflict => return Err(ApiError::IdempotenciaConflicto),
-                Begin::InFlight => return Err(ApiError::IdempotenciaEnCurso),
-                Begin::Full => return Err(ApiError::NoDisponible),
-            }
-        }
+        Some(key) => Some(KeyRequest {
+            key: key.to_str().map_err(|_| ApiError::IdempotenciaInvalida)?,
+            fingerprint: idempotency::fingerprint(head.method.as_str(), head.uri.path(), &bytes),
+        }),
     };
     let order = Order {
         kind,
         usuario: debit.usuario,
         monto: debit.monto,
-        principal,
-        key: keyed,
+        principal: access.map(|access| &access.principal),
+        key,
     };
-    let outcome = traces::waiting_on_storage(
+    let settled = traces::waiting_on_storage(
         app.sampling.is_some(),
         "storage.debit",
-        storage.debit(order),
-    )
-    .await
-    .map_err(|_| ApiError::NoDisponible)?;
-    app.metrics.debit(kind, outcome);
-    Ok(answer(kind, debit.usuario, debit.monto, outcome))
+        app.storage.debit(order),
+    );
+    match settled.await {
+        Ok(Answer::Fresh(outcome)) => {
+            app.metrics.debit(kind, outcome);
+            Ok(answer(kind, debit.usuario, debit.monto, outcome))
+        }
+        Ok(Answer::Replay(remembered)) => {
+            let mut response = answer(
+                remembered.kind,
+                remembered.usuario,
+                remembered.monto,
+                remembered.outcome,
+            );
+            response.headers_mut().insert(
+                HeaderName::from_static(REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+            app.metrics.replay();
+            Ok(response)
+        }
+        Err(Refusal::KeyConflict) => Err(ApiError::IdempotenciaConflicto),
+        Err(Refusal::KeyInFlight) => Err(ApiError::IdempotenciaEnCurso),
+        Err(Refusal::Unavailable) => Err(ApiError::NoDisponible),
+    }
 }
 
 /// The answer to a settled debit request; a replay renders the same bytes.

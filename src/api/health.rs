@@ -9,8 +9,8 @@ use crate::storage::Storage;
 
 /// Readiness: 200 `{"status":"ok"}` while debits can be applied; 503
 /// `NO_DISPONIBLE` while they cannot, so the load balancer sends no traffic.
-pub fn get_health(storage: &Storage) -> Result<Response<Body>, ApiError> {
-    status_ok(storage.is_ready())
+pub async fn get_health(storage: &Storage) -> Result<Response<Body>, ApiError> {
+    status_ok(storage.is_ready().await)
 }
 
 /// Liveness: 200 `{"status":"ok"}` unless the process itself must be

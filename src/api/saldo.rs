@@ -11,7 +11,7 @@ use crate::usuario::Usuario;
 
 /// Answers the balance of the account named by the raw (still
 /// percent-encoded) path segment, when `access` may read it.
-pub fn get_saldo(
+pub async fn get_saldo(
     app: &App,
     segment: &str,
     access: Option<&Access>,
@@ -20,9 +20,10 @@ pub fn get_saldo(
     if !auth::is_allowed(access, &usuario, Operation::Read) {
         return Err(ApiError::Prohibido);
     }
-    let saldo = traces::reading_storage(app.sampling.is_some(), "storage.saldo", || {
-        app.storage.saldo(&usuario)
-    });
+    let read = app.storage.read_saldo(&usuario);
+    let saldo = traces::waiting_on_storage(app.sampling.is_some(), "storage.saldo", read)
+        .await
+        .map_err(|_| ApiError::NoDisponible)?;
     let body = render(|w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());

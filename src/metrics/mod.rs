@@ -82,6 +82,14 @@ pub const JOURNAL_SYNC_DURATION: &str = "saldos_journal_sync_duration_seconds";
 /// The journal's group commits: records in each batch.
 pub const JOURNAL_BATCH_RECORDS: &str = "saldos_journal_batch_records";
 
+/// The PostgreSQL storage's debit batches: time from sending to commit.
+pub const DB_BATCH_DURATION: &str = "saldos_db_batch_duration_seconds";
+/// The PostgreSQL storage's debit batches: debits in each (one commit each).
+pub const DB_BATCH_DEBITS: &str = "saldos_db_batch_debits";
+/// Database failures: a connection that could not be opened or was lost,
+/// a statement that failed.
+pub const DB_ERRORS: &str = "saldos_db_errors_total";
+
 /// The families every server exports, whatever its storage.
 pub const FAMILIES: [&str; 17] = [
     HTTP_REQUESTS,
@@ -105,6 +113,9 @@ pub const FAMILIES: [&str; 17] = [
 
 /// The families the journal storage adds.
 pub const JOURNAL_FAMILIES: [&str; 2] = [JOURNAL_SYNC_DURATION, JOURNAL_BATCH_RECORDS];
+
+/// The families the PostgreSQL storage adds.
+pub const POSTGRES_FAMILIES: [&str; 3] = [DB_BATCH_DURATION, DB_BATCH_DEBITS, DB_ERRORS];
 
 /// Upper bounds of the journal's sync-duration buckets, in seconds.
 pub const SYNC_BOUNDS_SECONDS: [f64; 14] = [
@@ -264,20 +275,29 @@ impl Collector for StorageState {
             (
                 STORAGE_HEALTHY,
                 "1 while debits can be applied (the readiness probe), else 0.",
-                i64::from(storage.is_ready()),
+                Some(i64::from(storage.was_ready())),
             ),
             (
                 ACCOUNTS_STORED,
                 "Accounts stored (seeded or debited).",
-                i64::try_from(storage.accounts_stored()).unwrap_or(i64::MAX),
+                storage
+                    .accounts_stored()
+                    .map(|count| i64::try_from(count).unwrap_or(i64::MAX)),
             ),
             (
                 IDEMPOTENCY_KEYS_STORED,
                 "Idempotency keys remembered.",
-                i64::try_from(storage.keys().keys_stored()).unwrap_or(i64::MAX),
+                storage
+                    .keys_stored()
+                    .map(|count| i64::try_from(count).unwrap_or(i64::MAX)),
             ),
         ];
+        // Counts a storage keeps elsewhere (rows of a database) are not
+        // counted at every scrape.
         for (name, help, value) in gauges {
+            let Some(value) = value else {
+                continue;
+            };
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }

@@ -1,10 +1,9 @@
 //! The success paths of every endpoint, byte for byte as the SPEC shows them.
 
-use crate::util::start_server;
+use crate::util::{Backend, contract_tests, start_server_on};
 
-#[tokio::test]
-async fn health_probes_answer_ok() {
-    let server = start_server(&[]).await;
+async fn health_probes_answer_ok(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     let mut client = server.client().await;
     for path in ["/health", "/health/live"] {
         let reply = client.get(path).await;
@@ -15,9 +14,8 @@ async fn health_probes_answer_ok() {
 }
 
 // Seeded accounts have their seed, every other account the opening balance.
-#[tokio::test]
-async fn saldo_of_seeded_and_implicit_accounts() {
-    let server = start_server(&[]).await;
+async fn saldo_of_seeded_and_implicit_accounts(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     let mut client = server.client().await;
     let cases = [
         ("/saldo/usuario1", r#"{"usuario":"usuario1","saldo":10000}"#),
@@ -44,17 +42,15 @@ async fn saldo_of_seeded_and_implicit_accounts() {
     }
 }
 
-#[tokio::test]
-async fn configured_opening_balance_and_seed_apply() {
-    let server = start_server(&["--opening-balance", "7", "--seed", "ana=3"]).await;
+async fn configured_opening_balance_and_seed_apply(backend: Backend) {
+    let server = start_server_on(backend, &["--opening-balance", "7", "--seed", "ana=3"]).await;
     let mut client = server.client().await;
     client.assert_saldo("ana", 3).await;
     client.assert_saldo("usuario1", 7).await;
 }
 
-#[tokio::test]
-async fn pago_and_retiro_debit_and_answer_the_new_balance() {
-    let server = start_server(&[]).await;
+async fn pago_and_retiro_debit_and_answer_the_new_balance(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     let mut client = server.client().await;
     let reply = client
         .post("/pago", r#"{"usuario":"usuario1","monto":5000}"#)
@@ -89,9 +85,8 @@ async fn pago_and_retiro_debit_and_answer_the_new_balance() {
 }
 
 // Over the balance: refused with the balance, which stays as it was.
-#[tokio::test]
-async fn insufficient_balance_changes_nothing() {
-    let server = start_server(&[]).await;
+async fn insufficient_balance_changes_nothing(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     let mut client = server.client().await;
     let reply = client
         .post("/retiro", r#"{"usuario":"usuario2","monto":20000}"#)
@@ -113,9 +108,8 @@ async fn insufficient_balance_changes_nothing() {
 }
 
 // HEAD answers like GET: same status and headers, no body.
-#[tokio::test]
-async fn head_mirrors_get_without_body() {
-    let server = start_server(&[]).await;
+async fn head_mirrors_get_without_body(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     let mut client = server.client().await;
     for path in ["/health", "/saldo/usuario1", "/saldo/%ZZ", "/nope"] {
         let get = client.get(path).await;
@@ -128,9 +122,8 @@ async fn head_mirrors_get_without_body() {
     }
 }
 
-#[tokio::test]
-async fn request_ids_are_echoed_when_valid_and_minted_otherwise() {
-    let server = start_server(&[]).await;
+async fn request_ids_are_echoed_when_valid_and_minted_otherwise(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     let mut client = server.client().await;
     let reply = client
         .request("GET", "/health", &[("X-Request-Id", "trace-42")], None)
@@ -152,3 +145,13 @@ async fn request_ids_are_echoed_when_valid_and_minted_otherwise() {
     minted.dedup();
     assert_eq!(minted.len(), 3);
 }
+
+contract_tests!(
+    health_probes_answer_ok,
+    saldo_of_seeded_and_implicit_accounts,
+    configured_opening_balance_and_seed_apply,
+    pago_and_retiro_debit_and_answer_the_new_balance,
+    insufficient_balance_changes_nothing,
+    head_mirrors_get_without_body,
+    request_ids_are_echoed_when_valid_and_minted_otherwise,
+);

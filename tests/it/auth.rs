@@ -2,7 +2,7 @@
 //! server: keys made in the test, a JWKS served on loopback, every 401 and
 //! 403 case, the allowed ones, where they sit in the error order, key
 //! rotation and outages, idempotency keys per principal, and the principal in
-//! the journal across a restart.
+//! the journal across a restart and in the PostgreSQL audit trail.
 
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::auth_support::{
     AUDIENCE, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
 };
-use crate::util::{Client, Reply, TestServer, error_body, start_server};
+use crate::pg_cluster;
+use crate::util::{Client, Reply, TestServer, error_body, postgres_args, start_server};
 
 const CHALLENGE: &str = r#"Bearer realm="saldos""#;
 const CHALLENGE_INVALID: &str = r#"Bearer realm="saldos", error="invalid_token""#;
@@ -372,6 +373,49 @@ async fn idempotency_keys_are_per_principal_and_not_kept_on_refusals() {
     // The customer's own k1 is another key: another debit.
     let own = post(&mut client, "/retiro", &ana, body, Some("k1")).await;
     assert_fresh(&own, 9800);
+}
+
+// With PostgreSQL storage the principal is the key's scope and each audit
+// row's author: the same key from two principals is two debits, each row
+// names who made it.
+#[tokio::test]
+async fn postgres_scopes_keys_and_audits_debits_by_principal() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let cluster = pg_cluster::shared();
+    let url = cluster.create_database().await;
+    let args = postgres_args(&url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = start_with(&jwks_server.url, &args).await;
+    let mut client = server.client().await;
+    let body = Some(r#"{"usuario":"usuario1","monto":100}"#);
+    let payer = rsa.sign(&service("pagos", "saldos:debit"));
+    let ana = rsa.sign(&customer("usuario1"));
+    let first = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
+    assert_fresh(&first, 9900);
+    let again = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
+    assert_replayed(&again, &first);
+    let own = post(&mut client, "/retiro", &ana, body, Some("k1")).await;
+    assert_fresh(&own, 9800);
+    let database = cluster.connect(url.rsplit('/').next().unwrap()).await;
+    let rows = database
+        .query(
+            "SELECT principal, idempotency_key, saldo FROM debits ORDER BY saldo DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let audited: Vec<(String, Option<String>, i64)> = rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        audited,
+        [
+            ("pagos".to_owned(), Some("k1".to_owned()), 9900),
+            ("usuario1".to_owned(), Some("k1".to_owned()), 9800),
+        ]
+    );
 }
 
 // The principal is recorded with the debit: after a restart the key is

@@ -3,15 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use crate::util::start_server;
+use crate::util::{Backend, contract_tests, start_server_on};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_debits_of_one_account_never_overdraw() {
+async fn concurrent_debits_of_one_account_never_overdraw(backend: Backend) {
     const CLIENTS: usize = 64;
     const ATTEMPTS_PER_CLIENT: usize = 30;
     const MONTO: u64 = 7;
     const SALDO: u64 = 10_000;
-    let server = start_server(&["--workers", "2"]).await;
+    let server = start_server_on(backend, &["--workers", "2"]).await;
     let mut tasks = Vec::new();
     for client in 0..CLIENTS {
         let addr = server.addr;
@@ -60,3 +59,5 @@ async fn concurrent_debits_of_one_account_never_overdraw() {
         format!(r#"{{"usuario":"usuario1","saldo":{}}}"#, SALDO % MONTO)
     );
 }
+
+contract_tests!(concurrent_debits_of_one_account_never_overdraw);

@@ -5,16 +5,14 @@
 //! replays its remembered answer byte for byte.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::Client;
+use crate::util::{Client, spawn_binary};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_saldos");
 const CYCLES: u64 = 24;
 const CLIENTS: u64 = 6;
 const ACCOUNTS: u64 = 4;
@@ -43,31 +41,11 @@ impl Rng {
 }
 
 fn start(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BINARY)
-        .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
-        .args(["--opening-balance", &OPENING.to_string(), "--seed", ""])
-        .args(["--journal-segment-bytes", "16384"])
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let address = loop {
-        assert!(Instant::now() < deadline, "no listening line");
-        let line = lines.next().expect("server output").unwrap();
-        if let Some(rest) = line.split("\"address\":\"").nth(1) {
-            break rest.split('"').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, address)
+    let opening = OPENING.to_string();
+    let mut args = vec!["--opening-balance", &opening, "--seed", ""];
+    args.extend(["--journal-segment-bytes", "16384", "--data-dir"]);
+    args.push(dir.to_str().unwrap());
+    spawn_binary(&args)
 }
 
 async fn load(address: SocketAddr, client: u64, cycle: u64, seen: Arc<Mutex<Seen>>) {

@@ -62,7 +62,7 @@ fn every_cut_point_keeps_every_acknowledged_debit() {
                 let opened = open_with_segments(&survivor, SEGMENT_BYTES_MAX)
                     .unwrap_or_else(|error| panic!("{context}: recovery refused: {error}"));
                 for (n, name) in ACCOUNTS.iter().enumerate() {
-                    let lost = OPENING - opened.storage.saldo(&usuario(name));
+                    let lost = OPENING - opened.storage.as_local().unwrap().saldo(&usuario(name));
                     assert_eq!(
                         lost & acknowledged[n],
                         acknowledged[n],

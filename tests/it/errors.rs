@@ -1,7 +1,7 @@
 //! Every row of the SPEC's error table: status, `codigo`, text and headers.
 //! The texts are written out here from the SPEC, not taken from the code.
 
-use crate::util::{error_body, start_server};
+use crate::util::{Backend, contract_tests, error_body, start_server, start_server_on};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -219,9 +219,8 @@ const CASES: &[Case] = &[
     ),
 ];
 
-#[tokio::test]
-async fn every_row_of_the_error_table() {
-    let server = start_server(&[]).await;
+async fn every_row_of_the_error_table(backend: Backend) {
+    let server = start_server_on(backend, &[]).await;
     for case in CASES {
         // A fresh connection each: some errors close theirs.
         let mut client = server.client().await;
@@ -271,3 +270,5 @@ async fn a_full_ledger_answers_no_disponible() {
         r#"{"usuario":"a","monto_pagado":5,"nuevo_saldo":0}"#
     );
 }
+
+contract_tests!(every_row_of_the_error_table,);

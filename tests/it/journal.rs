@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::metrics::{Scrape, scrape};
-use crate::util::{Client, TestServer, error_body, start_server};
+use crate::util::{Backend, Client, TestServer, error_body, start_server, start_server_on};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -36,13 +36,14 @@ async fn keyed(client: &mut Client, path: &str, key: &str, body: &str) -> crate:
         .await
 }
 
-// Every idempotency rule of SPEC section 1, on both storages.
+// Every idempotency rule of SPEC section 1, on every storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_conflict_and_validate() {
     let dir = tempfile::tempdir().unwrap();
     for server in [
         start_server(&[]).await,
         journal_server(dir.path(), &[]).await,
+        start_server_on(Backend::Postgres, &[]).await,
     ] {
         let mut client = server.client().await;
         let body = r#"{"usuario":"usuario1","monto":4000}"#;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use saldos::idempotency::{Begin, InFlightGuard, Remembered, Scoped, Table};
 use saldos::journal::{self, Medium, PowerCut};
 use saldos::ledger::{DebitKind, Ledger, Limits, Outcome};
-use saldos::storage::{Keyed, Order, Storage};
+use saldos::storage::{Answer, KeyRequest, Order, Refusal, Storage};
 use saldos::usuario::Usuario;
 
 /// Tiny segments: rotations and snapshots happen every few batches.
@@ -99,11 +99,11 @@ pub enum Debited {
     Answered(Outcome),
     /// 503: nothing acknowledged.
     Unavailable,
-    /// The key decided (replay, conflict, in flight, full): nothing ran.
+    /// The key decided (replay, conflict, in flight): nothing ran.
     Key(Begin),
 }
 
-/// A `retiro` as the handler makes it: the key checked first, then the debit.
+/// A `retiro` as the handler makes it.
 pub async fn debit(
     storage: &Storage,
     account: &str,
@@ -111,29 +111,18 @@ pub async fn debit(
     key: Option<&str>,
     fingerprint: u64,
 ) -> Debited {
-    let keyed = match key.map(unscoped) {
-        None => None,
-        Some(key) => match storage
-            .keys()
-            .begin(key, fingerprint, saldos::clock::unix_ms())
-        {
-            Begin::Started => Some(Keyed {
-                key,
-                fingerprint,
-                guard: InFlightGuard::new(storage.keys(), key),
-            }),
-            other => return Debited::Key(other),
-        },
-    };
     let order = Order {
         kind: DebitKind::Retiro,
         usuario: usuario(account),
         monto,
         principal: None,
-        key: keyed,
+        key: key.map(|key| KeyRequest { key, fingerprint }),
     };
     match storage.debit(order).await {
-        Ok(outcome) => Debited::Answered(outcome),
-        Err(_) => Debited::Unavailable,
+        Ok(Answer::Fresh(outcome)) => Debited::Answered(outcome),
+        Ok(Answer::Replay(remembered)) => Debited::Key(Begin::Replay(remembered)),
+        Err(Refusal::KeyConflict) => Debited::Key(Begin::Conflict),
+        Err(Refusal::KeyInFlight) => Debited::Key(Begin::InFlight),
+        Err(Refusal::Unavailable) => Debited::Unavailable,
     }
 }

@@ -13,6 +13,8 @@ mod journal;
 mod journal_support;
 mod metrics;
 mod model;
+mod pg_cluster;
+mod postgres;
 mod power_loss;
 pub mod process;
 mod traces;

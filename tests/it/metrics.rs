@@ -6,10 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use openmetrics_parser::{PrometheusValue, prometheus::parse_prometheus};
-use saldos::metrics::{FAMILIES, JOURNAL_FAMILIES};
+use saldos::metrics::{
+    ACCOUNTS_STORED, FAMILIES, IDEMPOTENCY_KEYS_STORED, JOURNAL_FAMILIES, POSTGRES_FAMILIES,
+    STORAGE_HEALTHY,
+};
 
 use crate::journal::journal_server;
-use crate::util::{Client, Reply, TestServer, start_server};
+use crate::util::{Backend, Client, Reply, TestServer, start_server, start_server_on};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -126,6 +129,20 @@ async fn every_named_family_is_exported_and_no_other() {
         .chain(names(&JOURNAL_FAMILIES))
         .collect();
     assert_eq!(scrape(&journal).await.families, expected);
+
+    // PostgreSQL: its own families; the stored counts are rows of the
+    // database, not counted at every scrape.
+    let postgres = start_server_on(Backend::Postgres, &[]).await;
+    let mut client = postgres.client().await;
+    assert_eq!(client.post("/pago", debit).await.status, 200);
+    let scraped = scrape(&postgres).await;
+    let expected = names(&FAMILIES)
+        .into_iter()
+        .filter(|name| name != ACCOUNTS_STORED && name != IDEMPOTENCY_KEYS_STORED)
+        .chain(names(&POSTGRES_FAMILIES))
+        .collect();
+    assert_eq!(scraped.families, expected);
+    assert_eq!(scraped.value(STORAGE_HEALTHY, &[]), 1.0);
 }
 
 // After exactly K requests of each kind, each (route, method, status) counter
@@ -345,7 +362,12 @@ async fn journal_batches_are_exported() {
 #[test]
 fn the_dashboard_queries_only_exported_families() {
     let dashboard = include_str!("../../deploy/grafana/saldos.json");
-    let exported: BTreeSet<&str> = FAMILIES.iter().chain(&JOURNAL_FAMILIES).copied().collect();
+    let exported: BTreeSet<&str> = FAMILIES
+        .iter()
+        .chain(&JOURNAL_FAMILIES)
+        .chain(&POSTGRES_FAMILIES)
+        .copied()
+        .collect();
     let mut queried = BTreeSet::new();
     for prefix in ["saldos_", "process_"] {
         for (at, _) in dashboard.match_indices(prefix) {

@@ -123,11 +123,16 @@ impl Model {
     fn check(&self, storage: &Storage) -> Result<(), TestCaseError> {
         for (account, name) in ACCOUNTS.iter().enumerate() {
             let usuario = saldos::usuario::Usuario::new(name).unwrap();
-            prop_assert_eq!(storage.saldo(&usuario), self.saldo(account), "{}", name);
+            prop_assert_eq!(
+                storage.as_local().unwrap().saldo(&usuario),
+                self.saldo(account),
+                "{}",
+                name
+            );
         }
         for (key, (fingerprint, outcome)) in &self.keys {
             prop_assert_eq!(
-                remembered(storage.keys(), key, *fingerprint),
+                remembered(storage.as_local().unwrap().keys(), key, *fingerprint),
                 Some(*outcome),
                 "{}",
                 key
@@ -195,9 +200,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if answer == Debited::Unavailable {
                     // Not acknowledged: durable or not, but wholly one or the other.
                     let account = saldos::usuario::Usuario::new(ACCOUNTS[request.account]).unwrap();
-                    if storage.saldo(&account) != model.saldo(request.account)
+                    if storage.as_local().unwrap().saldo(&account) != model.saldo(request.account)
                         || request.key().is_some_and(|key| {
-                            remembered(storage.keys(), &key, request.fingerprint()).is_some()
+                            remembered(
+                                storage.as_local().unwrap().keys(),
+                                &key,
+                                request.fingerprint(),
+                            )
+                            .is_some()
                         })
                     {
                         model = applied;

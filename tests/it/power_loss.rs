@@ -88,7 +88,7 @@ impl Model {
             let name = account(n);
             let opening = if name == JUSTO { JUSTO_SALDO } else { OPENING };
             let before = *self.saldos.get(&name).unwrap_or(&opening);
-            let now = storage.saldo(&usuario(&name));
+            let now = storage.as_local().unwrap().saldo(&usuario(&name));
             let lost = before
                 .checked_sub(now)
                 .unwrap_or_else(|| panic!("{context}: {name} gained money: {before} -> {now}"));
@@ -107,10 +107,15 @@ impl Model {
             durable_bits.insert(name.clone(), lost);
             self.saldos.insert(name, now);
         }
-        assert_eq!(storage.saldo(&usuario(POBRE)), 0, "{context}: pobre");
+        assert_eq!(
+            storage.as_local().unwrap().saldo(&usuario(POBRE)),
+            0,
+            "{context}: pobre"
+        );
         for request in &self.unverified {
             let Some(key) = &request.key else { continue };
-            let remembered = remembered(storage.keys(), key, request.fingerprint);
+            let remembered =
+                remembered(storage.as_local().unwrap().keys(), key, request.fingerprint);
             if let Some(answer) = request.answer {
                 assert_eq!(
                     remembered,
@@ -131,7 +136,7 @@ impl Model {
         }
         for (key, (fingerprint, answer)) in &self.keys {
             assert_eq!(
-                remembered(storage.keys(), key, *fingerprint),
+                remembered(storage.as_local().unwrap().keys(), key, *fingerprint),
                 Some(*answer),
                 "{context}: key {key} of an earlier round"
             );

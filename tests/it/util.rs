@@ -1,9 +1,11 @@
 //! Shared test helpers: a real server on an ephemeral loopback port, and a raw
 //! HTTP/1.1 client that can send anything (garbage, chunked, pipelined).
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use saldos::config::Cli;
@@ -27,6 +29,94 @@ pub struct TestServer {
     task: JoinHandle<Drained>,
 }
 
+/// A storage the contract tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    /// A fresh database of the shared test cluster.
+    Postgres,
+}
+
+/// Starts a server on `backend` with the default configuration plus `extra`.
+pub async fn start_server_on(backend: Backend, extra: &[&str]) -> TestServer {
+    match backend {
+        Backend::Memory => start_server(extra).await,
+        Backend::Postgres => {
+            let url = crate::pg_cluster::shared().create_database().await;
+            let mut args = postgres_args(&url);
+            args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            start_server(&args).await
+        }
+    }
+}
+
+/// The flags of a server on the PostgreSQL database at `url`.
+pub fn postgres_args(url: &str) -> Vec<String> {
+    [
+        "--storage",
+        "postgres",
+        "--database-url",
+        url,
+        "--db-connections",
+        "4",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Defines each named `async fn(Backend)` test once per storage, in modules
+/// `memory` and `postgres`.
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::util::Backend::Memory).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::util::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use contract_tests;
+
+/// Starts the real binary on 127.0.0.1 and a free port with `extra` flags;
+/// returns it and the address it logged.
+pub fn spawn_binary(extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saldos"))
+        .args(["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
+        // Metrics on a free port: several binaries may run at once.
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let address = loop {
+        assert!(Instant::now() < deadline, "no listening line");
+        let line = lines.next().expect("server output").unwrap();
+        if let Some(rest) = line.split("\"address\":\"").nth(1) {
+            break rest.split('"').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, address)
+}
+
 /// Starts a server with the default configuration plus `extra` flags.
 pub async fn start_server(extra: &[&str]) -> TestServer {
     start_server_with(extra, |settings| settings).await
@@ -48,7 +138,7 @@ pub async fn start_server_with(
     let args = Cli::try_parse_from(argv)
         .expect("test arguments parse")
         .serve;
-    let storage = Arc::new(saldos::open_storage(&args).expect("storage opens"));
+    let storage = Arc::new(saldos::open_storage(&args).await.expect("storage opens"));
     let auth = saldos::open_auth(&args.auth).await.expect("auth starts");
     let app = Arc::new(saldos::app(&args, storage.clone(), auth, None));
     let metrics_addr = saldos::spawn_metrics(&args, &app)

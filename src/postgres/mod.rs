@@ -1,0 +1,373 @@
+//! PostgreSQL storage (SPEC section 8): balances, idempotency keys and the
+//! audit trail of debits in one database that any number of instances share.
+//! Nothing is answered from this process's memory.
+//!
+//! - [`connect`]: where the database is, TLS, credentials.
+//! - `iam`: RDS IAM authentication tokens (`--db-auth rds-iam`).
+//! - [`schema`]: embedded migrations under an advisory lock; fixed settings.
+//! - `queue`: bounded queues from requests to the connections.
+//! - `writer`: debit batches, one round trip and one commit each.
+//! - `reader`: balance reads, batched.
+//! - `sweeper`: expired keys and old batch rows, deleted in bounded batches.
+//!
+//! Connections: half (rounded up) of `--db-connections` write debits, the
+//! rest read; the sweeper and migrations open their own when they run.
+
+mod connect;
+mod iam;
+mod queue;
+mod reader;
+mod schema;
+mod sweeper;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hashbrown::HashSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use connect::Target;
+
+use crate::config::{DatabaseArgs, MigrateArgs};
+use crate::journal::Unavailable;
+use crate::metrics;
+use crate::principal::Principal;
+use crate::storage::{Answer, Order, Refusal};
+use crate::usuario::Usuario;
+
+/// Pause before trying a lost connection again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Debits waiting for a writer, at most.
+const QUEUE_DEBITS_MAX: usize = 16_384;
+
+/// Reads waiting for a reader, at most.
+const QUEUE_READS_MAX: usize = 16_384;
+
+/// Keys of this instance's requests in flight, at most (each holds a queue
+/// place or a batch place, so this bound is never the tighter one).
+const KEYS_IN_FLIGHT_MAX: usize = 2 * QUEUE_DEBITS_MAX;
+
+/// The longest the readiness probe waits for the database.
+const HEALTH_TIMEOUT_MAX: Duration = Duration::from_secs(2);
+
+/// The principal of every request while authentication is off.
+const NO_PRINCIPAL: &str = "";
+
+/// Why the database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A database setting is wrong.
+    #[error("{0}")]
+    Setting(String),
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// Credentials for IAM authentication could not be had.
+    #[error("database credentials: {0}")]
+    Credentials(String),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {0:?} (--db-timeout)")]
+    Timeout(Duration),
+    /// The schema is newer than this binary.
+    #[error("the database schema is at version {found}, this binary knows up to {known}")]
+    SchemaAhead {
+        /// The schema's version.
+        found: i32,
+        /// The newest this binary has.
+        known: i32,
+    },
+    /// The schema is behind and this role may not migrate it.
+    #[error(
+        "the database schema is behind and this role cannot migrate it ({reason}); \
+         run `saldos migrate` as the database owner"
+    )]
+    SchemaBehind {
+        /// The database's refusal.
+        reason: String,
+    },
+    /// The opening balance or the seed differ from the recorded ones.
+    #[error("refusing to start: {reason}")]
+    SettingsChanged {
+        /// Which setting and how.
+        reason: String,
+    },
+}
+
+/// True when `error` means the connection is gone (closed, reset, or the
+/// server shutting down or terminating it), so the outcome of what was in
+/// flight on it is not known from the error itself.
+fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08: connection exception; 57: operator intervention
+            // (admin shutdown, crash shutdown, terminated backend).
+            class == "08" || class == "57"
+        }
+    }
+}
+
+/// Counts of the database work, for metrics.
+#[derive(Debug)]
+pub struct Stats {
+    /// Seconds from sending each debit batch to its commit's answer.
+    batch_seconds: Histogram,
+    /// Debits in each committed batch.
+    batch_debits: Histogram,
+    /// Connections not opened or lost, statements failed.
+    errors: Counter,
+    /// The last database round trip succeeded.
+    ready: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            batch_seconds: Histogram::new(metrics::SYNC_BOUNDS_SECONDS),
+            batch_debits: Histogram::new(metrics::BATCH_BOUNDS_RECORDS),
+            errors: Counter::default(),
+            ready: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Stats {
+    /// Registers the PostgreSQL storage's own metric families.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            metrics::DB_BATCH_DURATION,
+            "Time from sending each debit batch to its commit.",
+            self.batch_seconds.clone(),
+        );
+        registry.register(
+            metrics::DB_BATCH_DEBITS,
+            "Debits in each committed batch (one commit each).",
+            self.batch_debits.clone(),
+        );
+        registry.register(
+            metrics::counter_base(metrics::DB_ERRORS),
+            "Database connections not opened or lost, and statements failed.",
+            self.errors.clone(),
+        );
+    }
+
+    /// A committed batch of `debits` that took `seconds`.
+    fn batch(&self, debits: usize, seconds: f64) {
+        self.batch_debits.observe(debits as f64);
+        self.batch_seconds.observe(seconds);
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A round trip that succeeded.
+    fn answered(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A failure of the database or of the way to it.
+    fn failed(&self) {
+        self.errors.inc();
+        self.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What the connections' tasks share.
+struct Shared {
+    target: Target,
+    /// Counts for metrics.
+    stats: Stats,
+    /// `--db-timeout`.
+    timeout: Duration,
+    /// The opening balance, as the database stores amounts.
+    opening_saldo: i64,
+    /// `--idempotency-ttl` in ms.
+    key_ttl_ms: i64,
+}
+
+impl Shared {
+    fn opening_saldo_u64(&self) -> u64 {
+        writer::saldo_u64(self.opening_saldo)
+    }
+}
+
+/// What opening the storage needs.
+pub struct Options<'a> {
+    /// How to reach the database.
+    pub database: &'a DatabaseArgs,
+    /// The opening balance.
+    pub opening_saldo: u64,
+    /// The seeded accounts.
+    pub seed: &'a [(Usuario, u64)],
+    /// How long idempotency keys are remembered.
+    pub key_ttl: Duration,
+}
+
+/// The PostgreSQL storage: queues to the writer and reader connections.
+pub struct Postgres {
+    shared: Arc<Shared>,
+    debits: queue::Sender<writer::Debit>,
+    reads: queue::Sender<reader::Read>,
+    /// Keys of this instance's requests in flight, with their principal: a
+    /// second request with one gets 409 here; across instances the database
+    /// decides.
+    keys_in_flight: Mutex<HashSet<ScopedKey>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Postgres {
+    /// Connects, migrates if behind, checks the fixed settings and starts
+    /// the writer, reader and sweeper tasks.
+    pub async fn open(options: &Options<'_>) -> Result<Self, Error> {
+        let timeout = options.database.db_timeout;
+        let target = Target::from_args(options.database)?;
+        let mut client = target.connect(timeout).await?;
+        schema::migrate(&mut client).await?;
+        let settings = schema::Settings {
+            opening_saldo: options.opening_saldo,
+            seed: options.seed,
+        };
+        schema::check_settings(&mut client, &settings).await?;
+        drop(client);
+        let shared = Arc::new(Shared {
+            target,
+            stats: Stats::default(),
+            timeout,
+            opening_saldo: i64::try_from(options.opening_saldo).unwrap_or(i64::MAX),
+            key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
+        });
+        let connections = options.database.connection_count();
+        let writers = connections.div_ceil(2);
+        let (debits, debit_queue) = queue::bounded(QUEUE_DEBITS_MAX);
+        let (reads, read_queue) = queue::bounded(QUEUE_READS_MAX);
+        for _ in 0..writers {
+            tokio::spawn(writer::run(shared.clone(), debit_queue.clone()));
+        }
+        for _ in writers..connections {
+            tokio::spawn(reader::run(shared.clone(), read_queue.clone()));
+        }
+        let sweeper = tokio::spawn(sweeper::run(shared.clone()));
+        Ok(Self {
+            shared,
+            debits,
+            reads,
+            keys_in_flight: Mutex::new(HashSet::new()),
+            sweeper,
+        })
+    }
+
+    /// The account's committed balance, read from the database.
+    pub async fn saldo(&self, usuario: &Usuario) -> Result<u64, Unavailable> {
+        self.read(Some(*usuario), self.shared.timeout).await
+    }
+
+    /// The database work's counts.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Whether the last database round trip succeeded.
+    pub fn was_ready(&self) -> bool {
+        self.shared.stats.ready.load(Ordering::Relaxed)
+    }
+
+    /// Readiness: the database answers a query now.
+    pub async fn is_ready(&self) -> bool {
+        let timeout = self.shared.timeout.min(HEALTH_TIMEOUT_MAX);
+        self.read(None, timeout).await.is_ok()
+    }
+
+    async fn read(&self, usuario: Option<Usuario>, timeout: Duration) -> Result<u64, Unavailable> {
+        let (answer, answered) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        let read = reader::Read {
+            usuario,
+            deadline,
+            answer,
+        };
+        self.reads.push(read).await?;
+        // The reader answers every read it took by its deadline.
+        answered.await.map_err(|_| Unavailable)?
+    }
+
+    /// Applies one debit request in the next batch; its key is settled in
+    /// the same transaction.
+    pub async fn debit(&self, order: Order<'_>) -> Result<Answer, Refusal> {
+        let principal = order.principal.map_or(NO_PRINCIPAL, Principal::as_str);
+        let in_flight = match order.key {
+            None => None,
+            Some(key) => Some(self.claim((principal.into(), key.key.into()))?),
+        };
+        let (answer, answered) = oneshot::channel();
+        let debit = writer::Debit {
+            kind: order.kind,
+            usuario: order.usuario,
+            monto: order.monto,
+            key: order.key.map(|key| (key.key.into(), key.fingerprint)),
+            principal: principal.into(),
+            deadline: Instant::now() + self.shared.timeout,
+            answer,
+        };
+        self.debits.push(debit).await?;
+        let answer = answered.await.map_err(|_| Refusal::Unavailable)?;
+        drop(in_flight);
+        answer
+    }
+
+    /// Marks `key` in flight in this instance, or says why not.
+    fn claim(&self, key: ScopedKey) -> Result<KeyInFlight<'_>, Refusal> {
+        let mut keys = self.keys_in_flight.lock().expect("keys lock");
+        if keys.contains(&key) {
+            return Err(Refusal::KeyInFlight);
+        }
+        if keys.len() >= KEYS_IN_FLIGHT_MAX {
+            return Err(Refusal::Unavailable);
+        }
+        keys.insert(key.clone());
+        Ok(KeyInFlight {
+            keys: &self.keys_in_flight,
+            key,
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+/// An idempotency key with its principal ('' without authentication).
+type ScopedKey = (Box<str>, Box<str>);
+
+/// A key in flight in this instance; forgotten when dropped.
+struct KeyInFlight<'a> {
+    keys: &'a Mutex<HashSet<ScopedKey>>,
+    key: ScopedKey,
+}
+
+impl Drop for KeyInFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.remove(&self.key);
+        }
+    }
+}
+
+/// `saldos migrate`: brings the schema up to date and grants the
+/// application role, if one is named; returns how many migrations ran.
+pub async fn migrate(args: &MigrateArgs) -> Result<usize, Error> {
+    let target = Target::from_args(&args.database)?;
+    let mut client = target.connect(args.database.db_timeout).await?;
+    let applied = schema::migrate(&mut client).await?;
+    if let Some(role) = &args.app_role {
+        schema::grant_app_role(&mut client, role).await?;
+    }
+    Ok(applied)
+}

@@ -1,0 +1,89 @@
+//! The bounded queue between requests and the connections that serve them in
+//! batches: a request waits a bounded time for room, a connection's task
+//! takes everything queued (up to a batch's limit) at once. Requests whose
+//! deadline passed while queued are refused (503) without being sent.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{Mutex, mpsc};
+
+use crate::journal::Unavailable;
+
+/// An item that can be refused unsent.
+pub trait Deadlined {
+    /// When its request stops waiting.
+    fn deadline(&self) -> Instant;
+    /// Answers 503: nothing was applied.
+    fn refuse(self);
+}
+
+/// The sending side, held by the storage.
+pub struct Sender<T> {
+    sender: mpsc::Sender<T>,
+}
+
+/// The receiving side, shared by the connections' tasks.
+pub struct Receiver<T> {
+    receiver: Arc<Mutex<mpsc::Receiver<T>>>,
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        Self {
+            receiver: self.receiver.clone(),
+        }
+    }
+}
+
+/// A queue holding at most `capacity` items.
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let (sender, receiver) = mpsc::channel(capacity);
+    (
+        Sender { sender },
+        Receiver {
+            receiver: Arc::new(Mutex::new(receiver)),
+        },
+    )
+}
+
+impl<T: Deadlined> Sender<T> {
+    /// Queues `item`, waiting for room until its deadline.
+    pub async fn push(&self, item: T) -> Result<(), Unavailable> {
+        let deadline = item.deadline().into();
+        match tokio::time::timeout_at(deadline, self.sender.send(item)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Unavailable),
+        }
+    }
+}
+
+impl<T: Deadlined> Receiver<T> {
+    /// Waits for at least one item and takes up to `batch_max` into `batch`
+    /// (empty before); false once every sender is gone.
+    pub async fn take(&self, batch: &mut Vec<T>, batch_max: usize) -> bool {
+        assert!(batch.is_empty() && batch_max > 0);
+        let mut receiver = self.receiver.lock().await;
+        while batch.is_empty() {
+            let Some(first) = receiver.recv().await else {
+                return false;
+            };
+            keep_if_waiting(batch, first);
+            while batch.len() < batch_max {
+                match receiver.try_recv() {
+                    Ok(item) => keep_if_waiting(batch, item),
+                    Err(_) => break,
+                }
+            }
+        }
+        true
+    }
+}
+
+fn keep_if_waiting<T: Deadlined>(batch: &mut Vec<T>, item: T) {
+    if item.deadline() <= Instant::now() {
+        item.refuse();
+    } else {
+        batch.push(item);
+    }
+}
