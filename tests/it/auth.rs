@@ -365,13 +365,18 @@ async fn idempotency_keys_are_per_principal_and_not_kept_on_refusals() {
     assert_eq!(reply.status, 401);
     let reply = post(&mut client, "/retiro", &reader, body, Some("k1")).await;
     assert_forbidden(&reply, "read scope with a key");
-    // The key is new for `payer`, then replayed for `payer` only.
-    let first = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
+    assert_keys_are_per_principal(&mut client, &payer, &ana).await;
+}
+
+/// Key `k1` on a fresh `usuario1` (10,000): new for `payer`, then replayed
+/// for `payer` only; `ana`'s own `k1` is another key, another debit.
+async fn assert_keys_are_per_principal(client: &mut Client, payer: &str, ana: &str) {
+    let body = Some(r#"{"usuario":"usuario1","monto":100}"#);
+    let first = post(client, "/retiro", payer, body, Some("k1")).await;
     assert_fresh(&first, 9900);
-    let again = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
+    let again = post(client, "/retiro", payer, body, Some("k1")).await;
     assert_replayed(&again, &first);
-    // The customer's own k1 is another key: another debit.
-    let own = post(&mut client, "/retiro", &ana, body, Some("k1")).await;
+    let own = post(client, "/retiro", ana, body, Some("k1")).await;
     assert_fresh(&own, 9800);
 }
 
@@ -382,22 +387,14 @@ async fn idempotency_keys_are_per_principal_and_not_kept_on_refusals() {
 async fn postgres_scopes_keys_and_audits_debits_by_principal() {
     let rsa = SigningKey::rsa("rsa");
     let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
-    let cluster = pg_cluster::shared();
-    let url = cluster.create_database().await;
+    let (url, _, database) = pg_cluster::shared().create_database_with_admin().await;
     let args = postgres_args(&url);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = start_with(&jwks_server.url, &args).await;
     let mut client = server.client().await;
-    let body = Some(r#"{"usuario":"usuario1","monto":100}"#);
     let payer = rsa.sign(&service("pagos", "saldos:debit"));
     let ana = rsa.sign(&customer("usuario1"));
-    let first = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
-    assert_fresh(&first, 9900);
-    let again = post(&mut client, "/retiro", &payer, body, Some("k1")).await;
-    assert_replayed(&again, &first);
-    let own = post(&mut client, "/retiro", &ana, body, Some("k1")).await;
-    assert_fresh(&own, 9800);
-    let database = cluster.connect(url.rsplit('/').next().unwrap()).await;
+    assert_keys_are_per_principal(&mut client, &payer, &ana).await;
     let rows = database
         .query(
             "SELECT principal, idempotency_key, saldo FROM debits ORDER BY saldo DESC",

@@ -207,6 +207,19 @@ impl Cluster {
         client
     }
 
+    /// A fresh, empty database: its URL, its name, and a superuser
+    /// connection to it.
+    pub async fn create_database_with_admin(&self) -> (String, String, tokio_postgres::Client) {
+        let url = self.create_database().await;
+        let name = url
+            .rsplit('/')
+            .next()
+            .expect("the URL ends with the database");
+        let name = name.to_owned();
+        let admin = self.connect(&name).await;
+        (url, name, admin)
+    }
+
     /// A fresh, empty database; returns its URL.
     pub async fn create_database(&self) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -445,9 +445,7 @@ async fn an_instance_killed_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_password_needs_no_restart() {
     let cluster = pg_cluster::shared();
-    let url = cluster.create_database().await;
-    let database = url.rsplit('/').next().unwrap().to_owned();
-    let admin = cluster.connect(&database).await;
+    let (_, database, admin) = cluster.create_database_with_admin().await;
     admin
         .batch_execute(
             "CREATE ROLE rotada LOGIN PASSWORD 'primera';
@@ -512,9 +510,7 @@ async fn a_rotated_password_needs_no_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_application_role_runs_the_service_without_ddl() {
     let cluster = pg_cluster::shared();
-    let url = cluster.create_database().await;
-    let database = url.rsplit('/').next().unwrap().to_owned();
-    let admin = cluster.connect(&database).await;
+    let (url, database, admin) = cluster.create_database_with_admin().await;
     admin
         .batch_execute("CREATE ROLE app_saldos LOGIN PASSWORD 'clave'")
         .await
