@@ -94,8 +94,10 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
     // Built only when tracing is on: otherwise no tracing work at all.
     let trace = app.sampling.and_then(|sampling| {
         let id = request_id.to_str().unwrap_or_default();
+        // Resolved again only for a sampled request, whose span needs its
+        // route before the handler runs.
         let route =
-            Route::resolve(request.uri().path()).map_or(RouteLabel::Unmatched, Route::label);
+            || Route::resolve(request.uri().path()).map_or(RouteLabel::Unmatched, Route::label);
         let headers = request.headers();
         RequestTrace::start_sampled(sampling, headers, method, route, id, amzn_trace_id.as_ref())
     });

@@ -158,14 +158,15 @@ pub struct RequestTrace {
 
 impl RequestTrace {
     /// Starts the request's span, continuing the `traceparent` it carries,
-    /// when `sampling` samples it; `None` (and no span built) otherwise.
+    /// when `sampling` samples it; `None` (and no span built, no route
+    /// resolved) otherwise.
     /// Its name and route are set here: once a span has a parent, its
     /// name can no longer change.
     pub fn start_sampled(
         sampling: Sampling,
         headers: &HeaderMap,
         method: MethodLabel,
-        route: RouteLabel,
+        route: impl FnOnce() -> RouteLabel,
         request_id: &str,
         amzn_trace_id: Option<&AmznTraceId>,
     ) -> Option<Self> {
@@ -173,7 +174,7 @@ impl RequestTrace {
         if !sampling.samples(&parent) {
             return None;
         }
-        let (method, route) = (method.as_str(), route.as_str());
+        let (method, route) = (method.as_str(), route().as_str());
         let span = tracing::info_span!(
             target: TARGET,
             "request",
