@@ -26,6 +26,19 @@ async fn start_with(jwks_url: &str, extra: &[&str]) -> TestServer {
     start_server(&flags).await
 }
 
+/// Journal storage in `dir` with 4 KiB segments: rotations and snapshots
+/// every few debits.
+fn tiny_segments_in(dir: &str) -> [&str; 6] {
+    [
+        "--storage",
+        "journal",
+        "--data-dir",
+        dir,
+        "--journal-segment-bytes",
+        "4096",
+    ]
+}
+
 /// A `POST` with `token`, `body` and an optional idempotency key.
 async fn post(
     client: &mut Client,
@@ -425,14 +438,7 @@ async fn the_principal_survives_a_restart_in_the_journal() {
     let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
     let data_dir = tempfile::tempdir().unwrap();
     let dir = data_dir.path().to_str().unwrap();
-    let flags = [
-        "--storage",
-        "journal",
-        "--data-dir",
-        dir,
-        "--journal-segment-bytes",
-        "4096",
-    ];
+    let flags = tiny_segments_in(dir);
     let payer = rsa.sign(&service("pagos-servicio-7", "saldos:debit"));
     let other = rsa.sign(&service("tesoreria", "saldos:debit"));
     let body = Some(r#"{"usuario":"usuario3","monto":10}"#);
@@ -747,14 +753,7 @@ async fn a_data_directory_of_format_1_still_opens() {
     let rsa = SigningKey::rsa("rsa");
     let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
     let dir = copy.path().to_str().unwrap();
-    let flags = [
-        "--storage",
-        "journal",
-        "--data-dir",
-        dir,
-        "--journal-segment-bytes",
-        "4096",
-    ];
+    let flags = tiny_segments_in(dir);
     let reader = rsa.sign(&service("auditoria", "saldos:read saldos:debit"));
     for round in 0..2 {
         let server = start_with(&jwks_server.url, &flags).await;
