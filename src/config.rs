@@ -25,6 +25,9 @@ pub const DB_CONNECTIONS_MAX: usize = 256;
 
 /// The longest database timeout.
 pub const DB_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// The longest `saldos migrate` waits for an unreachable database.
+pub const DB_WAIT_MAX: Duration = Duration::from_secs(900);
 /// The longest slow-request threshold.
 pub const SLOW_REQUEST_MAX: Duration = Duration::from_secs(3_600);
 
@@ -72,6 +75,10 @@ pub struct MigrateArgs {
     /// the service needs (no DDL), and `rds_iam` when that role exists.
     #[arg(long, env = "SALDOS_DB_APP_ROLE", value_parser = parse_role)]
     pub app_role: Option<String>,
+    /// How long to keep trying while the database cannot be reached (a
+    /// failover, an instance starting) before giving up, 0s to 15m.
+    #[arg(long, env = "SALDOS_DB_WAIT", default_value = "180s", value_parser = parse_db_wait)]
+    pub db_wait: Duration,
 }
 
 /// How the PostgreSQL storage reaches its database (SPEC section 8).
@@ -460,6 +467,11 @@ fn parse_role(text: &str) -> Result<String, String> {
 
 fn parse_db_timeout(text: &str) -> Result<Duration, String> {
     parse_duration_within(text, Duration::from_millis(100), DB_TIMEOUT_MAX)
+}
+
+/// `saldos migrate --db-wait`: at most [`DB_WAIT_MAX`].
+fn parse_db_wait(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, DB_WAIT_MAX)
 }
 
 fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {

@@ -187,8 +187,9 @@ impl Storage {
     pub fn is_live(&self) -> bool {
         match &self.backend {
             Backend::Local(local) => local.is_live(),
-            // An unreachable database never fails liveness (SPEC section 3).
-            Backend::Postgres(_) => true,
+            // An unreachable database never fails liveness (SPEC section 3):
+            // only a dead or stuck writer or reader does.
+            Backend::Postgres(postgres) => postgres.is_live(),
         }
     }
 }

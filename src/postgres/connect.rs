@@ -2,6 +2,12 @@
 //! how (the TLS rules of SPEC section 8) and with which password (read again
 //! from `--db-password-file` for every new connection, so a rotated password
 //! needs no restart). Owns no connection; never logs a password.
+//!
+//! A service session carries its bounds in its startup packet, where they
+//! win over the database's and the role's defaults (`ALTER DATABASE … SET`,
+//! a parameter group): no statement, lock wait or idle transaction outlives
+//! `--db-timeout` on the server, and every commit waits for its flush. The
+//! settings are read back before the session is used.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -11,9 +17,10 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_postgres::config::Host;
 use tokio_postgres::tls::NoTls;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::{CancelToken, Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::Error;
@@ -25,6 +32,32 @@ const DEFAULT_PORT: u16 = 5432;
 
 /// Shown in `pg_stat_activity`.
 const APPLICATION_NAME: &str = "saldos";
+
+/// A peer that stopped answering is given up after this long without an
+/// acknowledgement or a keepalive answer (a failed-over host that vanished
+/// without closing its sockets), so its connection's place is freed.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keepalive probes start after this long idle, then every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`] times.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The longest a cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a connection is for.
+pub enum Session {
+    /// Migrations and settings: no bounds (an advisory lock may be waited
+    /// for as long as another instance migrates).
+    Admin,
+    /// The service's work, bounded by `--db-timeout` on the server. The
+    /// permit is its place among the connections the storage may hold; it
+    /// is released when the connection's I/O task ends (the server answered
+    /// or the socket closed), not when the client is dropped.
+    Service(OwnedSemaphorePermit),
+}
 
 /// How the connection is protected.
 enum Tls {
@@ -44,6 +77,9 @@ pub struct Target {
     password_file: Option<PathBuf>,
     /// Mints a token for every new connection (`--db-auth rds-iam`).
     iam: Option<IamAuth>,
+    /// `--db-timeout`: the server-side bound of a service session's
+    /// statements, lock waits and idle transactions.
+    db_timeout: Duration,
 }
 
 impl Target {
@@ -58,6 +94,7 @@ impl Target {
         if args.db_auth == DbAuth::RdsIam {
             target.iam = Some(IamAuth::from_env(&env)?);
         }
+        target.db_timeout = args.db_timeout;
         Ok(target)
     }
 
@@ -87,14 +124,49 @@ impl Target {
             tls,
             password_file,
             iam: None,
+            db_timeout: crate::config::DB_TIMEOUT_MAX,
         })
     }
 
+    /// `--db-timeout`, which bounds a service session on the server.
+    pub fn db_timeout(&self) -> Duration {
+        self.db_timeout
+    }
+
+    /// The startup options of a service session: its bounds, and the
+    /// settings the guarantees depend on, after any the URL gave.
+    fn service_options(&self) -> String {
+        let ms = self.db_timeout.as_millis();
+        let bounds = format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms} \
+             -c idle_in_transaction_session_timeout={ms} -c synchronous_commit=on"
+        );
+        match self.config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {bounds}"),
+            _ => bounds,
+        }
+    }
+
     /// Opens one connection within `timeout`; its I/O runs on a task of its
-    /// own until the returned client is dropped or the server closes it.
-    pub async fn connect(&self, timeout: Duration) -> Result<Client, Error> {
+    /// own until the returned client is dropped and nothing is pending on
+    /// it, or the server closes it. A service session is checked before it
+    /// is returned.
+    pub async fn connect(&self, timeout: Duration, session: Session) -> Result<Client, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut config = self.config.clone();
         config.connect_timeout(timeout);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        config.keepalives_idle(KEEPALIVE_IDLE);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+        config.keepalives_retries(KEEPALIVE_RETRIES);
+        let permit = match session {
+            Session::Admin => None,
+            Session::Service(permit) => {
+                config.options(self.service_options());
+                Some(permit)
+            }
+        };
+        let is_service = permit.is_some();
         if let Some(path) = &self.password_file {
             config.password(read_password(path)?);
         }
@@ -111,28 +183,83 @@ impl Target {
             match &self.tls {
                 Tls::Plain => {
                     let (client, connection) = config.connect(NoTls).await?;
-                    tokio::spawn(drive(connection));
+                    tokio::spawn(drive(connection, permit));
                     Ok(client)
                 }
                 Tls::Verified(tls) => {
                     let (client, connection) = config.connect(tls.clone()).await?;
-                    tokio::spawn(drive(connection));
+                    tokio::spawn(drive(connection, permit));
                     Ok(client)
                 }
             }
         };
-        tokio::time::timeout(timeout, connecting)
+        let client = tokio::time::timeout_at(deadline, connecting)
             .await
             .map_err(|_| Error::Timeout(timeout))?
-            .map_err(Error::Database)
+            .map_err(Error::Database)?;
+        if is_service {
+            tokio::time::timeout_at(deadline, check_service_settings(&client))
+                .await
+                .map_err(|_| Error::Timeout(timeout))??;
+        }
+        Ok(client)
+    }
+
+    /// Asks the server to cancel what `token`'s session runs, within
+    /// [`CANCEL_TIMEOUT`]; a cancel that cannot be sent is only logged (the
+    /// session's `statement_timeout` ends it anyway).
+    pub async fn cancel(&self, token: CancelToken) {
+        let cancelling = async {
+            match &self.tls {
+                Tls::Plain => token.cancel_query(NoTls).await,
+                Tls::Verified(tls) => token.cancel_query(tls.clone()).await,
+            }
+        };
+        match tokio::time::timeout(CANCEL_TIMEOUT, cancelling).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot cancel a database statement"),
+            Err(_) => tracing::warn!("cannot cancel a database statement: no answer in time"),
+        }
     }
 }
 
-/// Runs a connection's I/O until it ends.
-async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: C) {
+/// The settings a service session's guarantees depend on, read back: a
+/// commit is acknowledged only once flushed (and, with a synchronous
+/// standby, replicated), and the server flushes at all.
+async fn check_service_settings(client: &Client) -> Result<(), Error> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('synchronous_commit'), current_setting('fsync')",
+            &[],
+        )
+        .await?;
+    let (synchronous_commit, fsync): (String, String) = (row.get(0), row.get(1));
+    if !matches!(synchronous_commit.as_str(), "on" | "remote_apply") {
+        return Err(setting(format!(
+            "the database session runs with synchronous_commit = {synchronous_commit} though \
+             saldos asked for on (a connection pooler dropping startup options?): an \
+             acknowledged debit could be lost"
+        )));
+    }
+    if fsync != "on" {
+        return Err(setting(
+            "the database server runs with fsync = off: a committed debit could be lost in a \
+             crash; saldos refuses to use it"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a connection's I/O until it ends, then frees its place.
+async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(
+    connection: C,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     if let Err(error) = connection.await {
         tracing::debug!(%error, "database connection ended");
     }
+    drop(permit);
 }
 
 fn setting(reason: String) -> Error {

@@ -11,7 +11,11 @@
 //! - `sweeper`: expired keys and old batch rows, deleted in bounded batches.
 //!
 //! Connections: half (rounded up) of `--db-connections` write debits, the
-//! rest read; the sweeper and migrations open their own when they run.
+//! rest read. Every connection of the service holds a place among
+//! `--db-connections` + [`CONNECTIONS_SPARE`] (the sweeper's, and a writer's
+//! fence while its old connection is being cancelled) until its socket
+//! closes, so the database never sees more from one instance, whatever
+//! fails. Migrations run on a connection of their own before any of them.
 
 mod connect;
 mod iam;
@@ -21,7 +25,7 @@ mod schema;
 mod sweeper;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,9 +33,11 @@ use hashbrown::HashSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
+use tokio_postgres::Client;
 
+use connect::Session;
 pub use connect::Target;
 
 use crate::config::{DatabaseArgs, MigrateArgs};
@@ -60,6 +66,21 @@ const HEALTH_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 /// The principal of every request while authentication is off.
 const NO_PRINCIPAL: &str = "";
 
+/// Connections an instance may hold beyond `--db-connections`: the
+/// sweeper's, and one for fencing while a timed-out connection is being
+/// cancelled.
+pub const CONNECTIONS_SPARE: usize = 2;
+
+/// A writer busy with one batch for longer than this many `--db-timeout`s
+/// is stuck (every wait it makes is bounded by one): liveness fails, and the
+/// task is replaced.
+const STUCK_AFTER_TIMEOUTS: u32 = 4;
+
+/// `saldos migrate`: the first pause between attempts to reach the database,
+/// doubled up to [`MIGRATE_RETRY_PAUSE_MAX`].
+const MIGRATE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+const MIGRATE_RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+
 /// Why the database cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,6 +96,9 @@ pub enum Error {
     /// The database did not answer in time.
     #[error("the database did not answer within {0:?} (--db-timeout)")]
     Timeout(Duration),
+    /// Every connection place is taken (old connections still closing).
+    #[error("all {0} database connection places are taken")]
+    Saturated(usize),
     /// The schema is newer than this binary.
     #[error("the database schema is at version {found}, this binary knows up to {known}")]
     SchemaAhead {
@@ -181,6 +205,10 @@ impl Stats {
 /// What the connections' tasks share.
 struct Shared {
     target: Target,
+    /// One permit per connection the service may hold.
+    places: Arc<Semaphore>,
+    /// How many permits `places` started with.
+    places_max: usize,
     /// Counts for metrics.
     stats: Stats,
     /// `--db-timeout`.
@@ -194,6 +222,30 @@ struct Shared {
 impl Shared {
     fn opening_saldo_u64(&self) -> u64 {
         writer::saldo_u64(self.opening_saldo)
+    }
+
+    /// A bounded service connection, opened by `deadline`: first a place
+    /// among the connections, then the connection itself.
+    async fn connect(&self, deadline: Instant) -> Result<Client, Error> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let place = tokio::time::timeout_at(deadline.into(), self.places.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Saturated(self.places_max))?
+            .expect("the places semaphore is never closed");
+        self.target.connect(timeout, Session::Service(place)).await
+    }
+}
+
+/// When each writer took its current batch (ms since `epoch`, 0 idle).
+struct Progress {
+    epoch: Instant,
+    busy_since_ms: Vec<AtomicU64>,
+}
+
+impl Progress {
+    fn now_ms(&self) -> u64 {
+        // 0 means idle: a batch taken in the first millisecond counts as 1.
+        (self.epoch.elapsed().as_millis() as u64).max(1)
     }
 }
 
@@ -218,6 +270,10 @@ pub struct Postgres {
     /// second request with one gets 409 here; across instances the database
     /// decides.
     keys_in_flight: Mutex<HashSet<ScopedKey>>,
+    /// The writer and reader tasks: one that ended (a panic) fails liveness.
+    tasks: Vec<JoinHandle<()>>,
+    /// Each writer's current batch, for liveness.
+    progress: Arc<Progress>,
     sweeper: JoinHandle<()>,
 }
 
@@ -227,7 +283,7 @@ impl Postgres {
     pub async fn open(options: &Options<'_>) -> Result<Self, Error> {
         let timeout = options.database.db_timeout;
         let target = Target::from_args(options.database)?;
-        let mut client = target.connect(timeout).await?;
+        let mut client = target.connect(timeout, Session::Admin).await?;
         schema::migrate(&mut client).await?;
         let settings = schema::Settings {
             opening_saldo: options.opening_saldo,
@@ -235,22 +291,37 @@ impl Postgres {
         };
         schema::check_settings(&mut client, &settings).await?;
         drop(client);
+        let connections = options.database.connection_count();
+        let places_max = connections + CONNECTIONS_SPARE;
         let shared = Arc::new(Shared {
             target,
+            places: Arc::new(Semaphore::new(places_max)),
+            places_max,
             stats: Stats::default(),
             timeout,
             opening_saldo: i64::try_from(options.opening_saldo).unwrap_or(i64::MAX),
             key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
         });
-        let connections = options.database.connection_count();
+        // A service session now, so that settings the guarantees depend on
+        // are checked before the first request, not at its first debit.
+        drop(shared.connect(Instant::now() + timeout).await?);
         let writers = connections.div_ceil(2);
+        let progress = Arc::new(Progress {
+            epoch: Instant::now(),
+            busy_since_ms: (0..writers).map(|_| AtomicU64::new(0)).collect(),
+        });
         let (debits, debit_queue) = queue::bounded(QUEUE_DEBITS_MAX);
         let (reads, read_queue) = queue::bounded(QUEUE_READS_MAX);
-        for _ in 0..writers {
-            tokio::spawn(writer::run(shared.clone(), debit_queue.clone()));
+        let mut tasks = Vec::with_capacity(connections);
+        for index in 0..writers {
+            let writer = writer::Writer::new(shared.clone(), progress.clone(), index);
+            tasks.push(tokio::spawn(writer.run(debit_queue.clone())));
         }
         for _ in writers..connections {
-            tokio::spawn(reader::run(shared.clone(), read_queue.clone()));
+            tasks.push(tokio::spawn(reader::run(
+                shared.clone(),
+                read_queue.clone(),
+            )));
         }
         let sweeper = tokio::spawn(sweeper::run(shared.clone()));
         Ok(Self {
@@ -258,7 +329,24 @@ impl Postgres {
             debits,
             reads,
             keys_in_flight: Mutex::new(HashSet::new()),
+            tasks,
+            progress,
             sweeper,
+        })
+    }
+
+    /// Liveness: every writer and reader task runs, and no writer has been
+    /// on one batch for longer than its bounded waits allow. The database's
+    /// state never enters it (SPEC section 3).
+    pub fn is_live(&self) -> bool {
+        if self.tasks.iter().any(JoinHandle::is_finished) {
+            return false;
+        }
+        let stuck_ms = (self.shared.timeout * STUCK_AFTER_TIMEOUTS).as_millis() as u64;
+        let now_ms = self.progress.now_ms();
+        self.progress.busy_since_ms.iter().all(|since| {
+            let since = since.load(Ordering::Relaxed);
+            since == 0 || now_ms.saturating_sub(since) < stuck_ms
         })
     }
 
@@ -277,7 +365,10 @@ impl Postgres {
         self.shared.stats.ready.load(Ordering::Relaxed)
     }
 
-    /// Readiness: the database answers a query now.
+    /// Readiness: a debit could commit now. The probe is a real write and
+    /// commit (a batch marker of no debits), so a database that answers
+    /// reads but refuses writes (read-only, a standby, a full disk, a
+    /// synchronous standby gone) is not ready.
     pub async fn is_ready(&self) -> bool {
         let timeout = self.shared.timeout.min(HEALTH_TIMEOUT_MAX);
         self.read(None, timeout).await.is_ok()
@@ -340,6 +431,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.sweeper.abort();
+        self.tasks.iter().for_each(JoinHandle::abort);
     }
 }
 
@@ -361,13 +453,40 @@ impl Drop for KeyInFlight<'_> {
 }
 
 /// `saldos migrate`: brings the schema up to date and grants the
-/// application role, if one is named; returns how many migrations ran.
+/// application role, if one is named; returns how many migrations ran. A
+/// database that cannot be reached yet (failing over, starting) is tried
+/// again until `--db-wait` has passed.
 pub async fn migrate(args: &MigrateArgs) -> Result<usize, Error> {
     let target = Target::from_args(&args.database)?;
-    let mut client = target.connect(args.database.db_timeout).await?;
+    let mut client = connect_within(&target, args.db_wait).await?;
     let applied = schema::migrate(&mut client).await?;
     if let Some(role) = &args.app_role {
         schema::grant_app_role(&mut client, role).await?;
     }
     Ok(applied)
+}
+
+/// An admin connection, tried again with growing pauses while the database
+/// cannot be reached, until `wait` has passed; a refusal that waiting cannot
+/// change (a setting, a password) ends it at once.
+async fn connect_within(target: &Target, wait: Duration) -> Result<Client, Error> {
+    let deadline = Instant::now() + wait;
+    let mut pause = MIGRATE_RETRY_PAUSE;
+    loop {
+        let error = match target.connect(target.db_timeout(), Session::Admin).await {
+            Ok(client) => return Ok(client),
+            Err(error) => error,
+        };
+        let transient = match &error {
+            Error::Timeout(_) => true,
+            Error::Database(error) => is_connection_lost(error),
+            _ => false,
+        };
+        if !transient || Instant::now() + pause > deadline {
+            return Err(error);
+        }
+        tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "database not reachable yet");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MIGRATE_RETRY_PAUSE_MAX);
+    }
 }

@@ -59,13 +59,38 @@ impl<T: Deadlined> Sender<T> {
 }
 
 impl<T: Deadlined> Receiver<T> {
-    /// Waits for at least one item and takes up to `batch_max` into `batch`
-    /// (empty before); false once every sender is gone.
-    pub async fn take(&self, batch: &mut Vec<T>, batch_max: usize) -> bool {
-        assert!(batch.is_empty() && batch_max > 0);
-        let mut receiver = self.receiver.lock().await;
-        while batch.is_empty() {
-            let Some(first) = receiver.recv().await else {
+    /// Takes up to `batch_max` items into `batch` (which may hold some
+    /// already): waits for at least one new item, or only until
+    /// `wait_until` when given; false once every sender is gone.
+    pub async fn take(
+        &self,
+        batch: &mut Vec<T>,
+        batch_max: usize,
+        wait_until: Option<Instant>,
+    ) -> bool {
+        assert!(batch.len() < batch_max);
+        let held = batch.len();
+        // Another connection's task may hold the receiver while it waits
+        // for items: one with items of its own does not wait past
+        // `wait_until` for it.
+        let mut receiver = match wait_until {
+            None => self.receiver.lock().await,
+            Some(until) => {
+                match tokio::time::timeout_at(until.into(), self.receiver.lock()).await {
+                    Ok(receiver) => receiver,
+                    Err(_) => return true,
+                }
+            }
+        };
+        while batch.len() == held {
+            let next = match wait_until {
+                None => receiver.recv().await,
+                Some(until) => match tokio::time::timeout_at(until.into(), receiver.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => return true,
+                },
+            };
+            let Some(first) = next else {
                 return false;
             };
             keep_if_waiting(batch, first);

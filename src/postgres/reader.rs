@@ -2,7 +2,8 @@
 //! (up to [`BATCH_READS_MAX`]) and answers them with one
 //! `WHERE usuario = ANY($1)` query. An account without a row has the opening
 //! balance. Reading never writes. The readiness probe is a read of no
-//! account: a real round trip to the database.
+//! account followed by a write: a batch marker of no debits, committed as a
+//! debit batch commits, so readiness means a debit could commit now.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,9 @@ use crate::usuario::Usuario;
 pub const BATCH_READS_MAX: usize = 512;
 
 const READ_SQL: &str = "SELECT usuario, saldo FROM accounts WHERE usuario = ANY($1)";
+
+/// The readiness probe's write (swept with the batch rows).
+const PROBE_SQL: &str = "INSERT INTO debit_batches (id, debits) VALUES ($1, 0)";
 
 /// A queued read; `usuario` `None` is the readiness probe.
 pub struct Read {
@@ -43,6 +47,7 @@ impl Deadlined for Read {
 struct Session {
     client: Client,
     read: Statement,
+    probe: Statement,
 }
 
 /// Serves read batches on one connection (re-opened as needed) until the
@@ -50,7 +55,7 @@ struct Session {
 pub async fn run(shared: Arc<Shared>, queue: Receiver<Read>) {
     let mut session: Option<Session> = None;
     let mut batch = Vec::with_capacity(BATCH_READS_MAX);
-    while queue.take(&mut batch, BATCH_READS_MAX).await {
+    while queue.take(&mut batch, BATCH_READS_MAX, None).await {
         let deadline = batch.iter().map(|read| read.deadline).min();
         let deadline = deadline.unwrap_or_else(Instant::now);
         let read = async {
@@ -66,9 +71,20 @@ pub async fn run(shared: Arc<Shared>, queue: Receiver<Read>) {
         };
         match tokio::time::timeout_at(deadline.into(), read).await {
             Ok(Ok(saldos)) => {
-                shared.stats.answered();
+                let probed = match batch.iter().any(|read| read.usuario.is_none()) {
+                    true => probe(&shared, &session, deadline).await,
+                    false => Ok(()),
+                };
+                match probed {
+                    Ok(()) => shared.stats.answered(),
+                    Err(_) => shared.stats.failed(),
+                }
                 for (read, saldo) in batch.drain(..).zip(saldos) {
-                    let _ = read.answer.send(Ok(saldo));
+                    let answer = match read.usuario {
+                        Some(_) => Ok(saldo),
+                        None => probed.map(|()| 0),
+                    };
+                    let _ = read.answer.send(answer);
                 }
             }
             Ok(Err(_)) | Err(_) => {
@@ -80,6 +96,30 @@ pub async fn run(shared: Arc<Shared>, queue: Receiver<Read>) {
     }
 }
 
+/// The readiness probe's write and commit, by `deadline`.
+async fn probe(
+    shared: &Shared,
+    session: &Option<Session>,
+    deadline: Instant,
+) -> Result<(), Unavailable> {
+    let open = session.as_ref().ok_or(Unavailable)?;
+    let probe_id = fastrand::i64(..);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&probe_id];
+    let write = open.client.execute(&open.probe, &params);
+    match tokio::time::timeout_at(deadline.into(), write).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: the database refuses writes");
+            Err(Unavailable)
+        }
+        Err(_) => {
+            let token = open.client.cancel_token();
+            shared.target.cancel(token).await;
+            Err(Unavailable)
+        }
+    }
+}
+
 /// The balances of `batch`'s accounts, in order (0 for the probe).
 async fn read_batch(
     shared: &Shared,
@@ -87,9 +127,14 @@ async fn read_batch(
     batch: &[Read],
 ) -> Result<Vec<u64>, Error> {
     if session.as_ref().is_none_or(|open| open.client.is_closed()) {
-        let client = shared.target.connect(shared.timeout).await?;
+        let client = shared.connect(Instant::now() + shared.timeout).await?;
         let read = client.prepare(READ_SQL).await?;
-        *session = Some(Session { client, read });
+        let probe = client.prepare(PROBE_SQL).await?;
+        *session = Some(Session {
+            client,
+            read,
+            probe,
+        });
     }
     let open = session.as_ref().expect("connected above");
     let names: Vec<&str> = batch

@@ -21,11 +21,18 @@ struct Migration {
 }
 
 /// Every migration, in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "schema",
-    sql: include_str!("migrations/0001_schema.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "schema",
+        sql: include_str!("migrations/0001_schema.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "debit_batch_v2",
+        sql: include_str!("migrations/0002_debit_batch_v2.sql"),
+    },
+];
 
 /// The advisory lock key held while migrating ("saldos" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7361_6c64_6f73;
@@ -111,7 +118,10 @@ async fn apply_missing(client: &mut Client) -> Result<usize, Error> {
 
 /// What the service's role may do: read and write balances, keys and batch
 /// rows, append to the audit trail (never change it), record the settings on
-/// first use, read the schema version. No DDL.
+/// first use, read the schema version. No DDL. `UPDATE` on the keys because
+/// an expired key is claimed again in place and the sweeper locks the rows
+/// it deletes (`FOR UPDATE SKIP LOCKED` needs it); batch rows are never
+/// locked by the sweeper, so that table gets no `UPDATE`.
 const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON accounts TO {role}",
@@ -122,6 +132,8 @@ const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT ON saldos_migrations TO {role}",
     "GRANT EXECUTE ON FUNCTION saldos_debit_batch(bigint, bigint, bigint, text[], text[], \
      bigint[], text[], text[], bigint[]) TO {role}",
+    "GRANT EXECUTE ON FUNCTION saldos_debit_batch_v2(bigint, bigint, bigint, bigint, text[], \
+     text[], bigint[], text[], text[], bigint[]) TO {role}",
 ];
 
 /// Makes sure `role` (already checked to be a plain lower-case identifier)

@@ -5,7 +5,9 @@
 //! saying so (CI installs them).
 //!
 //! Most tests share one cluster (a database each); tests that stop or
-//! restart the server start their own.
+//! restart the server start their own. As in production, a database is
+//! migrated by its owner (`saldos migrate --app-role`) and the service runs
+//! as the application role that creates, never as the superuser.
 
 use std::net::TcpListener;
 use std::os::unix::fs::chown;
@@ -22,6 +24,11 @@ const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 
 /// The superuser's password (scram-sha-256 over TCP, like RDS).
 pub const SUPERUSER_PASSWORD: &str = "postgres";
+
+/// The application role `saldos migrate --app-role` creates, and the
+/// password the tests give it.
+pub const APP_ROLE: &str = "saldos_app";
+pub const APP_PASSWORD: &str = "app";
 
 /// How long the server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -207,8 +214,8 @@ impl Cluster {
         client
     }
 
-    /// A fresh, empty database: its URL, its name, and a superuser
-    /// connection to it.
+    /// A fresh database migrated by its owner for the application role: the
+    /// role's URL, the database's name, and a superuser connection to it.
     pub async fn create_database_with_admin(&self) -> (String, String, tokio_postgres::Client) {
         let url = self.create_database().await;
         let name = url
@@ -220,8 +227,40 @@ impl Cluster {
         (url, name, admin)
     }
 
-    /// A fresh, empty database; returns its URL.
+    /// A fresh database, migrated by `saldos migrate --app-role` as its
+    /// owner; returns the application role's URL.
     pub async fn create_database(&self) -> String {
+        // Roles are the cluster's: one migration granting at a time.
+        static GRANTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let owner_url = self.create_empty_database().await;
+        let _granting = GRANTING.lock().await;
+        let argv = [
+            "saldos",
+            "migrate",
+            "--database-url",
+            &owner_url,
+            "--app-role",
+            APP_ROLE,
+        ];
+        let Some(saldos::config::Command::Migrate(args)) =
+            <saldos::config::Cli as clap::Parser>::try_parse_from(argv)
+                .unwrap()
+                .command
+        else {
+            panic!("migrate parses as the migrate command");
+        };
+        saldos::postgres::migrate(&args).await.unwrap();
+        let name = owner_url.rsplit('/').next().expect("a database name");
+        self.connect(name)
+            .await
+            .batch_execute(&format!("ALTER ROLE {APP_ROLE} PASSWORD '{APP_PASSWORD}'"))
+            .await
+            .unwrap();
+        self.url_as(APP_ROLE, APP_PASSWORD, name)
+    }
+
+    /// A fresh, empty database; returns its owner's (the superuser's) URL.
+    pub async fn create_empty_database(&self) -> String {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
         self.connect("postgres")

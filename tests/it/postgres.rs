@@ -22,6 +22,9 @@ const CUENTA: &str = "compartida";
 /// Opening balance of the load tests: no debit is ever refused.
 const OPENING: u64 = 1_000_000_000;
 
+/// The schema's migrations this binary has.
+const MIGRATIONS: usize = 2;
+
 /// A server on the database at `url` with `extra` flags.
 async fn server_on(url: &str, extra: &[&str]) -> TestServer {
     let mut args = postgres_args(url);
@@ -61,14 +64,14 @@ async fn migrate(url: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_and_fixed_settings() {
     let cluster = pg_cluster::shared();
-    let url = cluster.create_database().await;
+    let url = cluster.create_empty_database().await;
     let mut applied = [0; 3];
     let runs = tokio::join!(migrate(&url), migrate(&url), migrate(&url));
     (applied[0], applied[1], applied[2]) = runs;
     applied.sort();
     assert_eq!(
         applied,
-        [0, 0, 1],
+        [0, 0, MIGRATIONS],
         "one run migrates, the others wait and find it done"
     );
     assert_eq!(migrate(&url).await, 0, "re-run is a no-op");
@@ -93,7 +96,7 @@ async fn migrations_and_fixed_settings() {
     }
 
     // A fresh database migrated by the service's own start.
-    let fresh = cluster.create_database().await;
+    let fresh = cluster.create_empty_database().await;
     let server = server_on(&fresh, &["--seed", "ana=5"]).await;
     server.client().await.assert_saldo("ana", 5).await;
     assert_eq!(migrate(&fresh).await, 0);
@@ -445,7 +448,9 @@ async fn an_instance_killed_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_password_needs_no_restart() {
     let cluster = pg_cluster::shared();
-    let (_, database, admin) = cluster.create_database_with_admin().await;
+    let url = cluster.create_empty_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let admin = cluster.connect(&database).await;
     admin
         .batch_execute(
             "CREATE ROLE rotada LOGIN PASSWORD 'primera';
@@ -510,7 +515,9 @@ async fn a_rotated_password_needs_no_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_application_role_runs_the_service_without_ddl() {
     let cluster = pg_cluster::shared();
-    let (url, database, admin) = cluster.create_database_with_admin().await;
+    let url = cluster.create_empty_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let admin = cluster.connect(&database).await;
     admin
         .batch_execute("CREATE ROLE app_saldos LOGIN PASSWORD 'clave'")
         .await
@@ -519,7 +526,10 @@ async fn the_application_role_runs_the_service_without_ddl() {
     let refused = open_on(&app_url, &[]).await.unwrap_err();
     assert!(refused.contains("saldos migrate"), "{refused}");
 
-    assert_eq!(migrate_with(&url, &["--app-role", "app_saldos"]).await, 1);
+    assert_eq!(
+        migrate_with(&url, &["--app-role", "app_saldos"]).await,
+        MIGRATIONS
+    );
     assert_eq!(
         migrate_with(&url, &["--app-role", "app_saldos"]).await,
         0,
@@ -549,6 +559,51 @@ async fn the_application_role_runs_the_service_without_ddl() {
             "{forbidden}: {error:?}"
         );
     }
+
+    // Exactly what the service needs (least privilege): each grant is used
+    // by a statement of the service, the sweeper's deletes included.
+    let granted = |sql: &'static str| {
+        let admin = &admin;
+        async move {
+            let rows = admin.query(sql, &[]).await.unwrap();
+            rows.iter().map(|row| row.get(0)).collect::<Vec<String>>()
+        }
+    };
+    let tables = granted(
+        "SELECT table_name || ' ' || privilege_type FROM information_schema.role_table_grants \
+         WHERE grantee = 'app_saldos' ORDER BY 1",
+    )
+    .await;
+    let expected = [
+        "accounts INSERT",
+        "accounts SELECT",
+        "accounts UPDATE",
+        "debit_batches DELETE",
+        "debit_batches INSERT",
+        "debit_batches SELECT",
+        "debits INSERT",
+        "debits SELECT",
+        "idempotency_keys DELETE",
+        "idempotency_keys INSERT",
+        "idempotency_keys SELECT",
+        "idempotency_keys UPDATE",
+        "saldos_migrations SELECT",
+        "saldos_settings INSERT",
+        "saldos_settings SELECT",
+    ];
+    assert_eq!(tables, expected);
+    let routines = granted(
+        "SELECT routine_name || ' ' || privilege_type FROM information_schema.role_routine_grants \
+         WHERE grantee = 'app_saldos' ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        routines,
+        [
+            "saldos_debit_batch EXECUTE",
+            "saldos_debit_batch_v2 EXECUTE"
+        ]
+    );
 }
 
 /// Runs `openssl` with `args` in `dir`.
@@ -738,8 +793,22 @@ async fn expired_keys_are_new_again_and_swept() {
     };
     assert_eq!(count("idempotency_keys").await, 1);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while count("idempotency_keys").await > 0 || count("debit_batches").await > 0 {
-        assert!(Instant::now() < deadline, "expired rows not swept");
+    while count("idempotency_keys").await > 0 {
+        assert!(Instant::now() < deadline, "expired keys not swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Batch rows outlive the keys (the fencing invariant): still there,
+    // until they are older than their own retention (ten minutes).
+    assert!(
+        count("debit_batches").await > 0,
+        "batch rows kept past the key TTL"
+    );
+    admin
+        .batch_execute("UPDATE debit_batches SET recorded_at = now() - interval '11 minutes'")
+        .await
+        .unwrap();
+    while count("debit_batches").await > 0 {
+        assert!(Instant::now() < deadline, "old batch rows not swept");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(count("debits").await, 1, "the audit trail is never swept");

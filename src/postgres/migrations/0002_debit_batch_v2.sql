@@ -1,0 +1,176 @@
+-- saldos schema, version 2: a set-based debit batch that waits only on its
+-- own accounts. Instances of version 1 keep calling saldos_debit_batch
+-- during a rolling deploy, so it stays; nothing here rewrites a table.
+--
+-- Per batch, whatever its size: one statement claims the keys, one reads
+-- the keys already settled, one creates the rows of fresh accounts, one
+-- locks every account row the batch touches (SKIP LOCKED: a row another
+-- transaction holds is not waited for), then the debits are applied in
+-- memory in arrival order, and one statement each writes the balances, the
+-- audit rows, the keys' outcomes and the batch marker.
+--
+-- Outcomes, one per debit in argument order: 0 debited, 1 refused, 2 replay
+-- of a debit, 3 replay of a refusal, 4 key used by another request, 5 key in
+-- flight, 6 blocked: its account's row is locked by another transaction;
+-- nothing of it was applied or remembered, the caller may send it again.
+--
+-- p_lock_wait_ms bounds each lock wait that remains (a key in flight in
+-- another transaction, a fresh account being created by another): past it
+-- the batch fails whole with lock_not_available and applies nothing.
+CREATE FUNCTION saldos_debit_batch_v2(
+    p_batch bigint, p_opening bigint, p_key_ttl_ms bigint, p_lock_wait_ms bigint,
+    p_usuarios text[], p_kinds text[], p_montos bigint[],
+    p_principals text[], p_keys text[], p_fingerprints bigint[])
+RETURNS TABLE (outcome smallint, saldo bigint, settled_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n            integer    := cardinality(p_usuarios);
+    outcomes     smallint[] := array_fill(NULL::smallint, ARRAY[n]);
+    saldos       bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
+    settled      bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
+    claimed      integer[];  -- positions whose key this batch claimed
+    seen_at      integer[];  -- positions whose key was already there
+    seen_fp      bigint[];
+    seen_debited boolean[];
+    seen_saldo   bigint[];
+    seen_created bigint[];
+    pending      integer[];  -- positions to debit, sorted by account then arrival
+    names        text[];     -- locked accounts, sorted as pending
+    balances     bigint[];
+    touched      boolean[]; -- per locked account: a debit of it applied
+    audited      integer[] := '{}';
+    audit_saldos bigint[] := '{}';
+    blocked_keys integer[] := '{}';
+    applied      integer := 0;
+    a            integer := 1;  -- cursor in names
+    i            integer;
+    j            integer;
+    balance      bigint;
+BEGIN
+    PERFORM set_config('lock_timeout', greatest(p_lock_wait_ms, 1) || 'ms', true);
+
+    -- Keys: claim the new and the expired in one statement, in one global
+    -- order (no deadlock between batches); a key twice in this batch keeps
+    -- its first position, the later ones are in flight.
+    WITH wanted AS (
+        SELECT DISTINCT ON (p_principals[k], p_keys[k]) k AS i
+          FROM generate_subscripts(p_usuarios, 1) k
+         WHERE p_keys[k] IS NOT NULL
+         ORDER BY p_principals[k], p_keys[k], k),
+    inserted AS (
+        INSERT INTO idempotency_keys AS ik (principal, key, fingerprint, created_at, expires_at)
+        SELECT p_principals[w.i], p_keys[w.i], p_fingerprints[w.i], now(),
+               now() + p_key_ttl_ms * interval '1 millisecond'
+          FROM wanted w ORDER BY p_principals[w.i], p_keys[w.i]
+        ON CONFLICT (principal, key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, kind = NULL, usuario = NULL, monto = NULL,
+               debited = NULL, saldo = NULL, created_at = EXCLUDED.created_at,
+               expires_at = EXCLUDED.expires_at
+         WHERE ik.expires_at <= now()
+        RETURNING ik.principal, ik.key)
+    SELECT coalesce(array_agg(w.i), '{}') INTO claimed
+      FROM wanted w JOIN inserted s ON s.principal = p_principals[w.i] AND s.key = p_keys[w.i];
+
+    SELECT coalesce(array_agg(k ORDER BY k), '{}'), array_agg(ik.fingerprint ORDER BY k),
+           array_agg(ik.debited ORDER BY k), array_agg(ik.saldo ORDER BY k),
+           array_agg((extract(epoch FROM ik.created_at) * 1000)::bigint ORDER BY k)
+      INTO seen_at, seen_fp, seen_debited, seen_saldo, seen_created
+      FROM generate_subscripts(p_usuarios, 1) k
+      JOIN idempotency_keys ik ON ik.principal = p_principals[k] AND ik.key = p_keys[k]
+     WHERE p_keys[k] IS NOT NULL AND k <> ALL (claimed);
+    FOR j IN 1 .. cardinality(seen_at) LOOP
+        i := seen_at[j];
+        IF seen_fp[j] <> p_fingerprints[i] THEN
+            outcomes[i] := 4;
+        ELSIF seen_debited[j] IS NULL THEN
+            outcomes[i] := 5;
+        ELSE
+            outcomes[i] := CASE WHEN seen_debited[j] THEN 2 ELSE 3 END;
+            saldos[i] := seen_saldo[j];
+            settled[i] := seen_created[j];
+        END IF;
+    END LOOP;
+
+    SELECT coalesce(array_agg(k ORDER BY p_usuarios[k], k), '{}') INTO pending
+      FROM generate_subscripts(p_usuarios, 1) k WHERE outcomes[k] IS NULL;
+
+    -- An account without a row has the opening balance. The row is created
+    -- when one of its debits could apply, so that every debit is decided on
+    -- a row locked below; one whose every debit exceeds the opening balance
+    -- is refused at it (balances only fall: no row is the highest balance).
+    INSERT INTO accounts (usuario, saldo)
+    SELECT u, p_opening
+      FROM (SELECT p_usuarios[k] AS u, min(p_montos[k]) AS m FROM unnest(pending) k GROUP BY 1) f
+     WHERE f.m <= p_opening
+     ORDER BY u
+    ON CONFLICT (usuario) DO NOTHING;
+
+    -- One locking read of every account, sorted as pending; a row another
+    -- transaction holds is skipped: its debits are blocked, not waited for.
+    SELECT coalesce(array_agg(x.usuario ORDER BY x.usuario), '{}'),
+           array_agg(x.saldo ORDER BY x.usuario)
+      INTO names, balances
+      FROM (SELECT ac.usuario, ac.saldo FROM accounts ac
+             WHERE ac.usuario IN (SELECT p_usuarios[k] FROM unnest(pending) k)
+             ORDER BY ac.usuario FOR UPDATE SKIP LOCKED) x;
+
+    touched := array_fill(false, ARRAY[cardinality(names)]);
+
+    -- Both lists are sorted by account name in the same collation: one walk.
+    FOREACH i IN ARRAY pending LOOP
+        WHILE a <= cardinality(names) AND names[a] < p_usuarios[i] LOOP
+            a := a + 1;
+        END LOOP;
+        IF a <= cardinality(names) AND names[a] = p_usuarios[i] THEN
+            balance := balances[a];
+            IF balance >= p_montos[i] THEN
+                balance := balance - p_montos[i];
+                balances[a] := balance;
+                touched[a] := true;
+                outcomes[i] := 0;
+                applied := applied + 1;
+                audited := audited || i;
+                audit_saldos := audit_saldos || balance;
+            ELSE
+                outcomes[i] := 1;
+            END IF;
+            saldos[i] := balance;
+        ELSIF p_montos[i] > p_opening AND NOT EXISTS (
+                  SELECT 1 FROM accounts ac WHERE ac.usuario = p_usuarios[i]) THEN
+            outcomes[i] := 1;
+            saldos[i] := p_opening;
+        ELSE
+            outcomes[i] := 6;
+            IF i = ANY (claimed) THEN
+                blocked_keys := blocked_keys || i;
+            END IF;
+        END IF;
+    END LOOP;
+
+    -- The new balances, one write per account.
+    UPDATE accounts ac SET saldo = c.saldo
+      FROM unnest(names, balances, touched) AS c(usuario, saldo, touched)
+     WHERE c.touched AND ac.usuario = c.usuario;
+
+    INSERT INTO debits (batch, seq, usuario, kind, monto, saldo, debited_at, principal,
+                        idempotency_key)
+    SELECT p_batch, d.seq, p_usuarios[d.seq], p_kinds[d.seq], p_montos[d.seq], d.saldo, now(),
+           p_principals[d.seq], p_keys[d.seq]
+      FROM unnest(audited, audit_saldos) AS d(seq, saldo);
+
+    -- Keys: the decided remember their outcome; a blocked debit's claim is
+    -- withdrawn, so its retry is not taken for a request in flight.
+    UPDATE idempotency_keys ik
+       SET kind = p_kinds[s.i], usuario = p_usuarios[s.i], monto = p_montos[s.i],
+           debited = (outcomes[s.i] = 0), saldo = saldos[s.i]
+      FROM unnest(claimed) AS s(i)
+     WHERE outcomes[s.i] IN (0, 1) AND ik.principal = p_principals[s.i] AND ik.key = p_keys[s.i];
+    DELETE FROM idempotency_keys ik
+     USING unnest(blocked_keys) AS b(i)
+     WHERE ik.principal = p_principals[b.i] AND ik.key = p_keys[b.i];
+
+    -- Last, so a fence written meanwhile (same id) makes this batch fail whole.
+    INSERT INTO debit_batches (id, debits) VALUES (p_batch, applied);
+    RETURN QUERY SELECT outcomes[k], saldos[k], settled[k]
+                   FROM generate_subscripts(outcomes, 1) k ORDER BY k;
+END $$;
