@@ -142,6 +142,11 @@ impl Cluster {
 
     /// Starts the server (again) on the same directory and port.
     pub fn run(&self) {
+        self.run_with(&[]);
+    }
+
+    /// Starts the server (again) with `settings` (`name=value`) on top.
+    pub fn run_with(&self, settings: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -154,6 +159,7 @@ impl Cluster {
             .arg(format!("unix_socket_directories={}", self.dir.display()))
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
+            .args(settings.iter().flat_map(|setting| ["-c", setting]))
             .current_dir(&self.dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -190,6 +196,73 @@ impl Cluster {
         // SAFETY: the PID is our own child's, not yet reaped.
         unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         child.wait().unwrap();
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the postmaster and every
+    /// process it started: a database that holds its connections open but
+    /// answers nothing, as behind a network partition.
+    pub fn signal_all(&self, signal: libc::c_int) {
+        let guard = self.postmaster.lock().unwrap();
+        let postmaster = guard.as_ref().expect("the server runs").id();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent's PID is the second field after the name's ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: our own server's processes.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
+    /// A streaming standby of this (running) cluster, made with
+    /// `pg_basebackup -R` and started on a port of its own.
+    pub fn start_standby(&self) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("saldos-pg-standby-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        if let Some((uid, gid)) = server_user() {
+            chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+        let status = as_server_user(bin("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-D", "data", "-R", "-X", "stream", "--no-sync"])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_basebackup runs");
+        assert!(
+            status.success(),
+            "pg_basebackup failed in {}",
+            dir.display()
+        );
+        let standby = Self {
+            dir,
+            port: free_port(),
+            postmaster: Mutex::new(None),
+        };
+        standby.run();
+        standby
     }
 
     /// The superuser's URL for database `name`.

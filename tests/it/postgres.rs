@@ -17,16 +17,16 @@ use crate::util::{Client, Reply, TestServer, postgres_args, spawn_binary, start_
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
 /// The account every load test debits.
-const CUENTA: &str = "compartida";
+pub(crate) const CUENTA: &str = "compartida";
 
 /// Opening balance of the load tests: no debit is ever refused.
-const OPENING: u64 = 1_000_000_000;
+pub(crate) const OPENING: u64 = 1_000_000_000;
 
 /// The schema's migrations this binary has.
 const MIGRATIONS: usize = 2;
 
 /// A server on the database at `url` with `extra` flags.
-async fn server_on(url: &str, extra: &[&str]) -> TestServer {
+pub(crate) async fn server_on(url: &str, extra: &[&str]) -> TestServer {
     let mut args = postgres_args(url);
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -34,7 +34,7 @@ async fn server_on(url: &str, extra: &[&str]) -> TestServer {
 }
 
 /// What opening the storage on `url` with `extra` flags says.
-async fn open_on(url: &str, extra: &[&str]) -> Result<(), String> {
+pub(crate) async fn open_on(url: &str, extra: &[&str]) -> Result<(), String> {
     let mut argv = vec!["saldos".to_owned()];
     argv.extend(postgres_args(url));
     argv.extend(extra.iter().map(|arg| (*arg).to_owned()));
@@ -103,14 +103,19 @@ async fn migrations_and_fixed_settings() {
 }
 
 /// Sends `body` to `path` with `key`; `None` when no reply came.
-async fn keyed(client: &mut Client, path: &str, key: &str, body: &str) -> Option<(u16, String)> {
+pub(crate) async fn keyed(
+    client: &mut Client,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let reply = client
         .try_request("POST", path, &[JSON, ("Idempotency-Key", key)], Some(body))
         .await?;
     Some((reply.status, reply.text().to_owned()))
 }
 
-fn nuevo_saldo(body: &str) -> u64 {
+pub(crate) fn nuevo_saldo(body: &str) -> u64 {
     body.rsplit_once("\"nuevo_saldo\":")
         .and_then(|(_, rest)| rest.trim_end_matches('}').parse().ok())
         .unwrap_or_else(|| panic!("no nuevo_saldo in {body}"))
@@ -199,7 +204,7 @@ async fn one_key_raced_through_two_instances_debits_once() {
 
 /// The audit trail of [`CUENTA`]: key → (monto, resulting balance); panics
 /// if a key was debited twice.
-async fn audit_trail(url: &str) -> HashMap<String, (u64, u64)> {
+pub(crate) async fn audit_trail(url: &str) -> HashMap<String, (u64, u64)> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -226,11 +231,15 @@ async fn audit_trail(url: &str) -> HashMap<String, (u64, u64)> {
 
 /// A keyed debit of the load and what became of it.
 #[derive(Debug, Clone)]
-struct Sent {
-    key: String,
+pub(crate) struct Sent {
+    pub(crate) key: String,
     monto: u64,
     /// Status and body, or `None` when no reply came.
-    reply: Option<(u16, String)>,
+    pub(crate) reply: Option<(u16, String)>,
+    /// How long the reply took.
+    pub(crate) elapsed: Duration,
+    /// When it was sent.
+    pub(crate) sent_at: Instant,
 }
 
 impl Sent {
@@ -241,7 +250,11 @@ impl Sent {
 
 /// Keyed debits of [`CUENTA`] from `clients` connections spread over
 /// `addrs`, until `stop`; each reply (or its absence) is recorded.
-async fn load(addrs: Vec<SocketAddr>, clients: usize, stop: Arc<AtomicBool>) -> Vec<Sent> {
+pub(crate) async fn load(
+    addrs: Vec<SocketAddr>,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<Sent> {
     let mut tasks = Vec::new();
     for client in 0..clients {
         let addr = addrs[client % addrs.len()];
@@ -264,8 +277,11 @@ async fn load(addrs: Vec<SocketAddr>, clients: usize, stop: Arc<AtomicBool>) -> 
                     key: format!("c{client}-{n}"),
                     monto: 1 + (n % 7) as u64,
                     reply: None,
+                    elapsed: Duration::ZERO,
+                    sent_at: Instant::now(),
                 };
                 request.reply = keyed(open, "/retiro", &request.key, &request.body()).await;
+                request.elapsed = request.sent_at.elapsed();
                 match &request.reply {
                     None => connection = None,
                     // A client backs off after a 503.
@@ -289,7 +305,11 @@ async fn load(addrs: Vec<SocketAddr>, clients: usize, stop: Arc<AtomicBool>) -> 
 /// Then the audit trail holds exactly one row per request answered 200, with
 /// the balance its answer showed, and the account's balance is the opening
 /// minus their sum. Returns how many 503s or silences had in fact applied.
-async fn check_nothing_lost_nothing_doubled(url: &str, addr: SocketAddr, sent: &[Sent]) -> usize {
+pub(crate) async fn check_nothing_lost_nothing_doubled(
+    url: &str,
+    addr: SocketAddr,
+    sent: &[Sent],
+) -> usize {
     let mut client = Client::connect(addr).await;
     let mut acknowledged: HashMap<&str, (u64, u64)> = HashMap::new();
     let mut applied_unanswered = 0;
@@ -336,7 +356,7 @@ async fn check_nothing_lost_nothing_doubled(url: &str, addr: SocketAddr, sent: &
 
 /// The first reply to `send` that is not 503, within 20 s (a shared
 /// machine's disk may take longer than `--db-timeout` to commit now and then).
-async fn past_503s(mut send: impl AsyncFnMut() -> Reply) -> Reply {
+pub(crate) async fn past_503s(mut send: impl AsyncFnMut() -> Reply) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let reply = send().await;
@@ -348,7 +368,7 @@ async fn past_503s(mut send: impl AsyncFnMut() -> Reply) -> Reply {
 }
 
 /// Polls `path` until it answers `status`, within `within`.
-async fn wait_for(addr: SocketAddr, path: &str, status: u16, within: Duration) {
+pub(crate) async fn wait_for(addr: SocketAddr, path: &str, status: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let reply = Client::connect(addr).await.get(path).await;
