@@ -148,7 +148,8 @@ pub struct Stats {
     batch_debits: Histogram,
     /// Connections not opened or lost, statements failed.
     errors: Counter,
-    /// The last database round trip succeeded.
+    /// The last write (a batch, a fence, the readiness probe) committed,
+    /// and no round trip failed since.
     ready: AtomicBool,
 }
 
@@ -190,7 +191,7 @@ impl Stats {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// A round trip that succeeded.
+    /// A write that committed.
     fn answered(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
@@ -360,7 +361,7 @@ impl Postgres {
         &self.shared.stats
     }
 
-    /// Whether the last database round trip succeeded.
+    /// Whether the last write committed and no round trip failed since.
     pub fn was_ready(&self) -> bool {
         self.shared.stats.ready.load(Ordering::Relaxed)
     }

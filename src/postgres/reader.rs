@@ -71,13 +71,17 @@ pub async fn run(shared: Arc<Shared>, queue: Receiver<Read>) {
         };
         match tokio::time::timeout_at(deadline.into(), read).await {
             Ok(Ok(saldos)) => {
-                let probed = match batch.iter().any(|read| read.usuario.is_none()) {
+                // Only a write says whether debits can commit: a read that
+                // succeeds leaves the storage's health as it was.
+                let has_probe = batch.iter().any(|read| read.usuario.is_none());
+                let probed = match has_probe {
                     true => probe(&shared, &session, deadline).await,
                     false => Ok(()),
                 };
-                match probed {
-                    Ok(()) => shared.stats.answered(),
-                    Err(_) => shared.stats.failed(),
+                match (has_probe, &probed) {
+                    (true, Ok(())) => shared.stats.answered(),
+                    (true, Err(_)) => shared.stats.failed(),
+                    (false, _) => {}
                 }
                 for (read, saldo) in batch.drain(..).zip(saldos) {
                     let answer = match read.usuario {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::metrics::scrape;
 use crate::pg_cluster::{self, Cluster, Stop};
 use crate::postgres::{
     OPENING, Sent, check_nothing_lost_nothing_doubled, keyed, load, open_on, server_on, wait_for,
@@ -334,8 +335,8 @@ async fn a_frozen_database_answers_503_within_the_timeout() {
 }
 
 // Finding 8: the database read-only (as during some RDS maintenance):
-// readiness says 503 (debits cannot commit) while liveness stays 200, and
-// both come back once writes do.
+// readiness and `saldos_storage_healthy` say debits cannot commit while
+// liveness stays 200 and reads still work; both come back once writes do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_database_is_not_ready() {
     let cluster = pg_cluster::shared();
@@ -360,6 +361,13 @@ async fn a_read_only_database_is_not_ready() {
         client.post("/retiro", &debit_body("a", 1)).await.status,
         503
     );
+    assert_eq!(client.get("/saldo/a").await.status, 200, "reads still work");
+    let healthy = async || scrape(&server).await.value("saldos_storage_healthy", &[]);
+    assert_eq!(
+        healthy().await,
+        0.0,
+        "a read that succeeds leaves it unhealthy"
+    );
 
     admin
         .batch_execute(&format!(
@@ -373,6 +381,7 @@ async fn a_read_only_database_is_not_ready() {
         client.post("/retiro", &debit_body("a", 1)).await.status,
         200
     );
+    assert_eq!(healthy().await, 1.0);
 }
 
 // `saldos migrate` (the ECS task's first container) started while the
