@@ -60,6 +60,11 @@ const RESOLVE_SHARE: u32 = 3;
 /// the server refuses the batch before the writer stops waiting for it.
 const LOCK_WAIT_SHARE: u32 = 2;
 
+/// A debit with less than this share of `--db-timeout` left is answered
+/// 503 unsent: too little to commit and resolve, and its deadline would cut
+/// the whole batch's time short (1/10).
+const SEND_REMAINING_SHARE: u32 = 10;
+
 /// Pause before a blocked debit is sent again (new debits join it).
 const BLOCKED_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
@@ -176,6 +181,10 @@ impl Writer {
     /// Applies `batch`: answers each debit, or carries it to the next batch;
     /// empties it.
     async fn settle(&mut self, batch: &mut Vec<Debit>) {
+        let cutoff = Instant::now() + self.shared.timeout / SEND_REMAINING_SHARE;
+        batch
+            .extract_if(.., |debit| debit.deadline < cutoff)
+            .for_each(Deadlined::refuse);
         let deadline = batch.iter().map(|debit| debit.deadline).min();
         let deadline = deadline.unwrap_or_else(Instant::now);
         let started = Instant::now();

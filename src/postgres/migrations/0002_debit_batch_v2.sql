@@ -2,12 +2,13 @@
 -- own accounts. Instances of version 1 keep calling saldos_debit_batch
 -- during a rolling deploy, so it stays; nothing here rewrites a table.
 --
--- Per batch, whatever its size: one statement claims the keys, one reads
--- the keys already settled, one creates the rows of fresh accounts, one
--- locks every account row the batch touches (SKIP LOCKED: a row another
--- transaction holds is not waited for), then the debits are applied in
--- memory in arrival order, and one statement each writes the balances, the
--- audit rows, the keys' outcomes and the batch marker.
+-- Per batch, whatever its size: when it carries keys, one statement claims
+-- them and one reads those already settled; one locks every account row the
+-- batch touches (SKIP LOCKED: a row another transaction holds is not waited
+-- for), and only when some have no row yet, one creates them and the read
+-- is repeated; then the debits are applied in memory in arrival order, and
+-- one statement each writes the balances, the audit rows, (with keys) the
+-- keys' outcomes, and the batch marker.
 --
 -- Outcomes, one per debit in argument order: 0 debited, 1 refused, 2 replay
 -- of a debit, 3 replay of a refusal, 4 key used by another request, 5 key in
@@ -28,7 +29,7 @@ DECLARE
     outcomes     smallint[] := array_fill(NULL::smallint, ARRAY[n]);
     saldos       bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
     settled      bigint[]   := array_fill(NULL::bigint, ARRAY[n]);
-    claimed      integer[];  -- positions whose key this batch claimed
+    claimed      integer[] := '{}';  -- positions whose key this batch claimed
     seen_at      integer[];  -- positions whose key was already there
     seen_fp      bigint[];
     seen_debited boolean[];
@@ -41,6 +42,9 @@ DECLARE
     audited      integer[] := '{}';
     audit_saldos bigint[] := '{}';
     blocked_keys integer[] := '{}';
+    keyed        boolean;
+    accounts_of  text[];     -- the distinct accounts of pending
+    missing      text[];     -- those without a locked row
     applied      integer := 0;
     a            integer := 1;  -- cursor in names
     i            integer;
@@ -48,10 +52,12 @@ DECLARE
     balance      bigint;
 BEGIN
     PERFORM set_config('lock_timeout', greatest(p_lock_wait_ms, 1) || 'ms', true);
+    keyed := cardinality(array_remove(p_keys, NULL)) > 0;
 
     -- Keys: claim the new and the expired in one statement, in one global
     -- order (no deadlock between batches); a key twice in this batch keeps
     -- its first position, the later ones are in flight.
+    IF keyed THEN
     WITH wanted AS (
         SELECT DISTINCT ON (p_principals[k], p_keys[k]) k AS i
           FROM generate_subscripts(p_usuarios, 1) k
@@ -90,29 +96,40 @@ BEGIN
             settled[i] := seen_created[j];
         END IF;
     END LOOP;
+    END IF;
 
-    SELECT coalesce(array_agg(k ORDER BY p_usuarios[k], k), '{}') INTO pending
+    SELECT coalesce(array_agg(k ORDER BY p_usuarios[k], k), '{}'),
+           coalesce(array_agg(DISTINCT p_usuarios[k]), '{}')
+      INTO pending, accounts_of
       FROM generate_subscripts(p_usuarios, 1) k WHERE outcomes[k] IS NULL;
-
-    -- An account without a row has the opening balance. The row is created
-    -- when one of its debits could apply, so that every debit is decided on
-    -- a row locked below; one whose every debit exceeds the opening balance
-    -- is refused at it (balances only fall: no row is the highest balance).
-    INSERT INTO accounts (usuario, saldo)
-    SELECT u, p_opening
-      FROM (SELECT p_usuarios[k] AS u, min(p_montos[k]) AS m FROM unnest(pending) k GROUP BY 1) f
-     WHERE f.m <= p_opening
-     ORDER BY u
-    ON CONFLICT (usuario) DO NOTHING;
 
     -- One locking read of every account, sorted as pending; a row another
     -- transaction holds is skipped: its debits are blocked, not waited for.
     SELECT coalesce(array_agg(x.usuario ORDER BY x.usuario), '{}'),
            array_agg(x.saldo ORDER BY x.usuario)
       INTO names, balances
-      FROM (SELECT ac.usuario, ac.saldo FROM accounts ac
-             WHERE ac.usuario IN (SELECT p_usuarios[k] FROM unnest(pending) k)
+      FROM (SELECT ac.usuario, ac.saldo FROM accounts ac WHERE ac.usuario = ANY (accounts_of)
              ORDER BY ac.usuario FOR UPDATE SKIP LOCKED) x;
+
+    -- An account without a row has the opening balance. Its row is created
+    -- when one of its debits could apply, and locked by the same read again,
+    -- so that every debit is decided on a row this batch holds; one whose
+    -- every debit exceeds the opening balance is refused at it (balances
+    -- only fall: no row is the highest balance there is).
+    IF cardinality(names) < cardinality(accounts_of) THEN
+        INSERT INTO accounts (usuario, saldo)
+        SELECT f.u, p_opening
+          FROM (SELECT p_usuarios[k] AS u, min(p_montos[k]) AS m
+                  FROM unnest(pending) k GROUP BY 1) f
+         WHERE f.m <= p_opening
+         ORDER BY f.u
+        ON CONFLICT (usuario) DO NOTHING;
+        SELECT coalesce(array_agg(x.usuario ORDER BY x.usuario), '{}'),
+               array_agg(x.saldo ORDER BY x.usuario)
+          INTO names, balances
+          FROM (SELECT ac.usuario, ac.saldo FROM accounts ac WHERE ac.usuario = ANY (accounts_of)
+                 ORDER BY ac.usuario FOR UPDATE SKIP LOCKED) x;
+    END IF;
 
     touched := array_fill(false, ARRAY[cardinality(names)]);
 
@@ -160,6 +177,7 @@ BEGIN
 
     -- Keys: the decided remember their outcome; a blocked debit's claim is
     -- withdrawn, so its retry is not taken for a request in flight.
+    IF keyed THEN
     UPDATE idempotency_keys ik
        SET kind = p_kinds[s.i], usuario = p_usuarios[s.i], monto = p_montos[s.i],
            debited = (outcomes[s.i] = 0), saldo = saldos[s.i]
@@ -168,6 +186,7 @@ BEGIN
     DELETE FROM idempotency_keys ik
      USING unnest(blocked_keys) AS b(i)
      WHERE ik.principal = p_principals[b.i] AND ik.key = p_keys[b.i];
+    END IF;
 
     -- Last, so a fence written meanwhile (same id) makes this batch fail whole.
     INSERT INTO debit_batches (id, debits) VALUES (p_batch, applied);
