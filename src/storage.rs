@@ -125,6 +125,14 @@ impl Storage {
         }
     }
 
+    /// The PostgreSQL storage, when it is the one.
+    pub fn postgres_handle(&self) -> Option<&Postgres> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Postgres(postgres) => Some(postgres),
+        }
+    }
+
     /// The journal, when storage is durable and local.
     pub fn journal_handle(&self) -> Option<&Journal> {
         self.as_local().and_then(Local::journal_handle)

@@ -203,6 +203,14 @@ impl Stats {
     }
 }
 
+/// Failures the storage can be told to have, to prove the failure paths
+/// (fault injection through the storage seam, used by tests and drills).
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next writer to take a batch panics (its task ends).
+    pub panic_writer: AtomicBool,
+}
+
 /// What the connections' tasks share.
 struct Shared {
     target: Target,
@@ -218,6 +226,8 @@ struct Shared {
     opening_saldo: i64,
     /// `--idempotency-ttl` in ms.
     key_ttl_ms: i64,
+    /// Injected failures.
+    faults: Faults,
 }
 
 impl Shared {
@@ -302,6 +312,7 @@ impl Postgres {
             timeout,
             opening_saldo: i64::try_from(options.opening_saldo).unwrap_or(i64::MAX),
             key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
+            faults: Faults::default(),
         });
         // A service session now, so that settings the guarantees depend on
         // are checked before the first request, not at its first debit.
@@ -356,6 +367,11 @@ impl Postgres {
         self.read(Some(*usuario), self.shared.timeout).await
     }
 
+    /// Injects failures (tests and drills).
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
     /// The database work's counts.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
@@ -371,6 +387,9 @@ impl Postgres {
     /// reads but refuses writes (read-only, a standby, a full disk, a
     /// synchronous standby gone) is not ready.
     pub async fn is_ready(&self) -> bool {
+        if !self.is_live() {
+            return false;
+        }
         let timeout = self.shared.timeout.min(HEALTH_TIMEOUT_MAX);
         self.read(None, timeout).await.is_ok()
     }

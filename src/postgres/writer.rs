@@ -165,6 +165,14 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
+            if self
+                .shared
+                .faults
+                .panic_writer
+                .swap(false, Ordering::Relaxed)
+            {
+                panic!("injected debit writer panic");
+            }
             let progress = self.progress.clone();
             let busy = &progress.busy_since_ms[self.index];
             busy.store(progress.now_ms(), Ordering::Relaxed);

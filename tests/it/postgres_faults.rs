@@ -581,3 +581,25 @@ async fn failover_drill() {
         recovery.as_secs_f64()
     );
 }
+
+// A debit writer that dies (a panic, as a bug would): liveness and
+// readiness fail, so the orchestrator (the ALB and the container health
+// check both probe `/health/live`) replaces the task; the debit it held
+// gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writer_fails_liveness() {
+    let url = pg_cluster::shared().create_database().await;
+    let server = server_on(&url, &[]).await;
+    let mut client = server.client().await;
+    assert_eq!(client.get("/health/live").await.status, 200);
+    let faults = server.storage.postgres_handle().unwrap().faults();
+    // Every writer (--db-connections 4: two of them) dies at its next batch.
+    for _ in 0..2 {
+        faults.panic_writer.store(true, Ordering::Relaxed);
+        let debit = client.post("/retiro", &debit_body("a", 1)).await;
+        assert_eq!(debit.status, 503);
+    }
+    for probe in ["/health/live", "/health"] {
+        assert_eq!(client.get(probe).await.status, 503, "{probe}");
+    }
+}
