@@ -180,6 +180,11 @@ data "aws_iam_policy_document" "rds_monitoring_assume" {
       type        = "Service"
       identifiers = ["monitoring.rds.amazonaws.com"]
     }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
   }
 }
 

@@ -18,9 +18,8 @@ pinned_stack_require() { # what
 }
 
 # Copies terraform/*.tf into DIR with the provider pinned to the mirrored
-# version, writes DIR/cli.tfrc (the mirror only, for hashicorp/*) and exports
-# TF_CLI_CONFIG_FILE, TF_IN_AUTOMATION and CHECKPOINT_DISABLE (no version
-# check over the network). Run from the repository's root.
+# version, and gives DIR the mirror's CLI configuration (below). Run from the
+# repository's root.
 pinned_stack_copy() { # dir
   local dir=$1
   cp terraform/*.tf "$dir/"
@@ -29,7 +28,14 @@ pinned_stack_copy() { # dir
     echo "cannot pin the provider version in the copy of versions.tf" >&2
     exit 1
   }
-  cat >"$dir/cli.tfrc" <<CONFIG
+  pinned_stack_cli_config "$dir"
+}
+
+# Writes DIR/cli.tfrc (the mirror only, for hashicorp/*) and exports
+# TF_CLI_CONFIG_FILE, TF_IN_AUTOMATION and CHECKPOINT_DISABLE (no version
+# check over the network).
+pinned_stack_cli_config() { # dir
+  cat >"$1/cli.tfrc" <<CONFIG
 provider_installation {
   filesystem_mirror {
     path    = "$mirror"
@@ -40,5 +46,5 @@ provider_installation {
   }
 }
 CONFIG
-  export TF_CLI_CONFIG_FILE="$dir/cli.tfrc" TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1
+  export TF_CLI_CONFIG_FILE="$1/cli.tfrc" TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1
 }
