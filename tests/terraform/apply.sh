@@ -118,15 +118,18 @@ pinned_stack_cli_config "$work/probe"
 terraform -chdir="$work/probe" init -backend=false -input=false -no-color >/dev/null
 terraform -chdir="$work/probe" providers schema -json >"$work/schema.json"
 
-# Refuse to run unless every URL the provider is given is the emulator's or
-# the dead loopback proxy, and the SDK's own endpoint variables agree.
+# Refuse to run unless every value the provider is given is the emulator's
+# URL, the dead loopback proxy, loopback or the fake credential, and the
+# SDK's own endpoint variables agree.
 refuse_unless_loopback() { # override-file
   endpoint_count=0
-  while read -r url; do
-    [[ $url == "$emulator" || $url == http://127.0.0.1:9 ]] ||
-      fail "$1 sets '$url', which is not this loopback emulator: refusing to run"
-    [[ $url != "$emulator" ]] || endpoint_count=$((endpoint_count + 1))
-  done < <(grep -oE '"[a-z]+://[^"]*"' "$1" | tr -d '"')
+  while read -r value; do
+    case $value in
+      "$emulator") endpoint_count=$((endpoint_count + 1)) ;;
+      http://127.0.0.1:9 | 127.0.0.1 | emulator) ;;
+      *) fail "$1 sets '$value', which is not this loopback emulator: refusing to run" ;;
+    esac
+  done < <(sed -n 's/^ *[a-z0-9_]* *= *"\(.*\)"$/\1/p' "$1")
   while IFS='=' read -r name value; do
     [[ $value == "$emulator" ]] || fail "$name=$value is not this loopback emulator: refusing to run"
   done < <(env | grep -E '^AWS_ENDPOINT_URL' || true)
