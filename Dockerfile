@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # saldos container image: a cached dependency layer (cargo-chef), a locked
 # release build on the project's toolchain, and a distroless runtime running
 # as uid/gid 65532 that works with a read-only root filesystem (the journal
@@ -6,6 +5,9 @@
 # verify-full) goes in when terraform/build_image.sh put a verified
 # rds-ca-bundle.pem in the build context; RDS_CA_BUNDLE_REQUIRED=true (the
 # pipeline in postgres mode) refuses to build without it.
+# No `# syntax=` line: BuildKit's built-in frontend reads this file, so no
+# frontend image is pulled from Docker Hub (build_image.sh takes the rust base
+# from ECR Public).
 
 ARG RUST_VERSION=1.95.0
 ARG CARGO_CHEF_VERSION=0.1.73

@@ -32,8 +32,14 @@ resource "aws_lb_target_group" "app" {
   vpc_id               = aws_vpc.main.id
   deregistration_delay = 15
 
+  # Liveness, not readiness (terraform/README.md, "Failover"). While RDS fails
+  # over, /health (readiness) fails on every task at once: taking them all out
+  # serves nothing better, and ECS would replace the whole fleet, whose new
+  # tasks then wait for the same database. /health/live stays 200 while the
+  # database is away and answers 503 only when the task itself is broken (a
+  # failed journal, a dead or stuck writer): that task alone is replaced.
   health_check {
-    path                = "/health"
+    path                = "/health/live"
     matcher             = "200"
     interval            = 10
     timeout             = 5
@@ -130,6 +136,27 @@ resource "aws_s3_bucket_lifecycle_configuration" "alb_logs" {
   }
 }
 
+# Who delivers ALB access logs depends on the region (Elastic Load Balancing
+# user guide, "Enable access logs", bucket permissions): in the regions that
+# existed before August 2022 (us-east-1, the default, among them) the
+# regional Elastic Load Balancing account writes them; in later regions the
+# log delivery service principal does. The provider knows that account for
+# exactly the regions listed here (aws_elb_service_account fails for any
+# other), so it is looked up only there; the service principal is always
+# granted.
+locals {
+  elb_account_regions = [
+    "af-south-1", "ap-east-1", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1",
+    "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ca-central-1", "cn-north-1", "cn-northwest-1",
+    "eu-central-1", "eu-north-1", "eu-south-1", "eu-west-1", "eu-west-2", "eu-west-3", "me-south-1",
+    "sa-east-1", "us-east-1", "us-east-2", "us-gov-east-1", "us-gov-west-1", "us-west-1", "us-west-2",
+  ]
+}
+
+data "aws_elb_service_account" "current" {
+  count = contains(local.elb_account_regions, var.region) ? 1 : 0
+}
+
 data "aws_iam_policy_document" "alb_logs" {
   source_policy_documents = [data.aws_iam_policy_document.tls_only["alb_logs"].json]
 
@@ -140,6 +167,13 @@ data "aws_iam_policy_document" "alb_logs" {
     principals {
       type        = "Service"
       identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
+    }
+    dynamic "principals" {
+      for_each = data.aws_elb_service_account.current
+      content {
+        type        = "AWS"
+        identifiers = [principals.value.arn]
+      }
     }
   }
 }

@@ -3,7 +3,7 @@
 # autoscaling_max_tasks. Journal mode never scales: one writer.
 
 resource "aws_appautoscaling_target" "app" {
-  count              = local.postgres ? 1 : 0
+  count              = local.postgres && !var.emulator_unsupported_off ? 1 : 0
   service_namespace  = "ecs"
   resource_id        = "service/${aws_ecs_cluster.main.name}/${aws_ecs_service.app.name}"
   scalable_dimension = "ecs:service:DesiredCount"
@@ -24,7 +24,7 @@ locals {
       target = var.autoscaling_requests_per_target
     }
   }
-  scaling_policies = { for name, policy in local.scaling_policy_definitions : name => policy if local.postgres }
+  scaling_policies = { for name, policy in local.scaling_policy_definitions : name => policy if length(aws_appautoscaling_target.app) == 1 }
 }
 
 resource "aws_appautoscaling_policy" "app" {

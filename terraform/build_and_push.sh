@@ -37,4 +37,11 @@ aws ecr get-login-password --region "$region" \
 "$here/build_image.sh" "$image"
 docker push "$image"
 echo "$image"
-echo "deploy it with: terraform -chdir=$here apply -var image_tag=$tag" >&2
+# The first apply creates the service with this image; after that the service
+# runs the revision last deployed (README, "Who owns what"): register one with
+# this image, then point the service at it.
+echo "first deploy: terraform -chdir=$here apply -var image_tag=$tag" >&2
+echo "later ones:   terraform -chdir=$here apply -var image_tag=$tag && aws ecs update-service" \
+  "--cluster \"\$(terraform -chdir=$here output -raw cluster_name)\"" \
+  "--service \"\$(terraform -chdir=$here output -raw service_name)\"" \
+  "--task-definition \"\$(terraform -chdir=$here output -raw task_definition_arn)\"" >&2

@@ -10,11 +10,19 @@
 #   curl -fsSL https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem | sha256sum
 # Without it the image has no RDS CA bundle: journal mode only.
 #
+# The Dockerfile's builder base is Docker Hub's official `rust` image, by its
+# short name (CI's offline image check builds exactly that name). Docker Hub
+# rate-limits anonymous pulls, which is what CodeBuild's are: this build takes
+# the same image from its ECR Public mirror (public.ecr.aws/docker/library)
+# through a named build context, so nothing here pulls from Docker Hub (the
+# runtime base comes from gcr.io).
+#
 # usage: [RDS_CA_BUNDLE_SHA256=<sha256>] terraform/build_image.sh IMAGE
-# needs: docker (or podman as docker), curl, sha256sum.
+# needs: docker with BuildKit (or podman as docker), curl, sha256sum.
 set -euo pipefail
 
 RDS_CA_BUNDLE_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+DOCKER_HUB_MIRROR=public.ecr.aws/docker/library
 
 fail() { echo "build_image: $*" >&2; exit 1; }
 
@@ -48,4 +56,12 @@ if [[ -n ${RDS_CA_BUNDLE_SHA256:-} ]]; then
 else
   echo "build_image: no RDS_CA_BUNDLE_SHA256: the image has no RDS CA bundle (journal mode only)" >&2
 fi
-docker build --pull --build-arg RDS_CA_BUNDLE_REQUIRED="$required" --tag "$image" "$repo_root"
+# The builder base as the Dockerfile names it (rust:<RUST_VERSION>-slim-trixie),
+# taken from the mirror instead.
+rust_version=$(sed -n 's/^ARG RUST_VERSION=//p' "$repo_root/Dockerfile")
+builder_base=$(awk '$1 == "FROM" && $NF == "chef" {print $2}' "$repo_root/Dockerfile")
+builder_base=${builder_base//'${RUST_VERSION}'/$rust_version}
+[[ -n $rust_version && $builder_base == rust:* ]] || fail "cannot read the builder base from the Dockerfile ('$builder_base')"
+docker build --pull --build-arg RDS_CA_BUNDLE_REQUIRED="$required" \
+  --build-context "$builder_base=docker-image://$DOCKER_HUB_MIRROR/$builder_base" \
+  --tag "$image" "$repo_root"

@@ -9,6 +9,7 @@ locals {
 }
 
 resource "aws_cloudtrail" "main" {
+  count = var.emulator_unsupported_off ? 0 : 1
   #checkov:skip=CKV_AWS_252:No SNS notification per delivered file; the files are read when auditing, not as they arrive.
   #checkov:skip=CKV2_AWS_10:The trail goes to S3 for history; CloudWatch Logs delivery would double its cost without a consumer (alarms read service metrics).
   name                          = local.trail_name

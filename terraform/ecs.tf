@@ -9,6 +9,12 @@
 # `saldos migrate` as the master user under the service's advisory lock, then
 # exits), `collector` (the ADOT sidecar, observability.tf) and `saldos`, which
 # starts after the migration succeeded and the collector started.
+#
+# Who owns what (README, "Who owns what"): Terraform owns the service's shape
+# and registers the task definition revision the service is created with;
+# autoscaling owns the running count and the pipeline the running revision,
+# so an apply ignores both on the service and changes nothing after a
+# pipeline deploy or a scale-out.
 
 locals {
   # Valid Fargate memory sizes (MiB) for each CPU size.
@@ -27,6 +33,19 @@ locals {
     journal  = { desired_count = 1, minimum_healthy_percent = 0, maximum_percent = 100 }
   }
   deployment = local.deployments[var.storage]
+
+  # How long `saldos migrate` keeps retrying while the database is unreachable
+  # (SALDOS_DB_WAIT) before it fails the task: longer than an RDS Multi-AZ
+  # failover (60-120 s), so a task started during one waits it out instead of
+  # failing and being replaced by another that fails the same way.
+  migrate_db_wait_s = 300
+  # ECS ignores failing health checks for this long after a task starts: the
+  # service's own start (var.health_check_grace_s) and, in postgres mode, what
+  # the migrate container may wait for the database before saldos starts.
+  health_check_grace = {
+    postgres = local.migrate_db_wait_s + var.health_check_grace_s
+    journal  = var.health_check_grace_s
+  }
 
   log_configuration = {
     logDriver = "awslogs"
@@ -112,7 +131,12 @@ locals {
     environment = concat(local.storage_environment["postgres"], [
       { name = "PGUSER", value = var.db_master_username },
       { name = "SALDOS_DB_APP_ROLE", value = var.db_app_user },
+      # Retry while RDS is away (a failover takes 60-120 s), within a bound.
+      { name = "SALDOS_DB_WAIT", value = "${local.migrate_db_wait_s}s" },
     ])
+    # No startTimeout: on Fargate it is capped at 120 s, below the wait above,
+    # and unset the saldos container waits for this one however long it takes
+    # (SALDOS_DB_WAIT is the bound).
     # The RDS-managed master password, read fresh at every task start (a
     # rotation needs nothing else). No other container sees it.
     secrets = [
@@ -180,6 +204,10 @@ resource "aws_ecs_task_definition" "app" {
   execution_role_arn       = local.execution_role
   task_role_arn            = local.task_role
   container_definitions    = jsonencode(local.task_containers[var.storage])
+  # A change here registers a new revision; the old one stays registered, since
+  # the service (which Terraform does not re-point, see aws_ecs_service.app)
+  # and the pipeline's revisions may still run it.
+  skip_destroy = true
 
   runtime_platform {
     operating_system_family = "LINUX"
@@ -221,7 +249,7 @@ resource "aws_ecs_service" "app" {
   desired_count                      = local.deployment.desired_count
   deployment_minimum_healthy_percent = local.deployment.minimum_healthy_percent
   deployment_maximum_percent         = local.deployment.maximum_percent
-  health_check_grace_period_seconds  = var.health_check_grace_s
+  health_check_grace_period_seconds  = local.health_check_grace[var.storage]
   enable_execute_command             = false
 
   deployment_circuit_breaker {
@@ -242,4 +270,14 @@ resource "aws_ecs_service" "app" {
   }
 
   depends_on = [aws_lb_listener.http, aws_efs_mount_target.journal, aws_db_instance.main]
+
+  lifecycle {
+    # Set when the service is created (the first revision is the one above,
+    # the count the mode's), then owned by others: desired_count by
+    # autoscaling (postgres mode), task_definition by the pipeline's deploy
+    # action. Without this, every apply would undo a scale-out and roll back
+    # the deployed image. A change to the task definition made here reaches
+    # the service only when an operator deploys it (README, "Who owns what").
+    ignore_changes = [desired_count, task_definition]
+  }
 }

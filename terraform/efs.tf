@@ -18,7 +18,7 @@ resource "aws_efs_file_system" "journal" {
 }
 
 resource "aws_efs_backup_policy" "journal" {
-  count          = local.journal ? 1 : 0
+  count          = local.journal && !var.emulator_unsupported_off ? 1 : 0
   file_system_id = aws_efs_file_system.journal[0].id
   backup_policy {
     status = "ENABLED"
@@ -85,7 +85,7 @@ data "aws_iam_policy_document" "efs" {
 }
 
 resource "aws_efs_file_system_policy" "journal" {
-  count          = local.journal ? 1 : 0
+  count          = local.journal && !var.emulator_unsupported_off ? 1 : 0
   file_system_id = aws_efs_file_system.journal[0].id
   policy         = data.aws_iam_policy_document.efs[0].json
 }

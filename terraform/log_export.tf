@@ -1,8 +1,8 @@
 # The service's log group keeps a short retention (app_log_retention_days);
 # every line is also streamed, as CloudWatch Logs delivers it (gzip'd JSON
 # batches), by a subscription filter to Kinesis Data Firehose and on to the
-# log history bucket (history.tf). Needs roles: skipped when role ARNs are
-# given (AWS Academy), like the VPC flow logs.
+# log history bucket (history.tf), as objects ending in .gz. Needs roles:
+# skipped when role ARNs are given (AWS Academy), like the VPC flow logs.
 
 locals {
   export_logs = local.create_roles
@@ -73,8 +73,10 @@ resource "aws_kinesis_firehose_delivery_stream" "logs" {
     error_output_prefix = "errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/"
     buffering_size      = 64
     buffering_interval  = 300
-    # CloudWatch Logs already gzips what it delivers.
+    # CloudWatch Logs already gzips what it delivers: Firehose writes it as is,
+    # named for what it is.
     compression_format = "UNCOMPRESSED"
+    file_extension     = ".gz"
   }
 }
 

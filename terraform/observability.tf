@@ -119,6 +119,7 @@ locals {
 }
 
 resource "aws_ecr_pull_through_cache_rule" "public" {
+  count                 = var.emulator_unsupported_off ? 0 : 1
   ecr_repository_prefix = local.pull_through_prefix
   upstream_registry_url = "public.ecr.aws"
 }
@@ -127,6 +128,7 @@ resource "aws_ecr_pull_through_cache_rule" "public" {
 # key: a customer-managed one would need a role for ECR), tags immutable, and
 # only the last 5 images kept.
 resource "aws_ecr_repository_creation_template" "pull_through" {
+  count                = var.emulator_unsupported_off ? 0 : 1
   prefix               = local.pull_through_prefix
   description          = "Images cached from public.ecr.aws (the ADOT collector)"
   applied_for          = ["PULL_THROUGH_CACHE"]

@@ -23,6 +23,11 @@ output "service_name" {
   value       = aws_ecs_service.app.name
 }
 
+output "task_definition_arn" {
+  description = "The task definition revision Terraform registered last. The service runs what the pipeline last deployed; to roll out a change made here: aws ecs update-service --task-definition <this> (README, Who owns what)."
+  value       = aws_ecs_task_definition.app.arn
+}
+
 output "log_group" {
   description = "CloudWatch log group of the service (short retention)."
   value       = aws_cloudwatch_log_group.app.name

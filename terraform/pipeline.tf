@@ -163,6 +163,10 @@ data "aws_iam_policy_document" "codepipeline" {
     actions   = ["codebuild:StartBuild", "codebuild:BatchGetBuilds"]
     resources = [aws_codebuild_project.image[0].arn]
   }
+  # The ECS deploy action (CodePipeline user guide, ECS action reference,
+  # service role permissions): it reads the service's revision, registers a
+  # copy with the new image, points the service at it and watches the
+  # deployment's tasks until they run, on this service and cluster only.
   statement {
     sid       = "DeployTheService"
     actions   = ["ecs:DescribeServices", "ecs:UpdateService"]
@@ -170,8 +174,34 @@ data "aws_iam_policy_document" "codepipeline" {
   }
   statement {
     sid       = "RegisterTaskDefinitions"
-    actions   = ["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition", "ecs:TagResource"]
+    actions   = ["ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"]
     resources = ["*"] # These ECS actions have no resource-level permissions.
+  }
+  statement {
+    # The revision's tags are set as it is registered, never on anything else.
+    sid       = "TagTheRevisionItRegisters"
+    actions   = ["ecs:TagResource"]
+    resources = ["arn:${data.aws_partition.current.partition}:ecs:${var.region}:${data.aws_caller_identity.current.account_id}:task-definition/${aws_ecs_task_definition.app.family}:*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ecs:CreateAction"
+      values   = ["RegisterTaskDefinition"]
+    }
+  }
+  statement {
+    sid       = "WatchTheDeploymentsTasks"
+    actions   = ["ecs:DescribeTasks"]
+    resources = ["arn:${data.aws_partition.current.partition}:ecs:${var.region}:${data.aws_caller_identity.current.account_id}:task/${aws_ecs_cluster.main.name}/*"]
+  }
+  statement {
+    sid       = "ListTheClustersTasks"
+    actions   = ["ecs:ListTasks"]
+    resources = ["*"] # ListTasks is authorised on container instances; the condition keeps it to this cluster.
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.main.arn]
+    }
   }
   statement {
     sid       = "HandTheTaskItsRoles"

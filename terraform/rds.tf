@@ -7,6 +7,14 @@
 
 locals {
   db_identifier = "${var.name_prefix}-db"
+  # log_connections per major version (the keys are the versions
+  # var.db_engine_major_version allows): a boolean up to 17, from 18 a list of
+  # stages, here the three that "on" meant before.
+  log_connections = {
+    "16" = "1"
+    "17" = "1"
+    "18" = "receipt,authentication,authorization"
+  }
   # The RDS CA bundle's path in the image (Dockerfile), for PGSSLROOTCERT.
   rds_ca_bundle_path = "/usr/local/share/saldos/rds-ca-bundle.pem"
   # What rds-db:connect is granted on: the service's role on this instance only.
@@ -31,10 +39,11 @@ resource "aws_db_parameter_group" "main" {
     name  = "rds.force_ssl"
     value = "1"
   }
-  # Connections and slow statements in the exported log.
+  # Connections and slow statements in the exported log. PostgreSQL 18 made
+  # log_connections a list of stages; a boolean is what 16 and 17 take.
   parameter {
     name  = "log_connections"
-    value = "1"
+    value = local.log_connections[var.db_engine_major_version]
   }
   parameter {
     name  = "log_disconnections"
@@ -109,5 +118,8 @@ resource "aws_db_instance" "main" {
   monitoring_role_arn             = local.create_roles ? aws_iam_role.rds_monitoring[0].arn : null
   enabled_cloudwatch_logs_exports = ["postgresql", "upgrade", "iam-db-auth-error"]
 
-  depends_on = [aws_cloudwatch_log_group.database]
+  # The monitoring role must hold its policy before CreateDBInstance names it,
+  # or RDS refuses it ("IAM role ARN value is invalid"): referring to the role
+  # alone orders the instance after the role, not after the attachment.
+  depends_on = [aws_cloudwatch_log_group.database, aws_iam_role_policy_attachment.rds_monitoring]
 }

@@ -1,5 +1,6 @@
 # WAF on the ALB: AWS managed rule groups (common, known bad inputs incl. Log4j,
-# IP reputation, anonymous IPs) and a per-IP rate limit, with logging.
+# IP reputation, anonymous IPs) and a per-IP rate limit, with logging that
+# redacts credentials.
 
 resource "aws_wafv2_web_acl" "main" {
   name  = "${var.name_prefix}-waf"
@@ -86,7 +87,23 @@ resource "aws_wafv2_web_acl_association" "alb" {
   web_acl_arn  = aws_wafv2_web_acl.main.arn
 }
 
+# WAF logs carry the request's headers and are kept log_retention_days (a
+# year): the bearer token and any cookie are redacted before they are written.
 resource "aws_wafv2_web_acl_logging_configuration" "main" {
   resource_arn            = aws_wafv2_web_acl.main.arn
   log_destination_configs = [aws_cloudwatch_log_group.waf.arn]
+
+  dynamic "redacted_fields" {
+    for_each = local.waf_redacted_headers
+    content {
+      single_header {
+        name = redacted_fields.value
+      }
+    }
+  }
+}
+
+locals {
+  # Lowercase, as WAF matches single_header names.
+  waf_redacted_headers = ["authorization", "cookie"]
 }

@@ -314,6 +314,88 @@ run "postgres_by_default" {
     ] == [["127.0.0.1:9464"]]
     error_message = "the collector scrapes the service's metrics listener"
   }
+  assert {
+    # Liveness: a database failover fails readiness on every task at once and
+    # must not make ECS replace them all (SPEC section 3; terraform/README.md,
+    # "Failover"); liveness fails only for a broken task.
+    condition     = aws_lb_target_group.app.health_check[0].path == "/health/live" && aws_lb_target_group.app.health_check[0].matcher == "200"
+    error_message = "the load balancer checks liveness (/health/live), never readiness"
+  }
+  assert {
+    condition = [
+      for c in jsondecode(aws_ecs_task_definition.app.container_definitions) : {
+        for e in c.environment : e.name => e.value if e.name == "SALDOS_DB_WAIT"
+      } if c.name == "migrate"
+    ] == [{ SALDOS_DB_WAIT = "300s" }] && aws_ecs_service.app.health_check_grace_period_seconds == 360
+    error_message = "migrate waits out a failover (300 s) and ECS ignores health checks for that and the service's start"
+  }
+  assert {
+    condition     = [for p in aws_db_parameter_group.main[0].parameter : p.value if p.name == "log_connections"] == ["1"]
+    error_message = "PostgreSQL 17 takes log_connections as a boolean"
+  }
+  assert {
+    condition     = [for f in aws_wafv2_web_acl_logging_configuration.main.redacted_fields : f.single_header[0].name] == ["authorization", "cookie"]
+    error_message = "WAF logs redact the bearer token and cookies"
+  }
+  assert {
+    condition     = length(data.aws_elb_service_account.current) == 1
+    error_message = "us-east-1 delivers ALB access logs through its Elastic Load Balancing account"
+  }
+  assert {
+    condition     = aws_kinesis_firehose_delivery_stream.logs[0].extended_s3_configuration[0].file_extension == ".gz"
+    error_message = "the history objects end in .gz"
+  }
+  assert {
+    condition     = length(aws_cloudtrail.main) == 1 && length(aws_ecr_pull_through_cache_rule.public) == 1 && length(aws_appautoscaling_target.app) == 1
+    error_message = "nothing is left out unless emulator_unsupported_off is set"
+  }
+}
+
+run "postgres_18" {
+  command = plan
+  variables {
+    db_engine_major_version = "18"
+  }
+  assert {
+    condition     = [for p in aws_db_parameter_group.main[0].parameter : p.value if p.name == "log_connections"] == ["receipt,authentication,authorization"]
+    error_message = "PostgreSQL 18 takes log_connections as a list of stages"
+  }
+}
+
+run "unknown_engine_version_refused" {
+  command = plan
+  variables {
+    db_engine_major_version = "15"
+  }
+  expect_failures = [var.db_engine_major_version]
+}
+
+run "region_opened_after_august_2022" {
+  command = plan
+  variables {
+    region     = "ap-south-2"
+    jwt_issuer = "https://cognito-idp.ap-south-2.amazonaws.com/ap-south-2_Example"
+    jwks_url   = "https://cognito-idp.ap-south-2.amazonaws.com/ap-south-2_Example/.well-known/jwks.json"
+  }
+  assert {
+    condition     = length(data.aws_elb_service_account.current) == 0
+    error_message = "a region opened after August 2022 has no Elastic Load Balancing account: the service principal delivers its logs"
+  }
+}
+
+run "emulator_leaves_out_its_list_only" {
+  command = plan
+  variables {
+    emulator_unsupported_off = true
+  }
+  assert {
+    condition     = length(aws_cloudtrail.main) == 0 && length(aws_ecr_pull_through_cache_rule.public) == 0 && length(aws_ecr_repository_creation_template.pull_through) == 0 && length(aws_appautoscaling_target.app) == 0 && length(aws_appautoscaling_policy.app) == 0
+    error_message = "the emulator's list is left out"
+  }
+  assert {
+    condition     = length(aws_db_instance.main) == 1 && aws_lb.main.enable_deletion_protection && length(aws_wafv2_web_acl_logging_configuration.main.redacted_fields) == 2
+    error_message = "everything else stays"
+  }
 }
 
 run "journal_mode" {

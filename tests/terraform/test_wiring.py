@@ -133,12 +133,51 @@ def source_metric_names():
     return names
 
 
-def test_health_check_is_the_apps_health_route():
+def test_health_checks_are_liveness_so_a_database_failover_replaces_no_task():
+    """The load balancer checks /health/live, not /health. While RDS fails over
+    (60-120 s) readiness (/health) fails on every task at once: ECS would stop
+    and replace the whole fleet, whose new tasks wait for the same database,
+    so the outage would outlast the failover (SPEC section 3: a database
+    failover does not restart every task). Liveness stays 200 while the
+    database is away and fails only for a broken task. The container's check,
+    `saldos healthcheck`, probes /health/live too (its default URL in the
+    service's source)."""
     health_check = TARGET_GROUP["health_check"][0]
-    assert resolve(health_check["path"]) == "/health"
+    assert resolve(health_check["path"]) == "/health/live", health_check["path"]
     assert resolve(health_check["matcher"]) == "200"
     command = [resolve(part) for part in CONTAINER["healthCheck"]["command"]]
     assert command == ["CMD", "/usr/local/bin/saldos", "healthcheck"], command
+    assert '"/health/live" => Some(Self::Live)' in (SOURCE_ROOT / "router.rs").read_text()
+    assert "/health/live\", args.port" in (SOURCE_ROOT / "main.rs").read_text()
+
+
+def test_migrate_waits_out_a_failover_within_the_task_timeouts():
+    """A task started while RDS fails over: `saldos migrate` retries for
+    SALDOS_DB_WAIT (longer than a 60-120 s failover, within the service's
+    0-900 s range) rather than failing the task, nothing gives up on it sooner
+    (no startTimeout: Fargate caps it at 120 s), and ECS ignores the health
+    checks for at least that long after the task starts."""
+    migrate = containers("postgres")["migrate"]
+    assert environment(migrate, "postgres")["SALDOS_DB_WAIT"] == "${local.migrate_db_wait_s}s"
+    wait_s = number(LOCALS["migrate_db_wait_s"])
+    assert 120 < wait_s <= 900, wait_s
+    for name, container in containers("postgres").items():
+        assert "startTimeout" not in container, name
+    assert resolve(SERVICE["health_check_grace_period_seconds"]) == "${local.health_check_grace[var.storage]}"
+    assert LOCALS["health_check_grace"]["postgres"] == "${local.migrate_db_wait_s + var.health_check_grace_s}"
+    assert LOCALS["health_check_grace"]["journal"] == "${var.health_check_grace_s}"
+
+
+def test_terraform_leaves_the_count_to_autoscaling_and_the_revision_to_the_pipeline():
+    """Terraform creates the service with the first revision and the mode's
+    count; after that autoscaling owns desired_count and the pipeline owns
+    task_definition, so an apply after a scale-out or a deploy changes
+    neither (tests/terraform/apply.sh plays both against the emulator). The
+    revisions Terraform registers stay registered for whoever still runs them."""
+    lifecycle = SERVICE["lifecycle"][0]
+    assert sorted(lifecycle["ignore_changes"]) == ["desired_count", "task_definition"], lifecycle
+    assert resolve(SERVICE["task_definition"]) == "${aws_ecs_task_definition.app.arn}"
+    assert resolve(RESOURCES["aws_ecs_task_definition"]["app"]["skip_destroy"]) is True
 
 
 def test_one_port_everywhere():
@@ -184,11 +223,11 @@ def test_deployments_per_mode():
     assert resolve(breaker["enable"]) is True and resolve(breaker["rollback"]) is True
     # Autoscaling exists in postgres mode only, never below two tasks, on CPU and requests.
     target = RESOURCES["aws_appautoscaling_target"]["app"]
-    assert resolve(target["count"]) == "${local.postgres ? 1 : 0}"
+    assert resolve(target["count"]) == "${local.postgres && !var.emulator_unsupported_off ? 1 : 0}"
     assert number(target["min_capacity"]) >= 2
     assert "var.autoscaling_min_tasks >= 2" in str(VARIABLES["autoscaling_min_tasks"]["validation"])
     assert "var.desired_count >= 2" in str(VARIABLES["desired_count"]["validation"])
-    assert LOCALS["scaling_policies"].endswith("if local.postgres}}"), LOCALS["scaling_policies"]
+    assert LOCALS["scaling_policies"].endswith("if length(aws_appautoscaling_target.app) == 1}}"), LOCALS["scaling_policies"]
     metrics = {resolve(p["metric"]) for p in LOCALS["scaling_policy_definitions"].values()}
     assert metrics == {"ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"}, metrics
     assert "local.scaling_policies" in str(RESOURCES["aws_appautoscaling_policy"]["app"]["for_each"])
@@ -268,6 +307,33 @@ def test_database_is_multi_az_encrypted_private_and_forces_tls():
     association = RESOURCES["aws_route_table_association"]["database"]
     assert "aws_subnet.database" in str(association["subnet_id"]) and "aws_route_table.database" in str(association["route_table_id"])
     assert not any("aws_route_table.database" in str(r) for r in RESOURCES.get("aws_route", {}).values())
+
+
+def test_the_database_waits_for_its_monitoring_role_policy():
+    """CreateDBInstance names the Enhanced Monitoring role; until its policy is
+    attached RDS refuses it ("IAM role ARN value is invalid"). Referring to the
+    role orders the instance after the role only: the attachment must be an
+    explicit dependency."""
+    assert "aws_iam_role.rds_monitoring" in str(DB["monitoring_role_arn"])
+    assert "${aws_iam_role_policy_attachment.rds_monitoring}" in DB["depends_on"], DB["depends_on"]
+
+
+def test_log_connections_is_set_as_each_allowed_engine_version_takes_it():
+    """PostgreSQL 18 made log_connections a list of stages: every version the
+    variable allows has its own value, a boolean only below 18."""
+    condition = VARIABLES["db_engine_major_version"]["validation"][0]["condition"]
+    allowed = re.fullmatch(r'\$\{contains\(\[([^\]]*)\], var\.db_engine_major_version\)\}', condition)
+    assert allowed, condition
+    versions = [unquote(v.strip()) for v in allowed.group(1).split(",")]
+    values = {unquote(k): resolve(v) for k, v in LOCALS["log_connections"].items()}
+    assert sorted(values) == sorted(versions), (values, versions)
+    for version, value in values.items():
+        if int(version) >= 18:
+            assert set(value.split(",")) <= {"receipt", "authentication", "authorization", "setup_durations", "all"}, value
+        else:
+            assert value in ("1", "0", "on", "off"), value
+    parameters = {resolve(p["name"]): resolve(p["value"]) for p in RESOURCES["aws_db_parameter_group"]["main"]["parameter"]}
+    assert parameters["log_connections"] == "${local.log_connections[var.db_engine_major_version]}"
 
 
 def test_only_the_tasks_reach_the_database_on_5432():
@@ -464,6 +530,133 @@ def test_logs_are_exported_to_a_locked_down_bucket():
     assert resolve(tls["effect"]) == "Deny" and resolve(tls["condition"][0]["variable"]) == "aws:SecureTransport"
 
 
+def test_waf_logs_redact_credentials():
+    """WAF logs keep request headers for log_retention_days: the bearer token
+    and cookies are redacted before they are written."""
+    logging = RESOURCES["aws_wafv2_web_acl_logging_configuration"]["main"]
+    block = logging["dynamic"][0]['"redacted_fields"']
+    assert block["for_each"] == "${local.waf_redacted_headers}"
+    assert block["content"][0]["single_header"][0]["name"] == "${redacted_fields.value}"
+    headers = [resolve(h) for h in LOCALS["waf_redacted_headers"]]
+    assert {"authorization", "cookie"} <= set(headers), headers
+    assert all(h == h.lower() for h in headers), headers  # WAF matches single_header names in lowercase
+
+
+def test_alb_access_logs_are_writable_in_every_region():
+    """Regions that existed before August 2022 (us-east-1, the default) deliver
+    ALB access logs through their Elastic Load Balancing account, later ones
+    through the log delivery service principal: the bucket grants both, the
+    account wherever the provider knows it."""
+    statement = DATA["aws_iam_policy_document"]["alb_logs"]["statement"][0]
+    assert [resolve(a) for a in statement["actions"]] == ["s3:PutObject"]
+    services = [resolve(i) for p in statement["principals"] for i in p["identifiers"] if resolve(p["type"]) == "Service"]
+    assert services == ["logdelivery.elasticloadbalancing.amazonaws.com"], services
+    account = statement["dynamic"][0]['"principals"']
+    assert account["for_each"] == "${data.aws_elb_service_account.current}"
+    assert resolve(account["content"][0]["type"]) == "AWS" and account["content"][0]["identifiers"] == ["${principals.value.arn}"]
+    lookup = DATA["aws_elb_service_account"]["current"]
+    assert resolve(lookup["count"]) == "${contains(local.elb_account_regions, var.region) ? 1 : 0}"
+    regions = [resolve(r) for r in LOCALS["elb_account_regions"]]
+    assert resolve(VARIABLES["region"]["default"]) in regions
+    assert {"us-east-1", "us-west-2", "eu-west-1"} <= set(regions) and "ap-south-2" not in regions
+
+
+def test_every_role_a_service_assumes_is_limited_to_this_account():
+    """No confused deputy: each trust policy that lets an AWS service assume a
+    role names this account (aws:SourceAccount, aws:SourceArn or, for
+    Firehose, the external id)."""
+    limits = {"aws:SourceAccount", "aws:SourceArn", "sts:ExternalId"}
+    for name, document in DATA["aws_iam_policy_document"].items():
+        for statement, _ in policy_statements(document):
+            if "sts:AssumeRole" not in [resolve(a) for a in statement.get("actions", [])]:
+                continue
+            assert any(resolve(p["type"]) == "Service" for p in statement["principals"]), name
+            conditions = {resolve(c["variable"]): c["values"] for c in statement.get("condition", [])}
+            assert limits & set(conditions), f"{name}: no {sorted(limits)} condition"
+            assert any("data.aws_caller_identity.current.account_id" in str(v) for v in conditions.values()), name
+
+
+def test_history_objects_are_named_gz_as_they_are_written():
+    """CloudWatch Logs delivers gzip'd batches; Firehose stores them as they
+    come (no second compression), so the objects end in .gz."""
+    firehose = RESOURCES["aws_kinesis_firehose_delivery_stream"]["logs"]["extended_s3_configuration"][0]
+    assert resolve(firehose["compression_format"]) == "UNCOMPRESSED"
+    assert resolve(firehose["file_extension"]) == ".gz"
+
+
+def test_the_pipelines_deploy_action_has_what_it_needs_and_no_more():
+    """The ECS deploy action's permissions (CodePipeline user guide): describe
+    and update this service, register and describe revisions (and tag them as
+    they are registered), watch this cluster's tasks, and pass exactly the
+    two task roles to ECS tasks."""
+    statements = {resolve(st["sid"]): st for st, _ in policy_statements(DATA["aws_iam_policy_document"]["codepipeline"])}
+    granted = {resolve(a) for st in statements.values() for a in st["actions"]}
+    needed = {"ecs:DescribeServices", "ecs:DescribeTaskDefinition", "ecs:DescribeTasks", "ecs:ListTasks",
+              "ecs:RegisterTaskDefinition", "ecs:UpdateService", "ecs:TagResource", "iam:PassRole"}
+    assert needed <= granted, sorted(needed - granted)
+    assert not {a for a in granted if a.startswith(("ecs:", "iam:"))} - needed, sorted(granted)
+    def resources(sid):
+        return [unquote(r) for r in statements[sid]["resources"]]
+    def conditions(sid):
+        return {(resolve(c["test"]), resolve(c["variable"])): [unquote(v) for v in c["values"]] for c in statements[sid].get("condition", [])}
+    assert resources("DeployTheService") == ["${aws_ecs_service.app.id}"]
+    assert resources("WatchTheDeploymentsTasks")[0].endswith(":task/${aws_ecs_cluster.main.name}/*")
+    assert conditions("ListTheClustersTasks") == {("ArnEquals", "ecs:cluster"): ["${aws_ecs_cluster.main.arn}"]}
+    assert conditions("TagTheRevisionItRegisters") == {("StringEquals", "ecs:CreateAction"): ["RegisterTaskDefinition"]}
+    assert resources("HandTheTaskItsRoles") == ["${local.execution_role}", "${local.task_role}"]
+    assert conditions("HandTheTaskItsRoles") == {("StringEquals", "iam:PassedToService"): ["ecs-tasks.amazonaws.com"]}
+    # A "*" only where ECS has no resource-level permission, or with a condition.
+    for sid, statement in statements.items():
+        if resources(sid) == ["*"]:
+            assert sid == "RegisterTaskDefinitions" or conditions(sid), sid
+
+
+def test_no_image_build_pulls_from_docker_hub():
+    """Docker Hub rate-limits anonymous pulls (CodeBuild's): no `# syntax=`
+    frontend image, and every Docker Hub base the Dockerfile names by short
+    name is taken from ECR Public by build_image.sh, which every build path
+    runs (through bash: a source zip need not keep the exec bit)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", dockerfile, re.M)
+    builder = (TERRAFORM / "build_image.sh").read_text()
+    assert "DOCKER_HUB_MIRROR=public.ecr.aws/docker/library" in builder
+    assert '--build-context "$builder_base=docker-image://$DOCKER_HUB_MIRROR/$builder_base"' in builder
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, re.M | re.I))
+    for line in re.findall(r"^FROM\s+(\S+)", dockerfile, re.M):
+        if line in stages or "." in line.split("/")[0]:  # an earlier stage, or a registry of its own (gcr.io)
+            continue
+        assert line.startswith("rust:") and "$NF == \"chef\"" in builder, line
+    spec = yaml.safe_load((ROOT / "buildspec.yml").read_text())
+    assert 'bash terraform/build_image.sh "$image"' in "\n".join(spec["phases"]["build"]["commands"])
+
+
+def test_the_emulator_switch_leaves_out_only_what_it_lists_and_only_in_apply_sh():
+    """emulator_unsupported_off (tests/terraform/apply.sh only) removes the
+    resources local.emulator_unsupported lists, each with its reason, and
+    nothing else: it appears only in their count, and no other file sets it."""
+    listed = {unquote(k): resolve(v) for k, v in LOCALS["emulator_unsupported"].items()}
+    assert all(len(reason) > 20 for reason in listed.values()), listed
+    gated = set()
+    for rtype, named in RESOURCES.items():
+        for name, body in named.items():
+            text = str(body)
+            if "emulator_unsupported_off" in text:
+                assert "emulator_unsupported_off" in str(body.get("count", "")), (rtype, name)
+                assert "emulator_unsupported_off" not in text.replace(str(body["count"]), ""), (rtype, name)
+                gated.add(f"{rtype}.{name}")
+    for rtype, named in DATA.items():
+        assert "emulator_unsupported_off" not in str(named), rtype
+    assert "emulator_unsupported_off" not in str(LOCALS), "only resources' counts may read the switch"
+    followers = {"aws_appautoscaling_policy.app"}  # for_each over the target, which is gated
+    assert gated | followers == set(listed), (sorted(gated), sorted(listed))
+    assert resolve(VARIABLES["emulator_unsupported_off"]["default"]) is False
+    setters = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+                     if p.is_file() and ".git" not in p.parts and "target" not in p.parts and ".ci" not in p.parts[:1]
+                     and p.suffix in (".sh", ".tf", ".tfvars", ".hcl", ".yml", ".yaml", ".py")
+                     and "emulator_unsupported_off=true" in p.read_text(errors="ignore"))
+    assert setters == ["tests/terraform/apply.sh", "tests/terraform/test_wiring.py"], setters  # this test names it
+
+
 def test_cloudtrail_is_multi_region_write_only_encrypted_and_validated():
     trail = RESOURCES["aws_cloudtrail"]["main"]
     assert resolve(trail["is_multi_region_trail"]) is True
@@ -473,7 +666,8 @@ def test_cloudtrail_is_multi_region_write_only_encrypted_and_validated():
     selector = trail["event_selector"][0]
     assert resolve(selector["read_write_type"]) == "WriteOnly"
     assert resolve(selector["include_management_events"]) is True
-    assert "count" not in trail and "count" not in RESOURCES["aws_s3_bucket"]["history"]
+    assert resolve(trail["count"]) == "${var.emulator_unsupported_off ? 0 : 1}"  # always, but in apply.sh
+    assert "count" not in RESOURCES["aws_s3_bucket"]["history"]
 
 
 def test_only_the_alb_is_open_to_the_world_and_only_on_80_and_443():
@@ -502,9 +696,10 @@ def test_buildspec_builds_the_checkout_tags_the_commit_and_deploys():
     assert 'image="${REPOSITORY_URL}:${tag}"' in script
     assert "rev-parse --short=12 HEAD" in (TERRAFORM / "build_and_push.sh").read_text()
     assert 'docker push "$image"' in script
-    assert 'terraform/build_image.sh "$image"' in script
+    assert 'bash terraform/build_image.sh "$image"' in script
     builder = (TERRAFORM / "build_image.sh").read_text()
-    assert 'RDS_CA_BUNDLE_REQUIRED="$required" --tag "$image" "$repo_root"' in builder and "sha256sum" in builder
+    assert '--build-arg RDS_CA_BUNDLE_REQUIRED="$required"' in builder and '--tag "$image" "$repo_root"' in builder
+    assert "sha256sum" in builder
     assert "git clone" not in builder
     # The other paths build through the same script.
     assert 'build_image.sh" "$image"' in (TERRAFORM / "build_and_push.sh").read_text()
