@@ -97,6 +97,19 @@ fn as_server_user(program: PathBuf) -> Command {
     command
 }
 
+/// A temporary directory the server's user owns, kept until removed.
+fn server_dir(prefix: &str) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap()
+        .keep();
+    if let Some((uid, gid)) = server_user() {
+        chown(&dir, Some(uid), Some(gid)).unwrap();
+    }
+    dir
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -105,14 +118,7 @@ fn free_port() -> u16 {
 impl Cluster {
     /// A new cluster, started.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("saldos-pg-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        if let Some((uid, gid)) = server_user() {
-            chown(&dir, Some(uid), Some(gid)).unwrap();
-        }
+        let dir = server_dir("saldos-pg-");
         let password_file = dir.join("superuser-password");
         std::fs::write(&password_file, SUPERUSER_PASSWORD).unwrap();
         if let Some((uid, gid)) = server_user() {
@@ -228,14 +234,7 @@ impl Cluster {
     /// A streaming standby of this (running) cluster, made with
     /// `pg_basebackup -R` and started on a port of its own.
     pub fn start_standby(&self) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("saldos-pg-standby-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        if let Some((uid, gid)) = server_user() {
-            chown(&dir, Some(uid), Some(gid)).unwrap();
-        }
+        let dir = server_dir("saldos-pg-standby-");
         let status = as_server_user(bin("pg_basebackup"))
             .args([
                 "-h",
