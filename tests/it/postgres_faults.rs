@@ -79,6 +79,28 @@ async fn timed_debit(addr: SocketAddr, body: String, key: Option<String>) -> (u1
     (reply.expect("a reply").0, started.elapsed())
 }
 
+/// Debits of `count` free accounts named `prefix0…`, sent at once: each
+/// commits without waiting behind a held row.
+async fn others_commit_promptly(addr: SocketAddr, prefix: &str, count: usize) {
+    let others: Vec<_> = (0..count)
+        .map(|n| {
+            tokio::spawn(timed_debit(
+                addr,
+                debit_body(&format!("{prefix}{n}"), 1),
+                None,
+            ))
+        })
+        .collect();
+    for other in others {
+        let (status, took) = other.await.unwrap();
+        assert_eq!(status, 200, "a debit of another account commits ({took:?})");
+        assert!(
+            took < OTHERS_WAIT_MAX,
+            "waited {took:?} behind another account"
+        );
+    }
+}
+
 async fn saldo(addr: SocketAddr, usuario: &str) -> u64 {
     let reply = Client::connect(addr)
         .await
@@ -128,17 +150,7 @@ async fn a_stuck_row_blocks_only_its_own_debits_and_holds_no_connections() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let others: Vec<_> = (0..OTHER_DEBITS)
-        .map(|n| tokio::spawn(timed_debit(addr, debit_body(&format!("libre{n}"), 1), None)))
-        .collect();
-    for other in others {
-        let (status, took) = other.await.unwrap();
-        assert_eq!(status, 200, "a debit of another account commits ({took:?})");
-        assert!(
-            took < OTHERS_WAIT_MAX,
-            "waited {took:?} behind another account"
-        );
-    }
+    others_commit_promptly(addr, "libre", OTHER_DEBITS).await;
     let ready = Client::connect(addr).await.get("/health").await;
     assert_eq!(ready.status, 200, "debits can commit: ready");
     for debit in blocked {
@@ -188,17 +200,7 @@ async fn a_locked_account_fails_only_its_own_debits() {
     let holder = hold_row(cluster, &database, "sola").await;
     let blocked = tokio::spawn(timed_debit(addr, debit_body("sola", 1), None));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let others: Vec<_> = (0..OTHER_DEBITS)
-        .map(|n| tokio::spawn(timed_debit(addr, debit_body(&format!("otra{n}"), 1), None)))
-        .collect();
-    for other in others {
-        let (status, took) = other.await.unwrap();
-        assert_eq!(status, 200, "another account's debit commits");
-        assert!(
-            took < OTHERS_WAIT_MAX,
-            "waited {took:?} behind another account"
-        );
-    }
+    others_commit_promptly(addr, "otra", OTHER_DEBITS).await;
     assert_eq!(blocked.await.unwrap().0, 503);
     drop(holder);
 }
