@@ -379,13 +379,13 @@ impl Writer {
             return;
         }
         let open = self.session.as_ref().expect("opened above");
-        let unresolved = self.unresolved.clone();
+        let unresolved = std::mem::take(&mut self.unresolved);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&unresolved];
         let fencing = open.client.query(FENCE_SQL, &params);
         match tokio::time::timeout_at(until.into(), fencing).await {
             Ok(Ok(rows)) => {
                 let fenced: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
-                for batch_id in self.unresolved.drain(..) {
+                for batch_id in unresolved {
                     if fenced.contains(&batch_id) {
                         tracing::info!(
                             batch_id,
@@ -401,9 +401,11 @@ impl Writer {
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot fence unresolved debit batches yet");
+                self.unresolved = unresolved;
                 self.session = None;
             }
             Err(_) => {
+                self.unresolved = unresolved;
                 self.cancel_session();
                 self.session = None;
             }
