@@ -41,10 +41,10 @@ use connect::Session;
 pub use connect::Target;
 
 use crate::config::{DatabaseArgs, MigrateArgs};
-use crate::journal::Unavailable;
 use crate::metrics;
 use crate::principal::Principal;
-use crate::storage::{Answer, Order, Refusal};
+use crate::seam::Unavailable;
+use crate::seam::{Answer, Order, Refusal};
 use crate::usuario::Usuario;
 
 /// Pause before trying a lost connection again.
