@@ -16,7 +16,6 @@ fn usuario(name: &str) -> Usuario {
 
 struct Started {
     ledger: Arc<Ledger>,
-    keys: Arc<Table>,
     result: Result<Opened, Error>,
 }
 
@@ -44,10 +43,9 @@ fn start_with_segments(
         segment_bytes_max,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
-    let result = open_on(medium, &options, ledger.clone(), keys.clone());
+    let result = open_on(medium, &options, ledger.clone(), keys);
     Started {
         ledger,
-        keys,
         result,
     }
 }
