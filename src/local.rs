@@ -15,7 +15,10 @@ use crate::clock;
 use crate::idempotency::{Begin, InFlightGuard, Remembered, Scoped, Table};
 use crate::journal::{Journal, Key, Queued, Record};
 use crate::ledger::{self, Ledger, Outcome};
-use crate::seam::{Answer, KeyRequest, Order, Refusal, Unavailable};
+use crate::seam::{
+    Answer, Consumer, Event, EventId, FeedError, HistoryPage, KeyRequest, Order, Refusal,
+    Unavailable,
+};
 use crate::usuario::Usuario;
 
 /// An idempotency key in flight in the local table.
@@ -53,6 +56,44 @@ impl Local {
             keys,
             journal: Some(journal),
         }
+    }
+
+    /// The account's movements older than `before`, newest first.
+    pub fn history(
+        &self,
+        _usuario: &Usuario,
+        _before: Option<EventId>,
+        _limit: usize,
+    ) -> HistoryPage {
+        HistoryPage::default()
+    }
+
+    /// Durable events after `after`, in record order.
+    pub async fn events(
+        &self,
+        _after: Option<EventId>,
+        _limit: usize,
+    ) -> Result<Vec<Event>, FeedError> {
+        Err(FeedError::Unavailable)
+    }
+
+    /// Woken after each applied batch.
+    pub fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        crate::seam::Commits::default().subscribe()
+    }
+
+    /// A named consumer's stored position.
+    pub fn consumer_position(&self, _consumer: &Consumer) -> Result<Option<EventId>, Unavailable> {
+        Err(Unavailable)
+    }
+
+    /// Stores a named consumer's position.
+    pub async fn store_consumer_position(
+        &self,
+        _consumer: &Consumer,
+        _id: EventId,
+    ) -> Result<(), Unavailable> {
+        Err(Unavailable)
     }
 
     /// The account's durable balance.

@@ -13,7 +13,9 @@ use crate::journal::Journal;
 use crate::ledger::Ledger;
 use crate::local::Local;
 use crate::postgres::Postgres;
-use crate::seam::{Answer, Order, Refusal, Unavailable};
+use crate::seam::{
+    Answer, Consumer, Event, EventId, FeedError, HistoryPage, Order, Refusal, Unavailable,
+};
 use crate::usuario::Usuario;
 
 /// Where balances, debits and keys are kept.
@@ -85,6 +87,68 @@ impl Storage {
         match &self.backend {
             Backend::Local(local) => local.debit(order).await,
             Backend::Postgres(postgres) => postgres.debit(order).await,
+        }
+    }
+
+    /// The account's movements older than `before` (all when `None`),
+    /// newest first, at most `limit` (1 ..= [`crate::seam::HISTORY_PAGE_MAX`]).
+    pub async fn history(
+        &self,
+        usuario: &Usuario,
+        before: Option<EventId>,
+        limit: usize,
+    ) -> Result<HistoryPage, Unavailable> {
+        debug_assert!((1..=crate::seam::HISTORY_PAGE_MAX).contains(&limit));
+        match &self.backend {
+            Backend::Local(local) => Ok(local.history(usuario, before, limit)),
+            Backend::Postgres(postgres) => postgres.history(usuario, before, limit).await,
+        }
+    }
+
+    /// Events after `after` (from the oldest kept when `None`), in feed
+    /// order, at most `limit` (1 ..= [`crate::seam::EVENTS_PAGE_MAX`]); only
+    /// durable ones.
+    pub async fn events(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, FeedError> {
+        debug_assert!((1..=crate::seam::EVENTS_PAGE_MAX).contains(&limit));
+        match &self.backend {
+            Backend::Local(local) => local.events(after, limit).await,
+            Backend::Postgres(postgres) => postgres.events(after, limit).await,
+        }
+    }
+
+    /// A subscription woken after commits that may have made events
+    /// visible: subscribe, then read, then wait on it.
+    pub fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.backend {
+            Backend::Local(local) => local.feed_changes(),
+            Backend::Postgres(postgres) => postgres.feed_changes(),
+        }
+    }
+
+    /// The stored position of a named consumer, if it stored one.
+    pub async fn consumer_position(
+        &self,
+        consumer: &Consumer,
+    ) -> Result<Option<EventId>, Unavailable> {
+        match &self.backend {
+            Backend::Local(local) => local.consumer_position(consumer),
+            Backend::Postgres(postgres) => postgres.consumer_position(consumer).await,
+        }
+    }
+
+    /// Stores a named consumer's position durably.
+    pub async fn store_consumer_position(
+        &self,
+        consumer: &Consumer,
+        id: EventId,
+    ) -> Result<(), Unavailable> {
+        match &self.backend {
+            Backend::Local(local) => local.store_consumer_position(consumer, id).await,
+            Backend::Postgres(postgres) => postgres.store_consumer_position(consumer, id).await,
         }
     }
 

@@ -44,10 +44,7 @@ fn start_with_segments(
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
     let result = open_on(medium, &options, ledger.clone(), keys);
-    Started {
-        ledger,
-        result,
-    }
+    Started { ledger, result }
 }
 
 /// How a start that had to refuse as damage did: file, offset and reason.
