@@ -57,6 +57,12 @@ pub enum ApiError {
     IdempotenciaConflicto,
     /// The key's first request is still being processed.
     IdempotenciaEnCurso,
+    /// A query parameter (`limite`, `antes`, `despues`, `espera`,
+    /// `consumidor`), `Last-Event-ID` or a consumer's name or position is
+    /// malformed or out of range.
+    ParametroInvalido,
+    /// Events after the cursor are no longer kept.
+    CursorExpirado,
 }
 
 impl ApiError {
@@ -75,7 +81,9 @@ impl ApiError {
             | Self::UsuarioInvalido
             | Self::MontoInvalido
             | Self::SaldoInsuficiente { .. }
-            | Self::IdempotenciaInvalida => StatusCode::BAD_REQUEST,
+            | Self::IdempotenciaInvalida
+            | Self::ParametroInvalido => StatusCode::BAD_REQUEST,
+            Self::CursorExpirado => StatusCode::GONE,
             Self::NoDisponible => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotenciaConflicto => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotenciaEnCurso => StatusCode::CONFLICT,
@@ -101,6 +109,8 @@ impl ApiError {
             Self::IdempotenciaInvalida => "IDEMPOTENCIA_INVALIDA",
             Self::IdempotenciaConflicto => "IDEMPOTENCIA_CONFLICTO",
             Self::IdempotenciaEnCurso => "IDEMPOTENCIA_EN_CURSO",
+            Self::ParametroInvalido => "PARAMETRO_INVALIDO",
+            Self::CursorExpirado => "CURSOR_EXPIRADO",
         }
     }
 
@@ -132,6 +142,8 @@ impl ApiError {
             Self::IdempotenciaEnCurso => {
                 "Una solicitud con esta clave de idempotencia está en curso."
             }
+            Self::ParametroInvalido => "Parámetro de consulta inválido.",
+            Self::CursorExpirado => "El cursor ya no está disponible.",
         }
     }
 

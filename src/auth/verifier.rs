@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use super::cache::Cache;
 use super::keys::{FETCH_TIMEOUT, Key, KeySet, REFRESH_MIN_INTERVAL, Source};
-use super::{Access, SCOPE_DEBIT, SCOPE_READ, Unauthenticated};
+use super::{Access, SCOPE_DEBIT, SCOPE_EVENTS, SCOPE_READ, Unauthenticated};
 use crate::clock;
 use crate::principal::Principal;
 use crate::usuario::Usuario;
@@ -280,13 +280,14 @@ fn access(claims: Claims) -> Result<Access, &'static str> {
         .iter()
         .flat_map(|scope| scope.split(' '))
         .chain(claims.scp.iter().flatten().map(String::as_str));
-    let (mut read_all, mut debit_all) = (false, false);
+    let (mut read_all, mut debit_all, mut events) = (false, false, false);
     for scope in scopes {
         read_all |= scope == SCOPE_READ;
         debit_all |= scope == SCOPE_DEBIT;
+        events |= scope == SCOPE_EVENTS;
     }
     // A service token names its client; a customer's names the customer.
-    let name = if read_all || debit_all {
+    let name = if read_all || debit_all || events {
         claims
             .client_id
             .as_ref()
@@ -302,5 +303,6 @@ fn access(claims: Claims) -> Result<Access, &'static str> {
         subject: claims.sub.as_deref().and_then(|sub| Usuario::new(sub).ok()),
         read_all,
         debit_all,
+        events,
     })
 }

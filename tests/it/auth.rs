@@ -687,6 +687,7 @@ async fn a_data_directory_of_format_1_still_opens() {
         shard_count: 8,
         opening_saldo: 100_000,
         accounts_max: 1_000,
+        history_per_account: 0,
     }));
     for (usuario, saldo) in &seed {
         ledger.seed(usuario, *saldo).unwrap();
