@@ -699,6 +699,7 @@ async fn a_data_directory_of_format_1_still_opens() {
         opening_saldo: 100_000,
         seed: &seed,
         segment_bytes_max: 4096,
+        events_retention: std::time::Duration::ZERO,
     };
     let opened = saldos::journal::open(&options, ledger.clone(), keys.clone()).unwrap();
     assert_eq!(opened.snapshot, Some(3));
