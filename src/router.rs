@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, ApiError, Body};
-use crate::auth::Auth;
+use crate::auth::{Auth, Refusal};
 use crate::ledger::DebitKind;
 use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
@@ -155,15 +155,24 @@ async fn route(
     };
     let access = match access {
         Ok(access) => access,
-        Err(unauthenticated) => return (label, Err(unauthenticated.into())),
+        Err(unauthenticated) => {
+            app.metrics.auth_refusal(unauthenticated.reason());
+            return (label, Err(unauthenticated.into()));
+        }
     };
-    let access = access.as_deref();
+    let access = access.as_ref();
     let answered = match route {
         Route::Health => api::get_health(&app.storage).await,
         Route::Live => api::get_live(&app.storage),
         Route::Saldo(segment) => api::get_saldo(app, segment, access).await,
         Route::Debit(kind) => api::post_debit(app, kind, request, access).await,
     };
+    if answered
+        .as_ref()
+        .is_err_and(|error| *error == ApiError::Prohibido)
+    {
+        app.metrics.auth_refusal(Refusal::Forbidden);
+    }
     (label, answered)
 }
 

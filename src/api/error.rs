@@ -184,7 +184,7 @@ impl ApiError {
 impl From<Unauthenticated> for ApiError {
     fn from(unauthenticated: Unauthenticated) -> Self {
         Self::NoAutenticado {
-            token_sent: unauthenticated == Unauthenticated::InvalidToken,
+            token_sent: unauthenticated != Unauthenticated::NoToken,
         }
     }
 }

@@ -4,13 +4,14 @@
 //! rotation and outages, idempotency keys per principal, and the principal in
 //! the journal across a restart and in the PostgreSQL audit trail.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::auth_support::{
-    AUDIENCE, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
+    AUDIENCE, ISSUER, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
 };
 use crate::pg_cluster;
 use crate::util::{Client, Reply, TestServer, error_body, postgres_args, start_server};
@@ -141,9 +142,10 @@ fn unsecured(signed: &str) -> String {
 }
 
 // Every way a bearer token can fail: 401, the same body, the challenge with
-// `error` only when a token was sent; nothing about why.
+// `error` only when a token was sent; nothing about why, which is counted in
+// `saldos_auth_refusals_total` by reason instead.
 #[tokio::test]
-async fn every_invalid_token_is_401() {
+async fn every_invalid_token_is_401_and_counted_by_reason() {
     let (rsa, ec, stranger) = (
         SigningKey::rsa("rsa"),
         SigningKey::ec("ec"),
@@ -152,51 +154,99 @@ async fn every_invalid_token_is_401() {
     let jwks_server = JwksServer::start(jwks(&[&rsa, &ec])).await;
     let server = start_with(&jwks_server.url, &[]).await;
     let mut client = server.client().await;
+    let before = crate::metrics::scrape(&server).await;
     let claims = customer("usuario1");
     let hs256_with_public_key = {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("rsa".into());
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&rsa.public_pem)).unwrap()
     };
+    let critical = {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa".into());
+        header.crit = Some(vec!["exp".into()]);
+        rsa.sign_with(&header, &claims)
+    };
     let changed = |changes: Value| Some(rsa.sign(&with(&claims, changes)));
-    let cases: Vec<(&str, Option<String>)> = vec![
-        ("no header", None),
-        ("malformed", Some("not-a-jwt".into())),
-        ("three garbage parts", Some("a.b.c".into())),
-        ("bad signature", Some(stranger.sign(&claims))),
-        ("expired", changed(json!({"exp": now_s() - 120}))),
-        ("not yet valid", changed(json!({"nbf": now_s() + 120}))),
-        ("no exp", changed(json!({"exp": null}))),
-        ("wrong issuer", changed(json!({"iss": "https://evil.test"}))),
-        ("wrong audience", changed(json!({"aud": "other-api"}))),
+    let now = now_s() as f64;
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no header", None, "missing"),
+        ("malformed", Some("not-a-jwt".into()), "malformed"),
+        ("three garbage parts", Some("a.b.c".into()), "malformed"),
+        ("bad signature", Some(stranger.sign(&claims)), "signature"),
+        ("expired", changed(json!({"exp": now_s() - 120})), "expired"),
+        (
+            "expired, fractional",
+            changed(json!({"exp": now - 120.5})),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            changed(json!({"nbf": now_s() + 120})),
+            "not_yet_valid",
+        ),
+        (
+            "not yet valid, fractional",
+            changed(json!({"nbf": now + 120.5})),
+            "not_yet_valid",
+        ),
+        ("no exp", changed(json!({"exp": null})), "claims"),
+        (
+            "wrong issuer",
+            changed(json!({"iss": "https://evil.test"})),
+            "issuer",
+        ),
+        (
+            "issuer in an array",
+            changed(json!({"iss": [ISSUER, "https://evil.test"]})),
+            "issuer",
+        ),
+        (
+            "issuer alone in an array",
+            changed(json!({"iss": [ISSUER]})),
+            "issuer",
+        ),
+        (
+            "wrong audience",
+            changed(json!({"aud": "other-api"})),
+            "audience",
+        ),
         (
             "audience array without ours",
             changed(json!({"aud": ["a", "b"]})),
+            "audience",
         ),
-        ("no principal", changed(json!({"sub": null}))),
-        ("alg none", Some(unsecured(&rsa.sign(&claims)))),
+        ("no principal", changed(json!({"sub": null})), "claims"),
+        ("a crit header", Some(critical), "crit"),
+        ("alg none", Some(unsecured(&rsa.sign(&claims))), "malformed"),
         (
             "HS256 signed with the RSA public key",
             Some(hs256_with_public_key),
+            "algorithm",
         ),
         (
             "unknown kid",
             Some(rsa.sign_as(Algorithm::RS256, "nobody", &claims)),
+            "unknown_kid",
         ),
         (
             "RS256 naming the EC key",
             Some(rsa.sign_as(Algorithm::RS256, "ec", &claims)),
+            "algorithm",
         ),
         (
             "ES256 naming the RSA key",
             Some(ec.sign_as(Algorithm::ES256, "rsa", &claims)),
+            "algorithm",
         ),
         (
             "RS384, not allowed",
             Some(rsa.sign_as(Algorithm::RS384, "rsa", &claims)),
+            "algorithm",
         ),
     ];
-    for (case, token) in &cases {
+    let mut expected: BTreeMap<BTreeMap<String, String>, f64> = BTreeMap::new();
+    for (case, token, reason) in &cases {
         let challenge = if token.is_some() {
             CHALLENGE_INVALID
         } else {
@@ -212,6 +262,7 @@ async fn every_invalid_token_is_401() {
         ] {
             let reply = send(&mut client, method, path, token.as_deref(), body, None).await;
             assert_unauthenticated(&reply, challenge, case);
+            *expected.entry(reason_label(reason)).or_default() += 1.0;
         }
     }
     // Another scheme is no bearer token at all.
@@ -224,18 +275,73 @@ async fn every_invalid_token_is_401() {
         )
         .await;
     assert_unauthenticated(&reply, CHALLENGE, "wrong scheme");
+    *expected.entry(reason_label("missing")).or_default() += 1.0;
+    // A valid token for another account: 403, counted as such.
+    let other = rsa.sign(&customer("usuario2"));
+    assert_forbidden(
+        &send(
+            &mut client,
+            "GET",
+            "/saldo/usuario1",
+            Some(&other),
+            None,
+            None,
+        )
+        .await,
+        "another account",
+    );
+    *expected.entry(reason_label("forbidden")).or_default() += 1.0;
+    let after = crate::metrics::scrape(&server).await;
+    assert_eq!(
+        after.deltas(&before, "saldos_auth_refusals_total"),
+        expected
+    );
     // Nothing was debited by any of them.
     let token = rsa.sign(&claims);
-    let reply = send(
-        &mut client,
-        "GET",
-        "/saldo/usuario1",
-        Some(&token),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(reply.text(), r#"{"usuario":"usuario1","saldo":10000}"#);
+    assert_saldo(&mut client, &token, "usuario1", 10_000).await;
+}
+
+/// The label set `{reason="<reason>"}`.
+fn reason_label(reason: &str) -> BTreeMap<String, String> {
+    [("reason".to_owned(), reason.to_owned())].into()
+}
+
+// Every issuer's dialect that SPEC section 6 accepts: `scp` as a
+// space-separated string (Entra ID) grants like the array; NumericDates
+// with fractions in `exp` and `nbf`; the scheme in any case followed by
+// several spaces (RFC 7235: `1*SP`).
+#[tokio::test]
+async fn every_issuers_dialect_is_understood() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let mut client = server.client().await;
+    let now = now_s() as f64;
+    let entra = rsa.sign(&with(
+        &service("entra-app", ""),
+        json!({"scope": null, "scp": "openid saldos:read saldos:debit"}),
+    ));
+    let fractional = rsa.sign(&with(
+        &customer("usuario1"),
+        json!({"exp": now + 600.25, "nbf": now - 10.75, "iat": now - 10.75}),
+    ));
+    let debit = Some(r#"{"usuario":"usuario2","monto":1}"#);
+    let reply = post(&mut client, "/retiro", &entra, debit, None).await;
+    assert_fresh(&reply, 14_999);
+    assert_saldo(&mut client, &entra, "usuario3", 5_000).await;
+    assert_saldo(&mut client, &fractional, "usuario1", 10_000).await;
+    for scheme in ["Bearer  ", "bearer   ", "BEARER "] {
+        let authorization = format!("{scheme}{fractional}");
+        let reply = client
+            .request(
+                "GET",
+                "/saldo/usuario1",
+                &[("Authorization", &authorization)],
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{scheme:?}: {}", reply.text());
+    }
 }
 
 // 401 comes right after 404/405 and before every body check; health probes
@@ -530,6 +636,48 @@ async fn key_rotation_needs_no_restart() {
         assert_eq!(status_of(&mut client, "/saldo/usuario1", &stray).await, 401);
     }
     assert_eq!(jwks_server.fetches(), fetches + 1);
+}
+
+// The revocation race, held open deterministically: a verification that
+// found its key waits (a test hook) while the JWKS file is rewritten without
+// that key and the refresh sweeps the cache; released, it must not be
+// granted nor remembered: the `POST /retiro` it carried gets 401 and debits
+// nothing, and the token stays refused.
+#[tokio::test]
+async fn a_key_removed_during_a_verification_is_not_granted() {
+    let (revoked, kept) = (SigningKey::rsa("revocada"), SigningKey::rsa("vigente"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[&revoked, &kept])).unwrap();
+    let flags = jwt_flags("--jwks-file", path.to_str().unwrap());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = start_server(&flags).await;
+    let saldos::auth::Auth::Jwt(verifier) = &server.app.auth else {
+        panic!("authentication is on");
+    };
+    let hooks = verifier.hooks();
+    let token = revoked.sign(&customer("usuario1"));
+    hooks.hold_next_verification();
+    let address = server.addr;
+    let held_token = token.clone();
+    let held = tokio::spawn(async move {
+        let mut client = Client::connect(address).await;
+        let body = Some(r#"{"usuario":"usuario1","monto":100}"#);
+        post(&mut client, "/retiro", &held_token, body, None).await
+    });
+    hooks.until_held().await;
+    let refreshes = hooks.refreshes();
+    std::fs::write(&path, jwks(&[&kept])).unwrap();
+    hooks.until_refreshed(refreshes).await;
+    hooks.release();
+    let reply = held.await.unwrap();
+    assert_unauthenticated(&reply, CHALLENGE_INVALID, "verified across the revocation");
+    let mut client = server.client().await;
+    let body = Some(r#"{"usuario":"usuario1","monto":100}"#);
+    let reply = post(&mut client, "/retiro", &token, body, None).await;
+    assert_unauthenticated(&reply, CHALLENGE_INVALID, "after the revocation");
+    let reader = kept.sign(&service("auditoria", "saldos:read"));
+    assert_saldo(&mut client, &reader, "usuario1", 10_000).await;
 }
 
 // The JWKS server goes away after start: the last good keys keep serving;
