@@ -91,14 +91,14 @@ struct Signed {
 }
 
 /// Test hooks: pause a verification between its key lookup and its insert
-/// into the cache, and see key sets installed by refreshes (nothing in the
+/// into the cache, and see when refreshes read the keys (nothing in the
 /// service arms them; one atomic load per cache miss when unarmed).
 #[doc(hidden)]
 pub struct Hooks {
     hold_next: AtomicBool,
     held: Notify,
     released: Notify,
-    refreshes: watch::Sender<u64>,
+    key_reads: watch::Sender<u64>,
 }
 
 impl Default for Hooks {
@@ -107,7 +107,7 @@ impl Default for Hooks {
             hold_next: AtomicBool::new(false),
             held: Notify::new(),
             released: Notify::new(),
-            refreshes: watch::Sender::new(0),
+            key_reads: watch::Sender::new(0),
         }
     }
 }
@@ -130,15 +130,15 @@ impl Hooks {
         self.released.notify_one();
     }
 
-    /// Key sets installed by refreshes so far.
-    pub fn refreshes(&self) -> u64 {
-        *self.refreshes.borrow()
+    /// Refreshes that read the keys so far (installed or refused).
+    pub fn key_reads(&self) -> u64 {
+        *self.key_reads.borrow()
     }
 
-    /// Completes once more than `seen` key sets were installed.
-    pub async fn until_refreshed(&self, seen: u64) {
-        let mut refreshes = self.refreshes.subscribe();
-        let _ = refreshes.wait_for(|count| *count > seen).await;
+    /// Completes once more than `seen` refreshes read the keys.
+    pub async fn until_keys_read(&self, seen: u64) {
+        let mut key_reads = self.key_reads.subscribe();
+        let _ = key_reads.wait_for(|count| *count > seen).await;
     }
 
     async fn pause(&self) {
@@ -389,12 +389,12 @@ impl Verifier {
                 let keys = Arc::new(keys);
                 *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys.clone();
                 let dropped = self.cache.retain_keys(&keys);
-                self.hooks.refreshes.send_modify(|count| *count += 1);
                 tracing::info!(keys = keys.len(), cache_dropped = dropped, "JWKS refreshed");
             }
             Ok(_) => tracing::warn!("JWKS refresh found no usable key; the last good keys stay"),
             Err(error) => tracing::warn!(%error, "JWKS refresh failed; the last good keys stay"),
         }
+        self.hooks.key_reads.send_modify(|count| *count += 1);
         self.refreshing.store(false, Ordering::Release);
     }
 }

@@ -652,10 +652,7 @@ async fn a_key_removed_during_a_verification_is_not_granted() {
     let flags = jwt_flags("--jwks-file", path.to_str().unwrap());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = start_server(&flags).await;
-    let saldos::auth::Auth::Jwt(verifier) = &server.app.auth else {
-        panic!("authentication is on");
-    };
-    let hooks = verifier.hooks();
+    let hooks = verifier(&server).hooks();
     let token = revoked.sign(&customer("usuario1"));
     hooks.hold_next_verification();
     let address = server.addr;
@@ -666,9 +663,9 @@ async fn a_key_removed_during_a_verification_is_not_granted() {
         post(&mut client, "/retiro", &held_token, body, None).await
     });
     hooks.until_held().await;
-    let refreshes = hooks.refreshes();
-    std::fs::write(&path, jwks(&[&kept])).unwrap();
-    hooks.until_refreshed(refreshes).await;
+    let key_reads = hooks.key_reads();
+    replace_file(&path, &jwks(&[&kept]));
+    hooks.until_keys_read(key_reads).await;
     hooks.release();
     let reply = held.await.unwrap();
     assert_unauthenticated(&reply, CHALLENGE_INVALID, "verified across the revocation");
@@ -678,6 +675,82 @@ async fn a_key_removed_during_a_verification_is_not_granted() {
     assert_unauthenticated(&reply, CHALLENGE_INVALID, "after the revocation");
     let reader = kept.sign(&service("auditoria", "saldos:read"));
     assert_saldo(&mut client, &reader, "usuario1", 10_000).await;
+}
+
+// A JWKS naming one `kid` twice is refused whole, and logged: at start the
+// service does not start; on a refresh the last good keys stay (last-wins
+// would let the second key sign as the first).
+#[tokio::test]
+async fn a_jwks_with_a_duplicate_kid_is_refused() {
+    let (first, impostor) = (SigningKey::rsa("a"), SigningKey::rsa("a"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[&first, &impostor])).unwrap();
+    let mut argv = vec!["saldos".to_string()];
+    argv.extend(jwt_flags("--jwks-file", path.to_str().unwrap()));
+    let args = <saldos::config::Cli as clap::Parser>::try_parse_from(argv)
+        .unwrap()
+        .serve;
+    let started = saldos::open_auth(&args.auth).await;
+    assert!(
+        matches!(&started, Err(saldos::StartError::Auth(reason)) if reason.contains("kid 'a'")),
+        "{:?}",
+        started.err()
+    );
+
+    std::fs::write(&path, jwks(&[&first])).unwrap();
+    let flags = jwt_flags("--jwks-file", path.to_str().unwrap());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = start_server(&flags).await;
+    let hooks = verifier(&server).hooks();
+    let key_reads = hooks.key_reads();
+    replace_file(&path, &jwks(&[&first, &impostor]));
+    hooks.until_keys_read(key_reads).await;
+    let mut client = server.client().await;
+    let forged = impostor.sign(&customer("usuario1"));
+    assert_eq!(
+        status_of(&mut client, "/saldo/usuario1", &forged).await,
+        401
+    );
+    let genuine = first.sign(&customer("usuario1"));
+    assert_eq!(
+        status_of(&mut client, "/saldo/usuario1", &genuine).await,
+        200
+    );
+}
+
+// The binary refuses to start, exit 2 with one line on stderr, when its
+// keys cannot be trusted or had: plain http:// to another host unless
+// `--jwks-allow-http`, a JWKS URL that does not answer.
+#[test]
+fn the_binary_refuses_jwks_it_cannot_trust_or_reach() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let remote = "http://keys.invalid/jwks.json";
+    let cases: [(&str, &[&str], &str); 3] = [
+        (remote, &[], "--jwks-allow-http"),
+        (
+            remote,
+            &["--jwks-allow-http"],
+            "cannot start authentication",
+        ),
+        (&unreachable, &[], "cannot start authentication"),
+    ];
+    for (url, extra, named) in cases {
+        let mut args = jwt_flags("--jwks-url", url);
+        args.extend(extra.iter().map(|flag| flag.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = crate::process::saldos(&args, &[])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{url} {extra:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(named), "{named} in {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 // The JWKS server goes away after start: the last good keys keep serving;
@@ -785,6 +858,22 @@ async fn a_jwks_file_is_read_again_when_it_changes() {
         status_of(&mut client, "/saldo/usuario1", &old_token).await,
         401
     );
+}
+
+/// Replaces the file at `path` with `contents` at once (a rename), so the
+/// refresher never reads it half written.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let scratch = path.with_extension("tmp");
+    std::fs::write(&scratch, contents).unwrap();
+    std::fs::rename(&scratch, path).unwrap();
+}
+
+/// The verifier of a server started with `--auth jwt`.
+fn verifier(server: &TestServer) -> &saldos::auth::Verifier {
+    match &server.app.auth {
+        saldos::auth::Auth::Jwt(verifier) => verifier,
+        saldos::auth::Auth::Open => panic!("authentication is on"),
+    }
 }
 
 /// Copies `tests/fixtures/<name>` to a scratch directory.

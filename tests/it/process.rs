@@ -14,6 +14,7 @@ const ENV_VARS: &[&str] = &[
     "SALDOS_JWT_AUDIENCE",
     "SALDOS_JWKS_URL",
     "SALDOS_JWKS_FILE",
+    "SALDOS_JWKS_ALLOW_HTTP",
     "SALDOS_JWT_ALGORITHMS",
     "SALDOS_JWT_LEEWAY",
     "PORT",
@@ -72,6 +73,7 @@ fn help_documents_every_option() {
         ("--jwt-audience", "SALDOS_JWT_AUDIENCE"),
         ("--jwks-url", "SALDOS_JWKS_URL"),
         ("--jwks-file", "SALDOS_JWKS_FILE"),
+        ("--jwks-allow-http", "SALDOS_JWKS_ALLOW_HTTP"),
         ("--jwt-algorithms", "SALDOS_JWT_ALGORITHMS"),
         ("--jwt-leeway", "SALDOS_JWT_LEEWAY"),
     ] {
