@@ -57,6 +57,9 @@ pub enum ApiError {
     IdempotenciaConflicto,
     /// The key's first request is still being processed.
     IdempotenciaEnCurso,
+    /// The request head is over 16 KiB or 64 headers (answered by the server
+    /// for the HTTP layer, which refuses the head before any route).
+    CabecerasDemasiadoGrandes,
 }
 
 impl ApiError {
@@ -79,6 +82,7 @@ impl ApiError {
             Self::NoDisponible => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotenciaConflicto => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotenciaEnCurso => StatusCode::CONFLICT,
+            Self::CabecerasDemasiadoGrandes => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -101,6 +105,7 @@ impl ApiError {
             Self::IdempotenciaInvalida => "IDEMPOTENCIA_INVALIDA",
             Self::IdempotenciaConflicto => "IDEMPOTENCIA_CONFLICTO",
             Self::IdempotenciaEnCurso => "IDEMPOTENCIA_EN_CURSO",
+            Self::CabecerasDemasiadoGrandes => "CABECERAS_DEMASIADO_GRANDES",
         }
     }
 
@@ -132,6 +137,7 @@ impl ApiError {
             Self::IdempotenciaEnCurso => {
                 "Una solicitud con esta clave de idempotencia está en curso."
             }
+            Self::CabecerasDemasiadoGrandes => "Las cabeceras exceden el tamaño máximo permitido.",
         }
     }
 

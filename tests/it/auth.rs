@@ -344,6 +344,46 @@ async fn every_issuers_dialect_is_understood() {
     }
 }
 
+// A head over 16 KiB (a huge bearer token, say) or 64 headers is refused
+// before any route, and still with the SPEC's JSON error and a request id;
+// the connection closes, others are unaffected.
+#[tokio::test]
+async fn an_oversized_head_gets_the_json_431_with_a_request_id() {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let server = start_with(&jwks_server.url, &[]).await;
+    let huge_token = format!("Authorization: Bearer {}\r\n", "a".repeat(17 * 1024));
+    let many_headers: String = (0..65).map(|n| format!("X-H{n}: v\r\n")).collect();
+    for (case, headers) in [("huge token", huge_token), ("65 headers", many_headers)] {
+        let mut client = server.client().await;
+        let head = format!("GET /saldo/usuario1 HTTP/1.1\r\nHost: t\r\n{headers}\r\n");
+        client.send_raw(head.as_bytes()).await;
+        let reply = client.read_reply(false).await;
+        assert_eq!(reply.status, 431, "{case}");
+        assert_eq!(
+            reply.text(),
+            error_body(
+                "Las cabeceras exceden el tamaño máximo permitido.",
+                "CABECERAS_DEMASIADO_GRANDES"
+            ),
+            "{case}"
+        );
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert!(
+            reply
+                .header("x-request-id")
+                .is_some_and(|id| !id.is_empty()),
+            "{case}: {:?}",
+            reply.headers
+        );
+        assert!(
+            client.is_closed_within(Duration::from_secs(5)).await,
+            "{case}"
+        );
+    }
+    assert_eq!(server.client().await.get("/health").await.status, 200);
+}
+
 // 401 comes right after 404/405 and before every body check; health probes
 // need no token.
 #[tokio::test]
