@@ -205,12 +205,21 @@ impl Running {
 
     /// The next stdout line containing `needle`, within 10 s.
     pub fn line_with(&self, needle: &str) -> String {
+        self.lines_until(needle).pop().expect("the matching line")
+    }
+
+    /// The next stdout lines up to the first containing `needle` (the last
+    /// one), within 10 s.
+    pub fn lines_until(&self, needle: &str) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).expect("log line in time");
-            if line.contains(needle) {
-                return line;
+            let is_last = line.contains(needle);
+            lines.push(line);
+            if is_last {
+                return lines;
             }
         }
     }
