@@ -30,6 +30,7 @@ pub mod http_get;
 pub mod idempotency;
 pub mod journal;
 pub mod ledger;
+pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod postgres;
@@ -37,6 +38,8 @@ pub mod principal;
 pub mod render;
 pub mod request_id;
 pub mod router;
+pub mod scrape;
+pub mod seam;
 pub mod server;
 pub mod sharded;
 pub mod storage;
@@ -216,7 +219,7 @@ pub async fn spawn_metrics(args: &ServeArgs, app: &App) -> Result<Option<SocketA
     let listen_error = |source| StartError::Listen { address, source };
     let listener = TcpListener::bind(address).await.map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
-    let registry = metrics::registry(app.metrics.clone(), &app.storage);
+    let registry = scrape::registry(app.metrics.clone(), &app.storage);
     tokio::spawn(metrics::serve(listener, Arc::new(registry)));
     Ok(Some(bound))
 }
@@ -303,7 +306,7 @@ async fn sweep_expired_keys(storage: Arc<Storage>) {
     let mut refused_reported = 0;
     loop {
         interval.tick().await;
-        let Some(keys) = storage.as_local().map(storage::Local::keys) else {
+        let Some(keys) = storage.as_local().map(local::Local::keys) else {
             return;
         };
         let swept = keys.sweep(clock::unix_ms());

@@ -10,7 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use saldos::config::Cli;
 use saldos::journal::Record;
 use saldos::ledger::{DebitKind, Outcome};
-use saldos::storage::Order;
+use saldos::seam::Order;
 use saldos::usuario::Usuario;
 
 fn record(i: u64) -> Record {

@@ -20,7 +20,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use saldos::api::{ApiError, BODY_BYTES_MAX, DebitRequest, MONTO_MAX, parse_debit};
+use saldos::api::{ApiError, BODY_BYTES_MAX, DebitRequest, parse_debit};
+use saldos::ledger::MONTO_MAX;
 use saldos::usuario::{USUARIO_BYTES_MAX, Usuario};
 
 fuzz_target!(|body: &[u8]| {

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use saldos::api::MONTO_MAX;
+use saldos::ledger::MONTO_MAX;
 use saldos::journal::{DecodeError, Record};
 use saldos::ledger::{Outcome, SALDO_MAX};
 

@@ -13,14 +13,12 @@ use hyper::body::{Body as _, Incoming};
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
 use super::ApiError;
+use crate::ledger::MONTO_MAX;
 use crate::server;
 use crate::usuario::{Invalid, Usuario};
 
 /// The largest request body, in bytes (SPEC section 1).
 pub const BODY_BYTES_MAX: usize = 4096;
-
-/// The largest `monto`: 10^12 CLP.
-pub const MONTO_MAX: u64 = 1_000_000_000_000;
 
 /// Most out-of-range numbers one body may hold; each costs one more parse.
 const OUT_OF_RANGE_NUMBERS_MAX: usize = 8;

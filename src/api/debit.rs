@@ -12,7 +12,7 @@ use crate::idempotency;
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
 use crate::router::App;
-use crate::storage::{Answer, KeyRequest, Order, Refusal};
+use crate::seam::{Answer, KeyRequest, Order, Refusal};
 use crate::traces;
 use crate::usuario::Usuario;
 

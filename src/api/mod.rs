@@ -14,7 +14,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-pub use body::{BODY_BYTES_MAX, DebitRequest, MONTO_MAX, parse_debit};
+pub use body::{BODY_BYTES_MAX, DebitRequest, parse_debit};
 pub use debit::post_debit;
 pub use error::ApiError;
 pub use health::{get_health, get_live};

@@ -44,6 +44,7 @@ use prometheus_client::registry::Registry;
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, ReplayError};
 use crate::metrics;
+use crate::seam::Unavailable;
 use crate::usuario::Usuario;
 use data_dir::{DataDir, Fixed};
 use queue::Queue;
@@ -115,11 +116,6 @@ impl Error {
         }
     }
 }
-
-/// The debit's record could not be made durable; nothing was applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the journal cannot make records durable")]
-pub struct Unavailable;
 
 /// Failures the journal can be told to have, to prove the failure paths
 /// (fault injection through the storage seam, used by tests and drills).

@@ -18,9 +18,9 @@
 //! both, and a data directory written with authentication off is still
 //! readable by a binary that knows only version 1.
 
-use crate::api::MONTO_MAX;
 use crate::idempotency::Scoped;
 use crate::idempotency::{KEY_BYTES_MAX, Remembered};
+use crate::ledger::MONTO_MAX;
 use crate::ledger::{DebitKind, Outcome, SALDO_MAX};
 use crate::principal::{PRINCIPAL_BYTES_MAX, Principal};
 use crate::usuario::{USUARIO_BYTES_MAX, Usuario};

@@ -36,6 +36,9 @@ use crate::usuario::Usuario;
 /// The most shards a ledger may have.
 pub const SHARDS_MAX: usize = 1 << 16;
 
+/// The largest `monto` of one debit: 10^12 CLP.
+pub const MONTO_MAX: u64 = 1_000_000_000_000;
+
 /// The largest opening or seeded balance: 2^53 − 1, the largest integer every
 /// JSON client (JavaScript included) reads exactly.
 pub const SALDO_MAX: u64 = (1 << 53) - 1;

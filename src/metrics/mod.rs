@@ -12,10 +12,11 @@
 //! `_total`); the encoder is given the name without it and appends it.
 
 mod process;
+pub use process::Process;
 mod recorder;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,8 +42,6 @@ pub use recorder::{
 
 use crate::auth::Refusal;
 use crate::ledger::DebitKind;
-use crate::storage::Storage;
-use crate::traces;
 
 /// Requests answered, by route pattern, method and status.
 pub const HTTP_REQUESTS: &str = "saldos_http_requests_total";
@@ -148,42 +147,20 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 
 /// A counter's name as given to the encoder: the scraped name without the
 /// `_total` the encoder appends.
-pub(crate) fn counter_base(name: &'static str) -> &'static str {
+pub fn counter_base(name: &'static str) -> &'static str {
     let base = name.strip_suffix("_total");
     debug_assert!(base.is_some(), "counter {name} must end in _total");
     base.unwrap_or(name)
 }
 
-/// The registry a scrape encodes: the request path's counts, the storage's
-/// state and own families, the build and the process.
-pub fn registry(recorder: Arc<Recorder>, storage: &Arc<Storage>) -> Registry {
-    let mut registry = Registry::default();
-    storage.register_metrics(&mut registry);
-    registry.register_collector(Box::new(Requests(recorder)));
-    registry.register_collector(Box::new(StorageState(Arc::downgrade(storage))));
-    registry.register_collector(Box::new(Build));
-    registry.register_collector(Box::new(process::Process));
-    registry
-}
-
-/// The request path's counts, from the [`Recorder`].
-struct Requests(Arc<Recorder>);
-
-/// The storage's state at the scrape. Held weakly: the last strong
-/// reference dropping is what closes the journal at shutdown, and a
-/// scraper's connection must not delay it.
-struct StorageState(Weak<Storage>);
+/// The request path's counts, from the [`Recorder`], as a scrape encodes
+/// them.
+pub struct Requests(pub Arc<Recorder>);
 
 // `Collector` asks for `Debug`; the figures are what a scrape shows.
 impl std::fmt::Debug for Requests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Requests")
-    }
-}
-
-impl std::fmt::Debug for StorageState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StorageState")
     }
 }
 
@@ -277,70 +254,6 @@ impl Collector for Requests {
             "Client connections being served.",
             None,
             open.metric_type(),
-        )?)
-    }
-}
-
-impl Collector for StorageState {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let Some(storage) = self.0.upgrade() else {
-            return Ok(());
-        };
-        let gauges = [
-            (
-                STORAGE_HEALTHY,
-                "1 while debits can be applied (the readiness probe), else 0.",
-                Some(i64::from(storage.was_ready())),
-            ),
-            (
-                ACCOUNTS_STORED,
-                "Accounts stored (seeded or debited).",
-                storage
-                    .accounts_stored()
-                    .map(|count| i64::try_from(count).unwrap_or(i64::MAX)),
-            ),
-            (
-                IDEMPOTENCY_KEYS_STORED,
-                "Idempotency keys remembered.",
-                storage
-                    .keys_stored()
-                    .map(|count| i64::try_from(count).unwrap_or(i64::MAX)),
-            ),
-        ];
-        // Counts a storage keeps elsewhere (rows of a database) are not
-        // counted at every scrape.
-        for (name, help, value) in gauges {
-            let Some(value) = value else {
-                continue;
-            };
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        Ok(())
-    }
-}
-
-/// What is process-wide: `saldos_build_info{version}` and the trace
-/// pipeline's dropped spans.
-#[derive(Debug)]
-struct Build;
-
-impl Collector for Build {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let gauge = ConstGauge::new(1);
-        let mut family = encoder.encode_descriptor(
-            BUILD_INFO,
-            "Always 1; the running version is a label.",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
-        let dropped = ConstCounter::new(traces::spans_dropped());
-        dropped.encode(encoder.encode_descriptor(
-            counter_base(TRACE_SPANS_DROPPED),
-            "Finished spans dropped because the trace export queue was full.",
-            None,
-            dropped.metric_type(),
         )?)
     }
 }

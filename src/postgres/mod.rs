@@ -18,6 +18,7 @@
 //! fails. Migrations run on a connection of their own before any of them.
 
 mod connect;
+mod feed;
 mod iam;
 mod queue;
 mod reader;
@@ -41,10 +42,10 @@ use connect::Session;
 pub use connect::Target;
 
 use crate::config::{DatabaseArgs, MigrateArgs};
-use crate::journal::Unavailable;
 use crate::metrics;
 use crate::principal::Principal;
-use crate::storage::{Answer, Order, Refusal};
+use crate::seam::Unavailable;
+use crate::seam::{Answer, Order, Refusal};
 use crate::usuario::Usuario;
 
 /// Pause before trying a lost connection again.
@@ -228,6 +229,8 @@ struct Shared {
     key_ttl_ms: i64,
     /// Injected failures.
     faults: Faults,
+    /// Woken when a commit may have made events visible.
+    commits: crate::seam::Commits,
 }
 
 impl Shared {
@@ -313,6 +316,7 @@ impl Postgres {
             opening_saldo: i64::try_from(options.opening_saldo).unwrap_or(i64::MAX),
             key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
             faults: Faults::default(),
+            commits: crate::seam::Commits::default(),
         });
         // A service session now, so that settings the guarantees depend on
         // are checked before the first request, not at its first debit.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::{Mutex, mpsc};
 
-use crate::journal::Unavailable;
+use crate::seam::Unavailable;
 
 /// An item that can be refused unsent.
 pub trait Deadlined {

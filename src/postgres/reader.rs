@@ -13,7 +13,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::queue::{Deadlined, Receiver};
 use super::{Error, Shared};
-use crate::journal::Unavailable;
+use crate::seam::Unavailable;
 use crate::usuario::Usuario;
 
 /// The most reads answered by one query.

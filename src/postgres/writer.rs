@@ -33,7 +33,7 @@ use super::queue::{Deadlined, Receiver};
 use super::{Error, Progress, Shared};
 use crate::idempotency::Remembered;
 use crate::ledger::{DebitKind, Outcome};
-use crate::storage::{Answer, Refusal};
+use crate::seam::{Answer, Refusal};
 use crate::usuario::Usuario;
 
 /// The most debits sent in one batch.

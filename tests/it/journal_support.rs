@@ -8,7 +8,8 @@ use std::time::Duration;
 use saldos::idempotency::{Begin, InFlightGuard, Remembered, Scoped, Table};
 use saldos::journal::{self, Medium, PowerCut};
 use saldos::ledger::{DebitKind, Ledger, Limits, Outcome};
-use saldos::storage::{Answer, KeyRequest, Order, Refusal, Storage};
+use saldos::seam::{Answer, KeyRequest, Order, Refusal};
+use saldos::storage::Storage;
 use saldos::usuario::Usuario;
 
 /// Tiny segments: rotations and snapshots happen every few batches.

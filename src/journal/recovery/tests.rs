@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::idempotency::Table;
 use crate::journal::medium::{Medium, PowerCut};
-use crate::journal::{Error, FileKind, Opened, Options, Record, batch, open, open_on};
+use crate::journal::{Error, FileKind, Opened, Options, Queued, Record, batch, open, open_on};
 use crate::ledger::{DebitKind, Ledger, Limits, Outcome};
 use crate::usuario::Usuario;
 
@@ -16,7 +16,6 @@ fn usuario(name: &str) -> Usuario {
 
 struct Started {
     ledger: Arc<Ledger>,
-    keys: Arc<Table>,
     result: Result<Opened, Error>,
 }
 
@@ -44,12 +43,8 @@ fn start_with_segments(
         segment_bytes_max,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
-    let result = open_on(medium, &options, ledger.clone(), keys.clone());
-    Started {
-        ledger,
-        keys,
-        result,
-    }
+    let result = open_on(medium, &options, ledger.clone(), keys);
+    Started { ledger, result }
 }
 
 /// How a start that had to refuse as damage did: file, offset and reason.
@@ -285,27 +280,45 @@ fn a_snapshot_that_does_not_match_its_segments_is_refused() {
 }
 
 /// Debits 18 accounts through a journal of 1 KiB segments, so that
-/// snapshots happen, then closes it.
+/// snapshots happen, then closes it. Each debit takes the journal's write
+/// path as the local storage drives it: reserve under the account's lock,
+/// queue, wait for the sync.
 fn fill_small_segments(medium: &PowerCut) {
     let started = start_with_segments(medium, OPENING, 1_000, 1024);
     let journal = started.result.unwrap().journal;
-    let storage = crate::storage::Storage::journal(started.ledger, started.keys, journal);
+    let ledger = started.ledger;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     runtime.block_on(async {
         for n in 0..200 {
-            let order = crate::storage::Order {
-                kind: DebitKind::Retiro,
-                usuario: usuario(&format!("cuenta{}", n % 17)),
-                monto: 1,
-                principal: None,
-                key: None,
-            };
-            storage.debit(order).await.unwrap();
+            let usuario = usuario(&format!("cuenta{}", n % 17));
+            let slot = journal.slot().await.unwrap();
+            let ticket = ledger
+                .reserve(&usuario, 1, |debit, account| {
+                    let record = Record {
+                        kind: DebitKind::Retiro,
+                        usuario,
+                        monto: 1,
+                        outcome: Outcome::Debited {
+                            nuevo_saldo: debit.nuevo_saldo,
+                        },
+                        time_ms: 0,
+                        principal: None,
+                        key: None,
+                    };
+                    let entry = Queued {
+                        record: Some(record),
+                        account: Some(account),
+                    };
+                    journal.push(slot, entry)
+                })
+                .unwrap()
+                .unwrap();
+            journal.wait(ticket).await.unwrap();
         }
     });
-    drop(storage);
+    drop(journal);
 }
 
 // Fewer accounts allowed than the directory holds: said as such, not as damage.
