@@ -268,7 +268,7 @@ mod tests {
     fn access_is_the_own_account_or_a_scope() {
         let usuario = |name: &str| Usuario::new(name).unwrap();
         let access = |subject: Option<&str>, read_all, debit_all| Access {
-            principal: Principal::new("p").unwrap(),
+            principal: Principal::new(crate::principal::Kind::Customer, "p").unwrap(),
             subject: subject.map(usuario),
             read_all,
             debit_all,

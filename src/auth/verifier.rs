@@ -28,7 +28,7 @@ use super::cache::{Cache, Verified};
 use super::keys::{FETCH_TIMEOUT, Key, KeySet, REFRESH_MIN_INTERVAL, Source};
 use super::{Access, Refusal, SCOPE_DEBIT, SCOPE_READ, Unauthenticated};
 use crate::clock;
-use crate::principal::Principal;
+use crate::principal::{Kind, Principal};
 use crate::usuario::Usuario;
 
 /// Most requests waiting at once for a refresh prompted by an unknown `kid`.
@@ -456,20 +456,17 @@ fn access(claims: Claims) -> Result<Access, Refused> {
         None => {}
     }
     // A service token names its client; a customer's names the customer.
-    let name = if read_all || debit_all {
-        claims
-            .client_id
-            .as_ref()
-            .or(claims.azp.as_ref())
-            .or(claims.sub.as_ref())
+    let (kind, name) = if read_all || debit_all {
+        let client = claims.client_id.as_ref().or(claims.azp.as_ref());
+        (Kind::Service, client.or(claims.sub.as_ref()))
     } else {
-        claims.sub.as_ref()
+        (Kind::Customer, claims.sub.as_ref())
     };
-    let principal = name.ok_or(refused(
+    let name = name.ok_or(refused(
         Refusal::Claims,
         "no principal (sub, client_id or azp)",
     ))?;
-    let principal = Principal::new(principal).ok_or(refused(
+    let principal = Principal::new(kind, name).ok_or(refused(
         Refusal::Claims,
         "principal too long or not printable",
     ))?;

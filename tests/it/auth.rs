@@ -14,7 +14,7 @@ use crate::auth_support::{
     AUDIENCE, ISSUER, JwksServer, SigningKey, customer, jwks, jwt_flags, now_s, service,
 };
 use crate::pg_cluster;
-use crate::util::{Client, Reply, TestServer, error_body, postgres_args, start_server};
+use crate::util::{Backend, Client, Reply, TestServer, error_body, postgres_args, start_server};
 
 const CHALLENGE: &str = r#"Bearer realm="saldos""#;
 const CHALLENGE_INVALID: &str = r#"Bearer realm="saldos", error="invalid_token""#;
@@ -568,11 +568,73 @@ async fn postgres_scopes_keys_and_audits_debits_by_principal() {
     assert_eq!(
         audited,
         [
-            ("pagos".to_owned(), Some("k1".to_owned()), 9900),
-            ("usuario1".to_owned(), Some("k1".to_owned()), 9800),
+            ("service:pagos".to_owned(), Some("k1".to_owned()), 9900),
+            ("customer:usuario1".to_owned(), Some("k1".to_owned()), 9800),
         ]
     );
 }
+
+// A customer and a service client are two principals even when the
+// customer's `sub` is the service's `client_id`: the customer can neither
+// replay the service's remembered answer nor pre-claim its key, and the
+// other way round; the audit trail tells them apart (`customer:`,
+// `service:`).
+async fn kinds_never_collide(backend: Backend) {
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let (storage, database) = match backend {
+        Backend::Memory => (Vec::new(), None),
+        Backend::Postgres => {
+            let (url, _, database) = pg_cluster::shared().create_database_with_admin().await;
+            (postgres_args(&url), Some(database))
+        }
+    };
+    let storage: Vec<&str> = storage.iter().map(String::as_str).collect();
+    let server = start_with(&jwks_server.url, &storage).await;
+    let mut client = server.client().await;
+    let customer_token = rsa.sign(&customer("pagos"));
+    let service_token = rsa.sign(&with(
+        &service("pagos", "saldos:debit"),
+        json!({"sub": null}),
+    ));
+    let body = Some(r#"{"usuario":"pagos","monto":100}"#);
+    // The customer's key first: the service's same key is another debit.
+    let first = post(&mut client, "/retiro", &customer_token, body, Some("k1")).await;
+    assert_fresh(&first, 99_900);
+    let other = post(&mut client, "/retiro", &service_token, body, Some("k1")).await;
+    assert_fresh(&other, 99_800);
+    // The service's key first: the customer does not get its answer.
+    let first = post(&mut client, "/retiro", &service_token, body, Some("k2")).await;
+    assert_fresh(&first, 99_700);
+    let other = post(&mut client, "/retiro", &customer_token, body, Some("k2")).await;
+    assert_fresh(&other, 99_600);
+    // Each still replays its own.
+    let again = post(&mut client, "/retiro", &service_token, body, Some("k2")).await;
+    assert_replayed(&again, &first);
+    let Some(database) = database else {
+        return;
+    };
+    let rows = database
+        .query(
+            "SELECT principal, idempotency_key FROM debits ORDER BY saldo DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let audited: Vec<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let row = |principal: &str, key: &str| (principal.to_owned(), key.to_owned());
+    assert_eq!(
+        audited,
+        [
+            row("customer:pagos", "k1"),
+            row("service:pagos", "k1"),
+            row("service:pagos", "k2"),
+            row("customer:pagos", "k2"),
+        ]
+    );
+}
+
+crate::util::contract_tests!(kinds_never_collide);
 
 // The principal is recorded with the debit: after a restart the key is
 // still the principal's (replayed for it, new for another), and the
