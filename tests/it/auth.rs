@@ -636,6 +636,76 @@ async fn kinds_never_collide(backend: Backend) {
 
 crate::util::contract_tests!(kinds_never_collide);
 
+// PostgreSQL across the upgrade to kinded principals (migration 3): a key
+// remembered under a bare name by the version before replays for the kind
+// its retry's token names (never debited twice), and a claim under a bare
+// name (an instance of the version before, still running during a rolling
+// deploy) is refused rather than missed.
+#[tokio::test]
+async fn postgres_keys_of_bare_names_survive_the_upgrade_to_kinds() {
+    const MIGRATION_3: &str =
+        include_str!("../../src/postgres/migrations/0003_principal_kinds.sql");
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let (url, _, database) = pg_cluster::shared().create_database_with_admin().await;
+    // Back to schema 2, with a key its version remembered, then upgraded.
+    database
+        .batch_execute(
+            "DROP TRIGGER idempotency_keys_kinded ON idempotency_keys; \
+             DROP FUNCTION saldos_refuse_kindless_key(); \
+             DELETE FROM saldos_migrations WHERE version = 3",
+        )
+        .await
+        .unwrap();
+    let body = r#"{"usuario":"usuario1","monto":100}"#;
+    let fingerprint = saldos::idempotency::fingerprint("POST", "/retiro", body.as_bytes()) as i64;
+    let remember = |principal: &'static str, key: &'static str| {
+        let database = &database;
+        async move {
+            database
+                .execute(
+                    "INSERT INTO idempotency_keys (principal, key, fingerprint, kind, usuario, \
+                     monto, debited, saldo, created_at, expires_at) VALUES ($1, $2, $3, \
+                     'retiro', 'usuario1', 100, true, 9900, now(), now() + interval '1 hour')",
+                    &[&principal, &key, &fingerprint],
+                )
+                .await
+        }
+    };
+    remember("pagos", "antes").await.unwrap();
+    database.batch_execute(MIGRATION_3).await.unwrap();
+    database
+        .execute(
+            "INSERT INTO saldos_migrations (version, name) VALUES (3, 'principal_kinds')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let refused = remember("pagos", "durante").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+        "{refused}"
+    );
+
+    let args = postgres_args(&url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = start_with(&jwks_server.url, &args).await;
+    let mut client = server.client().await;
+    let payer = rsa.sign(&with(
+        &service("pagos", "saldos:read saldos:debit"),
+        json!({"sub": null}),
+    ));
+    let retry = post(&mut client, "/retiro", &payer, Some(body), Some("antes")).await;
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert!(
+        retry.text().ends_with(r#""nuevo_saldo":9900}"#),
+        "{}",
+        retry.text()
+    );
+    assert_saldo(&mut client, &payer, "usuario1", 10_000).await;
+}
+
 // The principal is recorded with the debit: after a restart the key is
 // still the principal's (replayed for it, new for another), and the
 // journal holds the principal's name. Tiny segments put the key's record
@@ -991,30 +1061,20 @@ fn fixture_copy(name: &str) -> tempfile::TempDir {
     copy
 }
 
-// A data directory written by the binary before records carried a principal
-// (format 1, tests/fixtures/README.md) opens with today's code: its balances
-// are served and its keys replay (checked through the library with a TTL
-// long enough that the fixture's age never matters).
-#[tokio::test]
-async fn a_data_directory_of_format_1_still_opens() {
-    use saldos::idempotency::{Begin, Scoped, Table, fingerprint};
-    use saldos::ledger::{Ledger, Limits, Outcome};
+/// A fixture's data directory opened through the library with a TTL long
+/// enough that the fixture's age never matters: its ledger, its keys, and
+/// what opening found.
+fn open_fixture(
+    dir: &std::path::Path,
+) -> (
+    std::sync::Arc<saldos::ledger::Ledger>,
+    std::sync::Arc<saldos::idempotency::Table>,
+    saldos::journal::Opened,
+) {
+    use saldos::ledger::{Ledger, Limits};
     use saldos::usuario::Usuario;
     use std::sync::Arc;
 
-    let balances = [
-        ("usuario1", 5_350),
-        ("usuario2", 14_180),
-        ("usuario3", 4_000),
-        ("cliente0", 99_610),
-        ("cliente1", 99_658),
-        ("cliente2", 99_646),
-        ("cliente3", 99_634),
-        ("cliente4", 99_622),
-        ("cliente9", 99_923),
-        ("nunca", 100_000),
-    ];
-    let copy = fixture_copy("data-dir-v1");
     let seed: Vec<(Usuario, u64)> = [
         ("usuario1", 10_000),
         ("usuario2", 15_000),
@@ -1031,33 +1091,63 @@ async fn a_data_directory_of_format_1_still_opens() {
         ledger.seed(usuario, *saldo).unwrap();
     }
     let century = Duration::from_secs(100 * 365 * 86_400);
-    let keys = Arc::new(Table::new(8, century, 1_000));
+    let keys = Arc::new(saldos::idempotency::Table::new(8, century, 1_000));
     let options = saldos::journal::Options {
-        dir: copy.path(),
+        dir,
         opening_saldo: 100_000,
         seed: &seed,
         segment_bytes_max: 4096,
     };
     let opened = saldos::journal::open(&options, ledger.clone(), keys.clone()).unwrap();
+    (ledger, keys, opened)
+}
+
+/// What `keys` remembers for `principal`'s key `key` of `POST path` with
+/// `body`; panics unless it is a replay.
+fn replayed_outcome(
+    keys: &saldos::idempotency::Table,
+    principal: Option<&saldos::principal::Principal>,
+    (path, key, body): (&str, &str, &str),
+) -> saldos::ledger::Outcome {
+    use saldos::idempotency::{Begin, Scoped, fingerprint};
+    let scoped = Scoped { principal, key };
+    let fingerprint = fingerprint("POST", path, body.as_bytes());
+    match keys.begin(scoped, fingerprint, saldos::clock::unix_ms()) {
+        Begin::Replay(remembered) => remembered.outcome,
+        other => panic!("{principal:?} {key}: {other:?}"),
+    }
+}
+
+// A data directory written by the binary before records carried a principal
+// (format 1, tests/fixtures/README.md) opens with today's code: its balances
+// are served and its keys replay (checked through the library with a TTL
+// long enough that the fixture's age never matters).
+#[tokio::test]
+async fn a_data_directory_of_format_1_still_opens() {
+    use saldos::ledger::Outcome;
+    use saldos::usuario::Usuario;
+
+    let balances = [
+        ("usuario1", 5_350),
+        ("usuario2", 14_180),
+        ("usuario3", 4_000),
+        ("cliente0", 99_610),
+        ("cliente1", 99_658),
+        ("cliente2", 99_646),
+        ("cliente3", 99_634),
+        ("cliente4", 99_622),
+        ("cliente9", 99_923),
+        ("nunca", 100_000),
+    ];
+    let copy = fixture_copy("data-dir-v1");
+    let (ledger, keys, opened) = open_fixture(copy.path());
     assert_eq!(opened.snapshot, Some(3));
     assert!(opened.records_replayed > 0);
     for (name, saldo) in balances {
         assert_eq!(ledger.saldo(&Usuario::new(name).unwrap()), saldo, "{name}");
     }
-    let replay = |path: &str, key: &str, body: &str| {
-        let scoped = Scoped {
-            principal: None,
-            key,
-        };
-        match keys.begin(
-            scoped,
-            fingerprint("POST", path, body.as_bytes()),
-            saldos::clock::unix_ms(),
-        ) {
-            Begin::Replay(remembered) => remembered.outcome,
-            other => panic!("{key}: {other:?}"),
-        }
-    };
+    let replay =
+        |path: &str, key: &str, body: &str| replayed_outcome(&keys, None, (path, key, body));
     let mut saldo = 10_000;
     for i in 1..=30u64 {
         saldo -= i * 10;
@@ -1088,7 +1178,7 @@ async fn a_data_directory_of_format_1_still_opens() {
     drop(opened);
 
     // The binary's path: the same directory served over HTTP, then written
-    // with principals (format 2) and opened again.
+    // with kinded principals (format 3) and opened again.
     let rsa = SigningKey::rsa("rsa");
     let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
     let dir = copy.path().to_str().unwrap();
@@ -1108,6 +1198,103 @@ async fn a_data_directory_of_format_1_still_opens() {
         let body = Some(r#"{"usuario":"cliente9","monto":1}"#);
         let reply = post(&mut client, "/pago", &reader, body, Some("nueva")).await;
         assert_eq!(reply.status, 200);
+        drop(client);
+        server.shutdown().await;
+    }
+}
+
+// A data directory written while principals had no kind (format 2,
+// tests/fixtures/README.md) opens with today's code: balances as they were,
+// and each key of a bare-named principal remembered for both kinds, so a
+// retry after the upgrade replays whichever kind its token names and is
+// never debited twice; new records are written kinded (format 3).
+#[tokio::test]
+async fn a_data_directory_of_format_2_keeps_its_keys_for_both_kinds() {
+    use saldos::ledger::Outcome;
+    use saldos::principal::{Kind, Principal};
+    use saldos::usuario::Usuario;
+
+    let balances = [
+        ("usuario1", 9_180),
+        ("usuario3", 4_000),
+        ("cliente0", 99_895),
+        ("cliente1", 99_919),
+        ("cliente2", 99_913),
+        ("cliente3", 99_907),
+        ("cliente4", 99_901),
+        ("cliente7", 97_895),
+    ];
+    let copy = fixture_copy("data-dir-v2");
+    let (ledger, keys, opened) = open_fixture(copy.path());
+    assert_eq!(opened.snapshot, Some(3));
+    for (name, saldo) in balances {
+        assert_eq!(ledger.saldo(&Usuario::new(name).unwrap()), saldo, "{name}");
+    }
+    let (pagos, cliente7) = ("pagos", "cliente7");
+    let debited = |nuevo_saldo| Outcome::Debited { nuevo_saldo };
+    // (principal's name, path, key, body, the remembered outcome); the last
+    // key's record is in the segment after the snapshot.
+    let cases = [
+        (
+            pagos,
+            "/retiro",
+            "servicio-1",
+            r#"{"usuario":"usuario1","monto":1}"#,
+            debited(9_999),
+        ),
+        (
+            pagos,
+            "/retiro",
+            "servicio-final",
+            r#"{"usuario":"usuario3","monto":1000}"#,
+            debited(4_000),
+        ),
+        (
+            cliente7,
+            "/pago",
+            "propia-20",
+            r#"{"usuario":"cliente7","monto":200}"#,
+            debited(97_900),
+        ),
+        (
+            cliente7,
+            "/retiro",
+            "propia-rechazada",
+            r#"{"usuario":"cliente7","monto":999999}"#,
+            Outcome::Refused {
+                saldo_disponible: 97_895,
+            },
+        ),
+    ];
+    for (name, path, key, body, outcome) in cases {
+        for kind in Kind::KNOWN {
+            let principal = Principal::new(kind, name).unwrap();
+            let remembered = replayed_outcome(&keys, Some(&principal), (path, key, body));
+            assert_eq!(remembered, outcome, "{principal:?} {key}");
+        }
+    }
+    drop(opened);
+
+    // The binary's path: served, written kinded (format 3), opened again.
+    let rsa = SigningKey::rsa("rsa");
+    let jwks_server = JwksServer::start(jwks(&[&rsa])).await;
+    let flags = tiny_segments_in(copy.path().to_str().unwrap());
+    let payer = rsa.sign(&with(
+        &service(pagos, "saldos:read saldos:debit"),
+        json!({"sub": null}),
+    ));
+    let body = Some(r#"{"usuario":"cliente7","monto":1}"#);
+    let mut first = None;
+    for _ in 0..2 {
+        let server = start_with(&jwks_server.url, &flags).await;
+        let mut client = server.client().await;
+        assert_saldo(&mut client, &payer, "usuario1", 9_180).await;
+        let reply = post(&mut client, "/pago", &payer, body, Some("despues")).await;
+        match &first {
+            None => assert_fresh(&reply, 97_894),
+            Some(first) => assert_replayed(&reply, first),
+        }
+        first.get_or_insert(reply);
         drop(client);
         server.shutdown().await;
     }
