@@ -211,6 +211,10 @@ pub struct ServeArgs {
     /// more answers 503 NO_DISPONIBLE.
     #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub max_accounts: u64,
+    /// Movements kept per account for `GET /movimientos` by the memory and
+    /// journal storages (24 bytes each; postgres keeps them all).
+    #[arg(long, env = "SALDOS_HISTORY_PER_ACCOUNT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub history_per_account: u16,
     /// The PostgreSQL storage's database.
     #[command(flatten)]
     pub database: DatabaseArgs,

@@ -246,6 +246,17 @@ pub async fn body_deadline<F: Future>(read: F) -> Result<F::Output, BodyTimedOut
     output
 }
 
+/// Whether the serving connection is draining (shutdown began): a response
+/// that would never end on its own (an event stream) ends then. The
+/// connection's task is woken when draining starts and polls the response
+/// body again, which is where this is asked. Outside a server connection:
+/// never.
+pub fn is_draining() -> bool {
+    CURRENT
+        .try_with(|watch| watch.draining.load(Ordering::Acquire))
+        .unwrap_or(false)
+}
+
 /// What a connection is doing, as far as its timeouts go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -115,7 +115,7 @@ impl Storage {
     ) -> Result<Vec<Event>, FeedError> {
         debug_assert!((1..=crate::seam::EVENTS_PAGE_MAX).contains(&limit));
         match &self.backend {
-            Backend::Local(local) => local.events(after, limit).await,
+            Backend::Local(local) => local.events(after, limit),
             Backend::Postgres(postgres) => postgres.events(after, limit).await,
         }
     }
@@ -135,7 +135,7 @@ impl Storage {
         consumer: &Consumer,
     ) -> Result<Option<EventId>, Unavailable> {
         match &self.backend {
-            Backend::Local(local) => local.consumer_position(consumer),
+            Backend::Local(local) => Ok(local.consumer_position(consumer)),
             Backend::Postgres(postgres) => postgres.consumer_position(consumer).await,
         }
     }

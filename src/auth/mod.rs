@@ -34,6 +34,8 @@ pub const TOKEN_BYTES_MAX: usize = 8192;
 pub const SCOPE_READ: &str = "saldos:read";
 /// The scope that lets a service client debit every account.
 pub const SCOPE_DEBIT: &str = "saldos:debit";
+/// The scope that reads the feed of every account's events (SPEC section 9).
+pub const SCOPE_EVENTS: &str = "saldos:events";
 
 /// What a request may do with an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Access {
     pub read_all: bool,
     /// `saldos:debit`: every account may be debited.
     pub debit_all: bool,
+    /// `saldos:events`: the feed of every account's events may be read.
+    pub events: bool,
 }
 
 impl Access {
@@ -183,6 +187,13 @@ impl Auth {
     }
 }
 
+/// Whether `access` (absent when authentication is off) may read the feed
+/// of events and store consumer positions: only with `saldos:events`, never
+/// by owning an account.
+pub fn may_follow_events(access: Option<&Access>) -> bool {
+    access.is_none_or(|access| access.events)
+}
+
 /// Whether `access` (absent when authentication is off) allows `operation`
 /// on `usuario`.
 pub fn is_allowed(access: Option<&Access>, usuario: &Usuario, operation: Operation) -> bool {
@@ -272,6 +283,7 @@ mod tests {
             subject: subject.map(usuario),
             read_all,
             debit_all,
+            events: false,
         };
         let ana = usuario("ana");
         let cases = [
@@ -284,7 +296,17 @@ mod tests {
         for (access, read, debit) in cases {
             assert_eq!(access.allows(&ana, Operation::Read), read, "{access:?}");
             assert_eq!(access.allows(&ana, Operation::Debit), debit, "{access:?}");
+            // Only `saldos:events` reads the feed: not an account, nor the
+            // other scopes.
+            assert!(!may_follow_events(Some(&access)), "{access:?}");
         }
         assert!(is_allowed(None, &ana, Operation::Debit));
+        assert!(may_follow_events(None));
+        let follower = Access {
+            events: true,
+            ..access(None, false, false)
+        };
+        assert!(may_follow_events(Some(&follower)));
+        assert!(!follower.allows(&ana, Operation::Read));
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use super::cache::{Cache, Verified};
 use super::keys::{FETCH_TIMEOUT, Key, KeySet, REFRESH_MIN_INTERVAL, Source};
-use super::{Access, Refusal, SCOPE_DEBIT, SCOPE_READ, Unauthenticated};
+use super::{Access, Refusal, SCOPE_DEBIT, SCOPE_EVENTS, SCOPE_READ, Unauthenticated};
 use crate::clock;
 use crate::principal::{Kind, Principal};
 use crate::usuario::Usuario;
@@ -440,10 +440,11 @@ fn why(kind: &ErrorKind) -> Refused {
 /// The access the claims grant: scopes for service clients, `sub` for the
 /// own account, and the principal recorded with debits.
 fn access(claims: Claims) -> Result<Access, Refused> {
-    let (mut read_all, mut debit_all) = (false, false);
+    let (mut read_all, mut debit_all, mut events) = (false, false, false);
     let mut grant = |scope: &str| {
         read_all |= scope == SCOPE_READ;
         debit_all |= scope == SCOPE_DEBIT;
+        events |= scope == SCOPE_EVENTS;
     };
     claims
         .scope
@@ -456,7 +457,7 @@ fn access(claims: Claims) -> Result<Access, Refused> {
         None => {}
     }
     // A service token names its client; a customer's names the customer.
-    let (kind, name) = if read_all || debit_all {
+    let (kind, name) = if read_all || debit_all || events {
         let client = claims.client_id.as_ref().or(claims.azp.as_ref());
         (Kind::Service, client.or(claims.sub.as_ref()))
     } else {
@@ -475,5 +476,6 @@ fn access(claims: Claims) -> Result<Access, Refused> {
         subject: claims.sub.as_deref().and_then(|sub| Usuario::new(sub).ok()),
         read_all,
         debit_all,
+        events,
     })
 }

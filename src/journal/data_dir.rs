@@ -33,6 +33,9 @@ const META_TEMPORARY: &str = "saldos.meta.tmp";
 /// The data directory's format; version 1 framed records without batches.
 const META_VERSION: &str = "saldos-data-dir 2";
 const TEMPORARY_SUFFIX: &str = ".tmp";
+/// The feed's named consumers and their positions, replaced whole.
+const CONSUMERS_FILE: &str = "consumers";
+const CONSUMERS_TEMPORARY: &str = "consumers.tmp";
 
 /// The two kinds of numbered files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,6 +174,28 @@ impl DataDir {
             }),
             Err(source) => Err(Error::Io { path, source }),
         }
+    }
+
+    /// Where the consumers file is, for errors.
+    pub fn consumers_path(&self) -> PathBuf {
+        self.path.join(CONSUMERS_FILE)
+    }
+
+    /// The consumers file's bytes; empty when none was ever written.
+    pub fn read_consumers(&self) -> Result<Vec<u8>, Error> {
+        match self.medium.read(CONSUMERS_FILE) {
+            Ok(bytes) => Ok(bytes),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(self.io_error(&self.path.join(CONSUMERS_FILE), source)),
+        }
+    }
+
+    /// Replaces the consumers file durably (temporary file, sync, rename,
+    /// directory sync): after this returns, a crash keeps `bytes`.
+    pub fn write_consumers(&self, bytes: &[u8]) -> io::Result<()> {
+        self.replace_durably(CONSUMERS_TEMPORARY, CONSUMERS_FILE, |file| {
+            file.append(bytes)
+        })
     }
 
     /// A whole numbered file.

@@ -19,6 +19,7 @@
 //! that justifies the change is synced, in journal order.
 
 pub mod batch;
+mod consumers;
 mod data_dir;
 pub mod medium;
 mod queue;
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use consumers::{CONSUMERS_MAX, Consumers};
 pub use data_dir::FileKind;
 pub use medium::{Medium, Os, PowerCut};
 pub use queue::{ENTRIES_MAX, Queued, Slot, Ticket};
@@ -41,9 +43,11 @@ pub use record::{DecodeError, Key, Record};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::feed::Feed;
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, ReplayError};
 use crate::metrics;
+use crate::seam::EventId;
 use crate::seam::Unavailable;
 use crate::usuario::Usuario;
 use data_dir::{DataDir, Fixed};
@@ -222,6 +226,9 @@ pub fn open_on(
         seed: options.seed,
     };
     let recovered = recovery::recover(&dir, fixed, &ledger, &keys)?;
+    let consumers = Arc::new(Consumers::load(dir.clone())?);
+    // Events before this start are the journal's, not memory's.
+    let feed = Arc::new(Feed::new(EventId(recovered.tail.next_record - 1)));
     let queue = Arc::new(Queue::new());
     let faults = Arc::new(Faults::default());
     let stats = Arc::new(Stats::default());
@@ -232,6 +239,7 @@ pub fn open_on(
         queue: queue.clone(),
         faults: faults.clone(),
         stats: stats.clone(),
+        feed: feed.clone(),
     };
     let writer = Writer::new(shared, recovered.tail, options.segment_bytes_max);
     let thread_queue = queue.clone();
@@ -250,6 +258,8 @@ pub fn open_on(
             queue,
             faults,
             stats,
+            feed,
+            consumers,
             writer: Some(thread),
         },
         records_replayed: recovered.records_replayed,
@@ -264,6 +274,10 @@ pub struct Journal {
     queue: Arc<Queue>,
     faults: Arc<Faults>,
     stats: Arc<Stats>,
+    /// Synced debits, newest in memory.
+    feed: Arc<Feed>,
+    /// The feed's named consumers.
+    consumers: Arc<Consumers>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -290,6 +304,16 @@ impl Journal {
     /// dropped the unsynced pages.
     pub fn has_failed(&self) -> bool {
         self.queue.has_failed()
+    }
+
+    /// The feed of synced debits.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// The feed's named consumers, stored in the data directory.
+    pub fn consumers(&self) -> &Arc<Consumers> {
+        &self.consumers
     }
 
     /// The fault-injection switches.

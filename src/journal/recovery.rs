@@ -16,7 +16,7 @@ use super::writer::Tail;
 use super::{DecodeError, Error, Record};
 use crate::clock;
 use crate::idempotency::{Scoped, Table};
-use crate::ledger::{Ledger, Outcome, ReplayError};
+use crate::ledger::{Ledger, Outcome, ReplayError, Stamp};
 use crate::principal::Kind;
 use crate::usuario::Usuario;
 
@@ -283,8 +283,8 @@ struct Restorer<'a> {
 impl Restorer<'_> {
     fn replay(&mut self, record: &Record, number: u64) -> Result<(), ReplayError> {
         if let Outcome::Debited { nuevo_saldo } = record.outcome {
-            self.ledger
-                .replay(&record.usuario, record.monto, number, nuevo_saldo)?;
+            let stamp = Stamp::new(number, record.kind, record.monto, record.time_ms);
+            self.ledger.replay(&record.usuario, stamp, nuevo_saldo)?;
         }
         self.key(record);
         Ok(())
@@ -297,9 +297,10 @@ impl Restore for Restorer<'_> {
         usuario: &Usuario,
         saldo: u64,
         last_record: u64,
+        history: &[Stamp],
     ) -> Result<(), ReplayError> {
         self.ledger
-            .restore(usuario, saldo, last_record)
+            .restore(usuario, saldo, last_record, history)
             .map_err(|_| ReplayError::TooManyAccounts {
                 accounts_max: self.ledger.accounts_max(),
             })

@@ -26,9 +26,11 @@ use std::time::Instant;
 use super::data_dir::DataDir;
 use super::medium::MediumFile;
 use super::queue::{Queue, Queued};
-use super::{Faults, Stats, Unavailable, batch, snapshot};
+use super::{Faults, Record, Stats, Unavailable, batch, snapshot};
+use crate::feed::Feed;
 use crate::idempotency::Table;
-use crate::ledger::{Ledger, Outcome};
+use crate::ledger::{Ledger, Outcome, Stamp};
+use crate::seam::{Event, EventId, Movement};
 
 /// Where the journal's end is: the segment being appended and the numbering.
 pub struct Tail {
@@ -56,6 +58,8 @@ pub struct Shared {
     pub faults: Arc<Faults>,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Where synced debits become events.
+    pub feed: Arc<Feed>,
 }
 
 /// The appending side of the journal, owned by its thread.
@@ -98,7 +102,7 @@ impl Writer {
             let records = self.encode(&batch, &mut bytes);
             self.shared.queue.writing(first, batch.len());
             let durable = self.append(&bytes).is_ok();
-            self.settle(&batch, durable);
+            let debited = self.settle(&batch, durable);
             if durable {
                 self.tail.next_record += records;
                 let stats = &self.shared.stats;
@@ -109,6 +113,9 @@ impl Writer {
             }
             // Last: a woken request sees the batch settled and counted.
             self.shared.queue.complete(first, batch.len(), durable);
+            if debited {
+                self.shared.feed.committed();
+            }
             batch.clear();
             if durable && self.tail.segment_bytes >= self.segment_bytes_max {
                 self.rotate();
@@ -189,18 +196,26 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies (or releases) each entry in journal order.
-    fn settle(&self, batch: &[Queued], durable: bool) {
+    /// Applies (or releases) each entry in journal order; a durable
+    /// batch's debits join the feed. Returns whether any did.
+    fn settle(&self, batch: &[Queued], durable: bool) -> bool {
         let mut number = self.tail.next_record;
+        let mut events = Vec::new();
         for queued in batch {
             let Some(record) = &queued.record else {
                 continue;
             };
-            if let (Some(account), Outcome::Debited { .. }) = (queued.account, record.outcome) {
-                let applied = durable.then_some(number);
+            if let (Some(account), Outcome::Debited { nuevo_saldo }) =
+                (queued.account, record.outcome)
+            {
+                let applied =
+                    durable.then(|| Stamp::new(number, record.kind, record.monto, record.time_ms));
                 self.shared
                     .ledger
                     .settle(account, &record.usuario, record.monto, applied);
+                if durable {
+                    events.push(event_of(record, number, nuevo_saldo));
+                }
             }
             if let Some((key, remembered)) = record.remembered() {
                 if durable {
@@ -211,6 +226,9 @@ impl Writer {
             }
             number += 1;
         }
+        let debited = !events.is_empty();
+        self.shared.feed.extend(events);
+        debited
     }
 
     /// Starts the next segment and has a snapshot of the state as of the end
@@ -340,5 +358,20 @@ impl Drop for DeathWatch<'_> {
                 self.queue.fail();
             }
         }
+    }
+}
+
+/// A synced debit record as the feed shows it.
+fn event_of(record: &Record, number: u64, nuevo_saldo: u64) -> Event {
+    Event {
+        movement: Movement {
+            id: EventId(number),
+            kind: record.kind,
+            monto: record.monto,
+            saldo: nuevo_saldo,
+            time_ms: record.time_ms,
+        },
+        usuario: record.usuario,
+        principal: record.principal.clone(),
     }
 }

@@ -38,6 +38,7 @@ use tokio::sync::Semaphore;
 
 pub use recorder::{
     ConnectionOpen, DURATION_BOUNDS_SECONDS, MethodLabel, Recorder, RouteLabel, STATUSES,
+    StreamOpen,
 };
 
 use crate::auth::Refusal;
@@ -93,8 +94,13 @@ pub const DB_BATCH_DEBITS: &str = "saldos_db_batch_debits";
 /// a statement that failed.
 pub const DB_ERRORS: &str = "saldos_db_errors_total";
 
+/// Event streams (`GET /eventos` as Server-Sent Events) open now.
+pub const EVENTS_STREAMS_OPEN: &str = "saldos_events_streams_open";
+/// Events sent, in pages and streams.
+pub const EVENTS_SENT: &str = "saldos_events_sent_total";
+
 /// The families every server exports, whatever its storage.
-pub const FAMILIES: [&str; 18] = [
+pub const FAMILIES: [&str; 20] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     DEBITS,
@@ -113,6 +119,8 @@ pub const FAMILIES: [&str; 18] = [
     PROCESS_MAX_FDS,
     PROCESS_START_TIME,
     PROCESS_THREADS,
+    EVENTS_STREAMS_OPEN,
+    EVENTS_SENT,
 ];
 
 /// The families the journal storage adds.
@@ -254,6 +262,20 @@ impl Collector for Requests {
             "Client connections being served.",
             None,
             open.metric_type(),
+        )?)?;
+        let streams = ConstGauge::new(recorder.streams_open());
+        streams.encode(encoder.encode_descriptor(
+            EVENTS_STREAMS_OPEN,
+            "Event streams (Server-Sent Events) open now.",
+            None,
+            streams.metric_type(),
+        )?)?;
+        let sent = ConstCounter::new(recorder.events_sent_total());
+        sent.encode(encoder.encode_descriptor(
+            counter_base(EVENTS_SENT),
+            "Events sent, in pages and streams.",
+            None,
+            sent.metric_type(),
         )?)
     }
 }

@@ -10,6 +10,7 @@
 //! has no cells and records nothing.
 
 use std::cell::Cell as ThreadCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -53,18 +54,27 @@ pub enum RouteLabel {
     Pago,
     /// `/retiro`.
     Retiro,
+    /// `/movimientos/{usuario}`.
+    Movimientos,
+    /// `/eventos`.
+    Eventos,
+    /// `/eventos/cursores/{nombre}`.
+    Cursores,
     /// Any path no route has.
     Unmatched,
 }
 
 impl RouteLabel {
     /// Every route label, in index order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 9] = [
         Self::Health,
         Self::Live,
         Self::Saldo,
         Self::Pago,
         Self::Retiro,
+        Self::Movimientos,
+        Self::Eventos,
+        Self::Cursores,
         Self::Unmatched,
     ];
 
@@ -76,6 +86,9 @@ impl RouteLabel {
             Self::Saldo => "/saldo/{usuario}",
             Self::Pago => "/pago",
             Self::Retiro => "/retiro",
+            Self::Movimientos => "/movimientos/{usuario}",
+            Self::Eventos => "/eventos",
+            Self::Cursores => "/eventos/cursores/{nombre}",
             Self::Unmatched => "unmatched",
         }
     }
@@ -98,13 +111,15 @@ pub enum MethodLabel {
     Head,
     /// `POST`.
     Post,
+    /// `PUT`.
+    Put,
     /// Any other method.
     Other,
 }
 
 impl MethodLabel {
     /// Every method label, in index order.
-    pub const ALL: [Self; 4] = [Self::Get, Self::Head, Self::Post, Self::Other];
+    pub const ALL: [Self; 5] = [Self::Get, Self::Head, Self::Post, Self::Put, Self::Other];
 
     /// The label of `method`.
     pub fn of(method: &Method) -> Self {
@@ -112,6 +127,7 @@ impl MethodLabel {
             Method::GET => Self::Get,
             Method::HEAD => Self::Head,
             Method::POST => Self::Post,
+            Method::PUT => Self::Put,
             _ => Self::Other,
         }
     }
@@ -122,13 +138,16 @@ impl MethodLabel {
             Self::Get => "GET",
             Self::Head => "HEAD",
             Self::Post => "POST",
+            Self::Put => "PUT",
             Self::Other => "other",
         }
     }
 }
 
 /// The statuses the API answers (SPEC section 1); any other is `other`.
-pub const STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 503];
+pub const STATUSES: [u16; 13] = [
+    200, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 503,
+];
 
 /// Index of `status` in [`STATUSES`], or `STATUSES.len()` for `other`.
 fn status_index(status: StatusCode) -> usize {
@@ -177,6 +196,10 @@ pub struct Recorder {
     cells: Box<[CachePadded<Cell>]>,
     /// Connections being served now.
     connections_open: CachePadded<AtomicI64>,
+    /// Event streams open now.
+    streams_open: CachePadded<AtomicI64>,
+    /// Events sent, in pages and streams.
+    events_sent: CachePadded<AtomicU64>,
 }
 
 /// Adds `n` to a counter only this thread slot writes, mostly.
@@ -209,6 +232,8 @@ impl Recorder {
                 .map(|_| CachePadded::new(Cell::default()))
                 .collect(),
             connections_open: CachePadded::new(AtomicI64::new(0)),
+            streams_open: CachePadded::new(AtomicI64::new(0)),
+            events_sent: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -217,6 +242,8 @@ impl Recorder {
         Self {
             cells: Box::new([]),
             connections_open: CachePadded::new(AtomicI64::new(0)),
+            streams_open: CachePadded::new(AtomicI64::new(0)),
+            events_sent: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -286,6 +313,30 @@ impl Recorder {
     /// Connections being served now.
     pub fn connections_open(&self) -> i64 {
         self.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// An event stream is open, until the returned guard drops; `None`
+    /// when `max` are open already. Counted whether metrics are on or not:
+    /// the count is also the streams' bound.
+    pub fn stream_within(self: &Arc<Self>, max: i64) -> Option<StreamOpen> {
+        let open = self.streams_open.fetch_add(1, Ordering::Relaxed);
+        let guard = StreamOpen(self.clone());
+        (open < max).then_some(guard)
+    }
+
+    /// Event streams open now.
+    pub fn streams_open(&self) -> i64 {
+        self.streams_open.load(Ordering::Relaxed)
+    }
+
+    /// `count` events were sent.
+    pub fn events_sent(&self, count: usize) {
+        self.events_sent.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Events sent so far.
+    pub fn events_sent_total(&self) -> u64 {
+        self.events_sent.load(Ordering::Relaxed)
     }
 
     /// Sums a counter over the cells.
@@ -367,6 +418,15 @@ pub struct ConnectionOpen<'a>(&'a Recorder);
 impl Drop for ConnectionOpen<'_> {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one open event stream while alive.
+pub struct StreamOpen(Arc<Recorder>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1086,6 +1086,7 @@ fn open_fixture(
         shard_count: 8,
         opening_saldo: 100_000,
         accounts_max: 1_000,
+        history_per_account: 0,
     }));
     for (usuario, saldo) in &seed {
         ledger.seed(usuario, *saldo).unwrap();

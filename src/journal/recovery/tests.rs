@@ -33,6 +33,7 @@ fn start_with_segments(
         shard_count: 4,
         opening_saldo,
         accounts_max,
+        history_per_account: 0,
     }));
     let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 1_000));
     let seed = [(usuario("usuario1"), 10_000)];
@@ -363,6 +364,7 @@ fn a_second_owner_is_refused_with_the_holders_pid() {
             shard_count: 4,
             opening_saldo: OPENING,
             accounts_max: 100,
+            history_per_account: 0,
         }));
         let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 100));
         let options = Options {
