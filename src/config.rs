@@ -601,6 +601,24 @@ mod tests {
     }
 
     #[test]
+    fn only_loopback_hosts_are_loopback() {
+        let cases = [
+            ("http://localhost/jwks.json", true),
+            ("http://LOCALHOST:8080/jwks.json", true),
+            ("http://127.0.0.1:9000/jwks.json", true),
+            ("http://127.8.9.1/jwks.json", true),
+            ("http://[::1]:9000/jwks.json", true),
+            ("http://keys.example.com/jwks.json", false),
+            ("http://10.0.0.1/jwks.json", false),
+            ("http://localhost.example.com/jwks.json", false),
+        ];
+        for (url, expected) in cases {
+            let url: http::Uri = url.parse().unwrap();
+            assert_eq!(is_loopback(&url), expected, "{url}");
+        }
+    }
+
+    #[test]
     fn algorithms_refuse_none_and_hmac() {
         use jsonwebtoken::Algorithm;
         assert_eq!(
