@@ -215,6 +215,10 @@ pub struct ServeArgs {
     /// journal storages (24 bytes each; postgres keeps them all).
     #[arg(long, env = "SALDOS_HISTORY_PER_ACCOUNT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub history_per_account: u16,
+    /// How long the journal keeps segments for the feed of events beyond
+    /// what snapshots need (`GET /eventos`); older cursors get 410.
+    #[arg(long, env = "SALDOS_EVENTS_RETENTION", default_value = "24h", value_parser = parse_events_retention)]
+    pub events_retention: Duration,
     /// The PostgreSQL storage's database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -506,6 +510,13 @@ fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
         .parse()
         .map_err(|_| format!("'{text}' is not an address such as 127.0.0.1:9464 (empty: off)"))?;
     Ok(MetricsAddr(Some(address)))
+}
+
+/// The longest `--events-retention`.
+pub const EVENTS_RETENTION_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+fn parse_events_retention(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, EVENTS_RETENTION_MAX)
 }
 
 fn parse_slow_request(text: &str) -> Result<Duration, String> {

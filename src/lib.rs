@@ -167,6 +167,7 @@ fn open_local(args: &ServeArgs) -> Result<Storage, StartError> {
         opening_saldo: args.opening_balance,
         seed: &args.seed.0,
         segment_bytes_max: args.journal_segment_bytes,
+        events_retention: args.events_retention,
     };
     let recovered = journal::open(&options, ledger.clone(), keys.clone())?;
     tracing::info!(

@@ -96,9 +96,21 @@ impl Local {
         HistoryPage { movements, more }
     }
 
-    /// Durable events after `after`, in commit order, from memory.
-    pub fn events(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, FeedError> {
-        self.feed.read(after, limit)
+    /// Durable events after `after`, in commit order: memory storage's
+    /// from memory; the journal's from memory or, on a blocking thread,
+    /// from its segments.
+    pub async fn events(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, FeedError> {
+        let Some(journal) = &self.journal else {
+            return self.feed.read(after, limit);
+        };
+        let events = journal.events().clone();
+        tokio::task::spawn_blocking(move || events.read(after, limit))
+            .await
+            .map_err(|_| FeedError::Unavailable)?
     }
 
     /// Woken after each commit that made events.

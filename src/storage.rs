@@ -115,7 +115,7 @@ impl Storage {
     ) -> Result<Vec<Event>, FeedError> {
         debug_assert!((1..=crate::seam::EVENTS_PAGE_MAX).contains(&limit));
         match &self.backend {
-            Backend::Local(local) => local.events(after, limit),
+            Backend::Local(local) => local.events(after, limit).await,
             Backend::Postgres(postgres) => postgres.events(after, limit).await,
         }
     }

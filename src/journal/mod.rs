@@ -21,6 +21,7 @@
 pub mod batch;
 mod consumers;
 mod data_dir;
+mod events;
 pub mod medium;
 mod queue;
 mod record;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 pub use consumers::{CONSUMERS_MAX, Consumers};
 pub use data_dir::FileKind;
+pub use events::Events;
 pub use medium::{Medium, Os, PowerCut};
 pub use queue::{ENTRIES_MAX, Queued, Slot, Ticket};
 pub use record::{DecodeError, Key, Record};
@@ -51,6 +53,7 @@ use crate::seam::EventId;
 use crate::seam::Unavailable;
 use crate::usuario::Usuario;
 use data_dir::{DataDir, Fixed};
+use events::SegmentEvents;
 use queue::Queue;
 use writer::{DeathWatch, Shared, Writer};
 
@@ -187,6 +190,9 @@ pub struct Options<'a> {
     pub seed: &'a [(Usuario, u64)],
     /// A segment this large is closed and snapshotted.
     pub segment_bytes_max: u64,
+    /// Segments a snapshot covers are removed only once their records are
+    /// older than this (the feed of events reads them).
+    pub events_retention: Duration,
 }
 
 /// A journal ready to take records, and what recovery did.
@@ -227,6 +233,8 @@ pub fn open_on(
     };
     let recovered = recovery::recover(&dir, fixed, &ledger, &keys)?;
     let consumers = Arc::new(Consumers::load(dir.clone())?);
+    let segment_events = SegmentEvents::new(dir.clone());
+    let durable_through = Arc::new(AtomicU64::new(recovered.tail.next_record - 1));
     // Events before this start are the journal's, not memory's.
     let feed = Arc::new(Feed::new(EventId(recovered.tail.next_record - 1)));
     let queue = Arc::new(Queue::new());
@@ -240,8 +248,14 @@ pub fn open_on(
         faults: faults.clone(),
         stats: stats.clone(),
         feed: feed.clone(),
+        durable_through: durable_through.clone(),
     };
-    let writer = Writer::new(shared, recovered.tail, options.segment_bytes_max);
+    let writer = Writer::new(
+        shared,
+        recovered.tail,
+        options.segment_bytes_max,
+        options.events_retention,
+    );
     let thread_queue = queue.clone();
     let thread = std::thread::Builder::new()
         .name("saldos-journal".into())
@@ -258,7 +272,8 @@ pub fn open_on(
             queue,
             faults,
             stats,
-            feed,
+            feed: feed.clone(),
+            events: Arc::new(Events::new(feed, segment_events, durable_through)),
             consumers,
             writer: Some(thread),
         },
@@ -276,6 +291,8 @@ pub struct Journal {
     stats: Arc<Stats>,
     /// Synced debits, newest in memory.
     feed: Arc<Feed>,
+    /// Synced debits, from memory or the segments.
+    events: Arc<Events>,
     /// The feed's named consumers.
     consumers: Arc<Consumers>,
     writer: Option<JoinHandle<()>>,
@@ -309,6 +326,11 @@ impl Journal {
     /// The feed of synced debits.
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
+    }
+
+    /// The synced debits, for readers of the feed.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
     }
 
     /// The feed's named consumers, stored in the data directory.

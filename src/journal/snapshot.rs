@@ -26,6 +26,7 @@
 use std::io;
 
 use super::data_dir::{DataDir, FileKind};
+use super::events::segment_head;
 use super::medium::MediumFile;
 use super::{Error, Record};
 use crate::clock;
@@ -72,9 +73,17 @@ impl Out<'_> {
     }
 }
 
-/// Writes snapshot `cut.covers` durably (then removes the files it replaces);
-/// returns its size in bytes.
-pub fn write(dir: &DataDir, cut: Cut, ledger: &Ledger, keys: &Table) -> io::Result<u64> {
+/// Writes snapshot `cut.covers` durably, then removes the snapshots it
+/// replaces and the segments it covers whose records are all older than
+/// `events_since_ms` (the feed reads the younger ones); returns its size in
+/// bytes.
+pub fn write(
+    dir: &DataDir,
+    cut: Cut,
+    ledger: &Ledger,
+    keys: &Table,
+    events_since_ms: u64,
+) -> io::Result<u64> {
     let mut size = 0;
     dir.write_snapshot(cut.covers, |file| {
         let mut out = Out {
@@ -99,8 +108,23 @@ pub fn write(dir: &DataDir, cut: Cut, ledger: &Ledger, keys: &Table) -> io::Resu
         size = out.bytes;
         Ok(())
     })?;
-    dir.remove_before(cut.covers)?;
+    let segments_kept_from = first_segment_kept(dir, cut.covers, events_since_ms)?;
+    dir.remove_before(cut.covers, segments_kept_from)?;
     Ok(size)
+}
+
+/// The first segment before `covers` the feed still needs: a segment's
+/// records are all older than the next segment's first, so segment `n` may
+/// go once segment `n + 1` began before `events_since_ms`.
+fn first_segment_kept(dir: &DataDir, covers: u64, events_since_ms: u64) -> io::Result<u64> {
+    let segments = dir.segments()?;
+    for pair in segments.windows(2).filter(|pair| pair[0] < covers) {
+        let next_began = segment_head(dir, pair[1])?.map_or(u64::MAX, |head| head.time_ms);
+        if next_began >= events_since_ms {
+            return Ok(pair[0]);
+        }
+    }
+    Ok(covers)
 }
 
 /// Every account, then every live key, one shard at a time.

@@ -19,18 +19,18 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::data_dir::DataDir;
+use super::events::event_of;
 use super::medium::MediumFile;
 use super::queue::{Queue, Queued};
-use super::{Faults, Record, Stats, Unavailable, batch, snapshot};
+use super::{Faults, Stats, Unavailable, batch, snapshot};
 use crate::feed::Feed;
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, Outcome, Stamp};
-use crate::seam::{Event, EventId, Movement};
 
 /// Where the journal's end is: the segment being appended and the numbering.
 pub struct Tail {
@@ -60,6 +60,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Where synced debits become events.
     pub feed: Arc<Feed>,
+    /// The number of the last synced record, for readers of the segments.
+    pub durable_through: Arc<AtomicU64>,
 }
 
 /// The appending side of the journal, owned by its thread.
@@ -68,6 +70,8 @@ pub struct Writer {
     tail: Tail,
     /// A segment this large is closed and snapshotted.
     segment_bytes_max: u64,
+    /// See [`super::Options::events_retention`].
+    events_retention: Duration,
     /// The snapshot being written, at most one at a time.
     snapshot: Option<JoinHandle<()>>,
     /// The last rotation failed (its warning was logged).
@@ -76,11 +80,17 @@ pub struct Writer {
 
 impl Writer {
     /// A writer appending at `tail`.
-    pub fn new(shared: Shared, tail: Tail, segment_bytes_max: u64) -> Self {
+    pub fn new(
+        shared: Shared,
+        tail: Tail,
+        segment_bytes_max: u64,
+        events_retention: Duration,
+    ) -> Self {
         Self {
             shared,
             tail,
             segment_bytes_max,
+            events_retention,
             snapshot: None,
             rotation_failing: false,
         }
@@ -105,6 +115,9 @@ impl Writer {
             let debited = self.settle(&batch, durable);
             if durable {
                 self.tail.next_record += records;
+                self.shared
+                    .durable_through
+                    .store(self.tail.next_record - 1, Ordering::Release);
                 let stats = &self.shared.stats;
                 stats.records.fetch_add(records, Ordering::Relaxed);
                 if records > 0 {
@@ -265,6 +278,8 @@ impl Writer {
             covers: next,
             next_record: self.tail.next_record,
         };
+        let events_since_ms = crate::clock::unix_ms()
+            .saturating_sub(u64::try_from(self.events_retention.as_millis()).unwrap_or(u64::MAX));
         let (dir, ledger, keys, queue, stats) = (
             self.shared.dir.clone(),
             self.shared.ledger.clone(),
@@ -278,7 +293,7 @@ impl Writer {
                 let _death = DeathWatch::snapshot(&queue);
                 yield_to_requests();
                 let started = std::time::Instant::now();
-                match snapshot::write(&dir, cut, &ledger, &keys) {
+                match snapshot::write(&dir, cut, &ledger, &keys, events_since_ms) {
                     Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
                         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -358,20 +373,5 @@ impl Drop for DeathWatch<'_> {
                 self.queue.fail();
             }
         }
-    }
-}
-
-/// A synced debit record as the feed shows it.
-fn event_of(record: &Record, number: u64, nuevo_saldo: u64) -> Event {
-    Event {
-        movement: Movement {
-            id: EventId(number),
-            kind: record.kind,
-            monto: record.monto,
-            saldo: nuevo_saldo,
-            time_ms: record.time_ms,
-        },
-        usuario: record.usuario,
-        principal: record.principal.clone(),
     }
 }

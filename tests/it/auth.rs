@@ -1098,6 +1098,7 @@ fn open_fixture(
         opening_saldo: 100_000,
         seed: &seed,
         segment_bytes_max: 4096,
+        events_retention: std::time::Duration::ZERO,
     };
     let opened = saldos::journal::open(&options, ledger.clone(), keys.clone()).unwrap();
     (ledger, keys, opened)

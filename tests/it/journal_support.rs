@@ -63,6 +63,7 @@ pub fn open_with_segments(
         opening_saldo: OPENING,
         seed: &seed,
         segment_bytes_max,
+        events_retention: std::time::Duration::ZERO,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
     let opened = journal::open_on(medium, &options, ledger.clone(), keys.clone())?;

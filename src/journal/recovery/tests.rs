@@ -42,6 +42,7 @@ fn start_with_segments(
         opening_saldo,
         seed: &seed,
         segment_bytes_max,
+        events_retention: std::time::Duration::ZERO,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
     let result = open_on(medium, &options, ledger.clone(), keys);
@@ -372,6 +373,7 @@ fn a_second_owner_is_refused_with_the_holders_pid() {
             opening_saldo: OPENING,
             seed: &[],
             segment_bytes_max: 1 << 20,
+            events_retention: std::time::Duration::ZERO,
         };
         open(&options, ledger, keys)
     };
