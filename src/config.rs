@@ -267,6 +267,10 @@ pub struct AuthArgs {
     /// A JWKS JSON file, re-read when it changes.
     #[arg(long, env = "SALDOS_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// Allow an `http://` JWKS URL to a host other than loopback (keys
+    /// fetched in the clear can be replaced on the way: never in production).
+    #[arg(long, env = "SALDOS_JWKS_ALLOW_HTTP")]
+    pub jwks_allow_http: bool,
     /// Signature algorithms accepted (RS256, RS384, RS512, PS256, PS384,
     /// PS512, ES256, ES384, EdDSA; `none` and HS* are refused).
     #[arg(long, env = "SALDOS_JWT_ALGORITHMS", default_value = "RS256,ES256", value_parser = parse_algorithms)]
@@ -302,9 +306,24 @@ impl AuthArgs {
             (Some(url), _) if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() => {
                 Err(format!("--jwks-url/SALDOS_JWKS_URL: '{url}' is not an http(s):// URL"))
             }
+            (Some(url), _) if url.scheme_str() == Some("http") && !self.jwks_allow_http && !is_loopback(url) => {
+                Err(format!(
+                    "--jwks-url/SALDOS_JWKS_URL: '{url}' is plain http:// to a host other than loopback; use https:// (or --jwks-allow-http/SALDOS_JWKS_ALLOW_HTTP)"
+                ))
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `url`'s host is this machine: `localhost` or a loopback address.
+fn is_loopback(url: &http::Uri) -> bool {
+    let host = url.host().unwrap_or_default();
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// `saldos dev-token` options: DEVELOPMENT ONLY.
@@ -589,6 +608,24 @@ mod tests {
             "a=9007199254740992",
         ] {
             assert!(parse_seed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_loopback() {
+        let cases = [
+            ("http://localhost/jwks.json", true),
+            ("http://LOCALHOST:8080/jwks.json", true),
+            ("http://127.0.0.1:9000/jwks.json", true),
+            ("http://127.8.9.1/jwks.json", true),
+            ("http://[::1]:9000/jwks.json", true),
+            ("http://keys.example.com/jwks.json", false),
+            ("http://10.0.0.1/jwks.json", false),
+            ("http://localhost.example.com/jwks.json", false),
+        ];
+        for (url, expected) in cases {
+            let url: http::Uri = url.parse().unwrap();
+            assert_eq!(is_loopback(&url), expected, "{url}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The router: the one place that maps a method and path to a handler, and
 //! every refusal to its response. Also stamps `X-Request-Id` on every answer,
-//! counts it in the request metrics and logs it when slow. Authenticates
+//! counts it in the request metrics, and logs it: at `warn` when slow, else
+//! at `debug` (SPEC section 7's request log, nothing built below it). Authenticates
 //! every request but the health probes, after 404/405 and before anything
 //! else (SPEC section 6's order).
 
@@ -12,7 +13,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, ApiError, Body};
-use crate::auth::Auth;
+use crate::auth::{Auth, Refusal};
 use crate::ledger::DebitKind;
 use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
@@ -136,17 +137,28 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
     if let Some(trace) = &trace {
         trace.finish(status.as_u16());
     }
+    // One line per request: at `warn` when slow, else at `debug`, whose
+    // fields are built only when that level is on (the macro checks the
+    // level first: nothing is formatted at the default level).
+    macro_rules! request_line {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                route = route.as_str(),
+                method = method.as_str(),
+                status = status.as_u16(),
+                duration_us = elapsed.as_micros() as u64,
+                duration_ms = elapsed.as_millis() as u64,
+                request_id = request_id.to_str().unwrap_or_default(),
+                trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
+                amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
+                $message
+            )
+        };
+    }
     if elapsed >= app.slow_request {
-        tracing::warn!(
-            route = route.as_str(),
-            method = method.as_str(),
-            status = status.as_u16(),
-            duration_ms = elapsed.as_millis() as u64,
-            request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
-            amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
-            "slow request"
-        );
+        request_line!(warn, "slow request");
+    } else {
+        request_line!(debug, "request");
     }
     response
         .headers_mut()
@@ -180,9 +192,12 @@ async fn route(
     };
     let access = match access {
         Ok(access) => access,
-        Err(unauthenticated) => return (label, Err(unauthenticated.into())),
+        Err(unauthenticated) => {
+            app.metrics.auth_refusal(unauthenticated.reason());
+            return (label, Err(unauthenticated.into()));
+        }
     };
-    let access = access.as_deref();
+    let access = access.as_ref();
     let answered = match route {
         Route::Health => api::get_health(&app.storage).await,
         Route::Live => api::get_live(&app.storage),
@@ -200,6 +215,12 @@ async fn route(
             api::put_cursor(app, &segment, request, access).await
         }
     };
+    if answered
+        .as_ref()
+        .is_err_and(|error| *error == ApiError::Prohibido)
+    {
+        app.metrics.auth_refusal(Refusal::Forbidden);
+    }
     (label, answered)
 }
 

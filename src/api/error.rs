@@ -63,6 +63,9 @@ pub enum ApiError {
     ParametroInvalido,
     /// Events after the cursor are no longer kept.
     CursorExpirado,
+    /// The request head is over 16 KiB or 64 headers (answered by the server
+    /// for the HTTP layer, which refuses the head before any route).
+    CabecerasDemasiadoGrandes,
 }
 
 impl ApiError {
@@ -87,6 +90,7 @@ impl ApiError {
             Self::NoDisponible => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotenciaConflicto => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotenciaEnCurso => StatusCode::CONFLICT,
+            Self::CabecerasDemasiadoGrandes => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -111,6 +115,7 @@ impl ApiError {
             Self::IdempotenciaEnCurso => "IDEMPOTENCIA_EN_CURSO",
             Self::ParametroInvalido => "PARAMETRO_INVALIDO",
             Self::CursorExpirado => "CURSOR_EXPIRADO",
+            Self::CabecerasDemasiadoGrandes => "CABECERAS_DEMASIADO_GRANDES",
         }
     }
 
@@ -144,6 +149,7 @@ impl ApiError {
             }
             Self::ParametroInvalido => "Parámetro de consulta inválido.",
             Self::CursorExpirado => "El cursor ya no está disponible.",
+            Self::CabecerasDemasiadoGrandes => "Las cabeceras exceden el tamaño máximo permitido.",
         }
     }
 
@@ -196,7 +202,7 @@ impl ApiError {
 impl From<Unauthenticated> for ApiError {
     fn from(unauthenticated: Unauthenticated) -> Self {
         Self::NoAutenticado {
-            token_sent: unauthenticated == Unauthenticated::InvalidToken,
+            token_sent: unauthenticated != Unauthenticated::NoToken,
         }
     }
 }

@@ -15,8 +15,9 @@ use super::snapshot::{self, Cut, Restore};
 use super::writer::Tail;
 use super::{DecodeError, Error, Record};
 use crate::clock;
-use crate::idempotency::Table;
+use crate::idempotency::{Scoped, Table};
 use crate::ledger::{Ledger, Outcome, ReplayError, Stamp};
+use crate::principal::Kind;
 use crate::usuario::Usuario;
 
 /// What recovery found and did.
@@ -305,11 +306,32 @@ impl Restore for Restorer<'_> {
             })
     }
 
+    /// Remembers the record's key. A principal without a kind (journal
+    /// format 2) may have been either: its key is remembered for both, so a
+    /// retry across the upgrade replays whichever kind its token now names,
+    /// and is never debited twice.
     fn key(&mut self, record: &Record) {
-        if let Some((key, remembered)) = record.remembered()
-            && !self.keys.is_expired(&remembered, self.now_ms)
+        let Some((key, remembered)) = record.remembered() else {
+            return;
+        };
+        if self.keys.is_expired(&remembered, self.now_ms) {
+            return;
+        }
+        match key
+            .principal
+            .filter(|principal| principal.kind() == Kind::Unknown)
         {
-            self.keys.finish(key, remembered);
+            None => self.keys.finish(key, remembered),
+            Some(kindless) => {
+                for kind in Kind::KNOWN {
+                    let principal = kindless.with_kind(kind);
+                    let scoped = Scoped {
+                        principal: Some(&principal),
+                        key: key.key,
+                    };
+                    self.keys.finish(scoped, remembered);
+                }
+            }
         }
     }
 }

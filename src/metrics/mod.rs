@@ -41,6 +41,7 @@ pub use recorder::{
     StreamOpen,
 };
 
+use crate::auth::Refusal;
 use crate::ledger::DebitKind;
 
 /// Requests answered, by route pattern, method and status.
@@ -51,6 +52,9 @@ pub const HTTP_REQUEST_DURATION: &str = "saldos_http_request_duration_seconds";
 pub const DEBITS: &str = "saldos_debits_total";
 /// Answers replayed from an idempotency key.
 pub const IDEMPOTENCY_REPLAYS: &str = "saldos_idempotency_replays_total";
+/// Requests refused by authentication (401) or authorization (403), by
+/// reason (`auth::Refusal`, a fixed set).
+pub const AUTH_REFUSALS: &str = "saldos_auth_refusals_total";
 /// 1 while debits can be applied (the readiness probe), else 0.
 pub const STORAGE_HEALTHY: &str = "saldos_storage_healthy";
 /// Client connections being served.
@@ -96,11 +100,12 @@ pub const EVENTS_STREAMS_OPEN: &str = "saldos_events_streams_open";
 pub const EVENTS_SENT: &str = "saldos_events_sent_total";
 
 /// The families every server exports, whatever its storage.
-pub const FAMILIES: [&str; 19] = [
+pub const FAMILIES: [&str; 20] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     DEBITS,
     IDEMPOTENCY_REPLAYS,
+    AUTH_REFUSALS,
     STORAGE_HEALTHY,
     CONNECTIONS_OPEN,
     ACCOUNTS_STORED,
@@ -241,6 +246,16 @@ impl Collector for Requests {
             None,
             replays.metric_type(),
         )?)?;
+        let mut family = encoder.encode_descriptor(
+            counter_base(AUTH_REFUSALS),
+            "Requests refused by authentication (401) or authorization (403), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in Refusal::ALL {
+            let count = ConstCounter::new(recorder.auth_refusals(reason));
+            count.encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        }
         let open = ConstGauge::new(recorder.connections_open());
         open.encode(encoder.encode_descriptor(
             CONNECTIONS_OPEN,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use http::{Method, StatusCode};
 
+use crate::auth::Refusal;
 use crate::ledger::{DebitKind, Outcome};
 
 /// Most per-thread cells a recorder keeps; threads beyond share them.
@@ -186,6 +187,8 @@ struct Cell {
     /// By [`DebitKind`], then debited (0) or refused (1).
     debits: [[AtomicU64; 2]; 2],
     replays: AtomicU64,
+    /// By [`Refusal`].
+    auth_refusals: [AtomicU64; Refusal::ALL.len()],
 }
 
 /// Counts of the request path, per thread slot; see the module's doc.
@@ -292,6 +295,13 @@ impl Recorder {
         }
     }
 
+    /// One request refused by authentication (401) or authorization (403).
+    pub fn auth_refusal(&self, reason: Refusal) {
+        if let Some(cell) = self.cell() {
+            add(&cell.auth_refusals[reason as usize], 1);
+        }
+    }
+
     /// A connection is being served, until the returned guard drops.
     pub fn connection(&self) -> Option<ConnectionOpen<'_>> {
         self.is_on().then(|| {
@@ -384,6 +394,11 @@ impl Recorder {
     /// Answers replayed from idempotency keys.
     pub fn replays(&self) -> u64 {
         self.sum(|cell| &cell.replays)
+    }
+
+    /// Requests refused for `reason`.
+    pub fn auth_refusals(&self, reason: Refusal) -> u64 {
+        self.sum(|cell| &cell.auth_refusals[reason as usize])
     }
 }
 

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "debit_batch_v2",
         sql: include_str!("migrations/0002_debit_batch_v2.sql"),
     },
+    Migration {
+        version: 3,
+        name: "principal_kinds",
+        sql: include_str!("migrations/0003_principal_kinds.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("saldos" in ASCII).
