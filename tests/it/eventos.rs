@@ -761,7 +761,7 @@ async fn the_feed_needs_the_events_scope() {
     let reply = client.request("GET", "/eventos", &auth, None).await;
     assert_eq!(reply.status, 200);
     let page: Value = serde_json::from_str(reply.text()).unwrap();
-    assert_eq!(page["eventos"][0]["principal"], "ana");
+    assert_eq!(page["eventos"][0]["principal"], "customer:ana");
     let reply = put_position(&mut client, &follower).await;
     assert_eq!(reply.status, 200);
     let reply = client.get("/eventos").await;
