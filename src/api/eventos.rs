@@ -137,7 +137,7 @@ pub async fn put_cursor(
 }
 
 /// The body of a position's `PUT`: exactly one member, `id`, an event id.
-fn parse_position(bytes: &[u8]) -> Result<EventId, ApiError> {
+pub fn parse_position(bytes: &[u8]) -> Result<EventId, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|_| ApiError::JsonInvalido)?;
     let object = value.as_object().ok_or(ApiError::JsonInvalido)?;

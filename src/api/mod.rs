@@ -25,10 +25,10 @@ use hyper::body::{Frame, SizeHint};
 pub use body::{BODY_BYTES_MAX, DebitRequest, parse_debit};
 pub use debit::post_debit;
 pub use error::ApiError;
-pub use eventos::{get_eventos, put_cursor};
+pub use eventos::{get_eventos, parse_position, put_cursor};
 pub use health::{get_health, get_live};
 pub use movimientos::get_movimientos;
-pub use query::{EventsQuery, HistoryQuery};
+pub use query::{EventsQuery, HistoryQuery, Start, WAIT_MAX};
 pub use saldo::get_saldo;
 
 /// A response body: one contiguous buffer (every answer but a stream), or

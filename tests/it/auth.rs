@@ -29,7 +29,7 @@ async fn start_with(jwks_url: &str, extra: &[&str]) -> TestServer {
 
 /// Journal storage in `dir` with 4 KiB segments: rotations and snapshots
 /// every few debits.
-fn tiny_segments_in(dir: &str) -> [&str; 6] {
+fn tiny_segments_in(dir: &str) -> [&str; 8] {
     [
         "--storage",
         "journal",
@@ -37,6 +37,9 @@ fn tiny_segments_in(dir: &str) -> [&str; 6] {
         dir,
         "--journal-segment-bytes",
         "4096",
+        // Segments go as soon as a snapshot covers them.
+        "--events-retention",
+        "0s",
     ]
 }
 
