@@ -56,6 +56,7 @@ fn open(medium: &PowerCut) -> Option<Shown> {
         shard_count: 2,
         opening_saldo: OPENING,
         accounts_max: 64,
+        history_per_account: 20,
     }));
     let keys = Arc::new(Table::new(2, Duration::from_secs(3600), 64));
     let seed = [(Usuario::new("usuario1").unwrap(), 10_000)];
