@@ -59,22 +59,6 @@ done >"$work/tokens.txt"
 start_pinned jwt 5607 5 "${saldos[@]}" "${metrics_on[@]}" --port 5607 --storage memory \
   --auth jwt --jwt-issuer https://bench.invalid --jwt-audience saldos-bench --jwks-file "$work/jwks.json"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-run() { # server port mix conns
-  local server=$1 port=$2 mix=$3 conns=$4 pid before after out
-  pid=$(cat "$work/$server.pid")
-  before=$(cpu_ticks "$pid")
-  out=$(WRK_TOKEN_FILE=$([[ "$server" == jwt ]] && echo "$work/tokens.txt") taskset -c 1 wrk -t1 -c"$conns" -d"${seconds}s" --latency -s "benches/wrk/$mix.lua" "http://127.0.0.1:$port")
-  after=$(cpu_ticks "$pid")
-  echo "$out" | awk -v s="$server" -v m="$mix" -v c="$conns" -v cpu="$((after - before))" -v hz="$(getconf CLK_TCK)" '
-    /requests in/ { requests = $1 }
-    /Requests\/sec/ { rps = $2 }
-    $1 == "99%" { p99 = $2 }
-    /Non-2xx/ { errors = $5 }
-    END { printf "%s %s %s %s %s %s %s\n", s, m, c, rps, p99, requests / (cpu / hz), errors + 0 }' >>"$work/results"
-}
-
 for round in $(seq "$rounds"); do
   echo "round $round/$rounds" >&2
   if [[ $cells == all || $cells == auth ]]; then

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The cost and speed of movements and events (SPEC section 9), with the
+# harness's method: each server pinned to CPU 0 with one worker, wrk (and the
+# event consumer) on CPU 1, alternating rounds, medians, requests per server
+# CPU-second beside req/s.
+#
+# 1. Recording: POST /retiro on journal and memory storage, this build against
+#    BEFORE (a release binary of a commit without movements and events).
+# 2. Reading: GET /movimientos/{usuario} against GET /saldo/{usuario} at 64
+#    connections on one journal server whose 10,000 accounts each have 20 movements.
+# 3. Following: one Server-Sent Events consumer of the journal while wrk
+#    debits it at 256 connections: events per second delivered against
+#    debits per second acknowledged.
+#
+# usage: benches/feed.sh BEFORE [ROUNDS] [SECONDS]   (defaults: 3 rounds of 10 s)
+# needs: wrk, taskset, python3, two CPUs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+before=${1:?usage: benches/feed.sh BEFORE_BINARY [ROUNDS] [SECONDS]}
+rounds=${2:-3}
+seconds=${3:-10}
+cargo build --release --locked --bin saldos
+source benches/common.sh
+
+flags=(--bind 127.0.0.1 --workers 1 --log-format text --metrics-addr "")
+start_pinned journal-before 5611 5 "$before" "${flags[@]}" --port 5611 --storage journal --data-dir "$work/before"
+start_pinned journal 5612 5 target/release/saldos "${flags[@]}" --port 5612 --storage journal --data-dir "$work/after"
+start_pinned memory-before 5613 5 "$before" "${flags[@]}" --port 5613 --storage memory
+start_pinned memory 5614 5 target/release/saldos "${flags[@]}" --port 5614 --storage memory
+start_pinned history 5615 5 target/release/saldos "${flags[@]}" --port 5615 --storage journal --data-dir "$work/history"
+
+# 20 movements for each of the 10,000 accounts the read mixes use.
+WRK_ACCOUNTS=10000 taskset -c 1 wrk -t1 -c64 -d120s -s benches/wrk/fill.lua http://127.0.0.1:5615 >/dev/null
+
+# follow PORT SECONDS: counts the events a stream delivers in SECONDS.
+follow() {
+  taskset -c 1 python3 - "$1" "$2" <<'PY'
+import http.client, json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+# The current end of the feed: page through it (the stream then starts there).
+connection = http.client.HTTPConnection("127.0.0.1", port)
+ultimo = None
+while True:
+    path = "/eventos?limite=1000" + ("" if ultimo is None else f"&despues={ultimo}")
+    connection.request("GET", path)
+    page = json.loads(connection.getresponse().read())
+    ultimo = page["ultimo"]
+    if len(page["eventos"]) < 1000:
+        break
+connection.close()
+s = socket.create_connection(("127.0.0.1", port))
+head = b"GET /eventos HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n"
+if ultimo is not None:
+    head += b"Last-Event-ID: " + ultimo.encode() + b"\r\n"
+s.sendall(head + b"\r\n")
+s.settimeout(0.2)
+count, deadline, tail = 0, time.monotonic() + seconds, b""
+while time.monotonic() < deadline:
+    try:
+        chunk = s.recv(1 << 20)
+    except socket.timeout:
+        continue
+    if not chunk:
+        break
+    # A marker split across two reads is counted once: the kept tail is one
+    # byte shorter than the marker, so no whole marker is counted twice.
+    data = tail + chunk
+    count += data.count(b"event: debito")
+    tail = data[-len(b"event: debito") + 1:]
+print(count)
+PY
+}
+
+for round in $(seq "$rounds"); do
+  echo "round $round/$rounds" >&2
+  for conns in 64 256; do
+    run journal-before 5611 retiro "$conns"
+    run journal 5612 retiro "$conns"
+    run memory-before 5613 retiro "$conns"
+    run memory 5614 retiro "$conns"
+  done
+  run history 5615 saldo 64
+  run history 5615 movimientos 64
+  # The consumer reads for the whole wrk run (it starts first and stops last).
+  follow 5612 "$((seconds + 1))" >"$work/followed" &
+  follower=$!
+  sleep 0.5
+  run journal 5612 retiro 256
+  wait "$follower"
+  echo "followed $(cat "$work/followed") $seconds $(tail -1 "$work/results" | awk '{print $4}')" >>"$work/followers"
+done
+
+python3 - "$work/results" "$work/followers" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    server, mix, conns, rps, p99, per_cpu, errors = line.split()
+    if int(errors):
+        sys.exit(f"{server} {mix} {conns}: {errors} non-2xx responses")
+    runs[(server, mix, int(conns))].append((float(rps), float(per_cpu)))
+med = lambda key, f: statistics.median(r[f] for r in runs[key])
+print("\nRecording movements and events: this build against BEFORE, POST /retiro\n")
+print("| storage | conns | req/s before | req/s after | × | req/CPU-s before | req/CPU-s after | × |")
+print("|---|---|---|---|---|---|---|---|")
+for storage in ("journal", "memory"):
+    for conns in (64, 256):
+        b, a = (storage + "-before", "retiro", conns), (storage, "retiro", conns)
+        if a in runs and b in runs:
+            print(f"| {storage} | {conns} | {med(b,0):,.0f} | {med(a,0):,.0f} | {med(a,0)/med(b,0):.3f} | "
+                  f"{med(b,1):,.0f} | {med(a,1):,.0f} | {med(a,1)/med(b,1):.3f} |")
+s, m = ("history", "saldo", 64), ("history", "movimientos", 64)
+print("\nReading: GET /movimientos (20 movements a page) against GET /saldo, journal, 64 connections\n")
+print("| route | req/s | req/CPU-s |\n|---|---|---|")
+print(f"| /saldo | {med(s,0):,.0f} | {med(s,1):,.0f} |")
+print(f"| /movimientos | {med(m,0):,.0f} ({med(m,0)/med(s,0):.3f}×) | {med(m,1):,.0f} ({med(m,1)/med(s,1):.3f}×) |")
+rates = []
+for line in open(sys.argv[2]):
+    _, events, seconds, rps = line.split()
+    rates.append((int(events) / float(seconds), float(rps)))
+print("\nFollowing: one SSE consumer while the journal is debited at 256 connections\n")
+print("| round | events/s delivered | debits/s acknowledged | × |\n|---|---|---|---|")
+for i, (events, debits) in enumerate(rates, 1):
+    print(f"| {i} | {events:,.0f} | {debits:,.0f} | {events/debits:.3f} |")
+PY
