@@ -107,8 +107,12 @@ impl Local {
         let Some(journal) = &self.journal else {
             return self.feed.read(after, limit);
         };
-        let events = journal.events().clone();
-        tokio::task::spawn_blocking(move || events.read(after, limit))
+        let events = journal.events();
+        if let Some(newest) = events.from_memory(after, limit) {
+            return Ok(newest);
+        }
+        let events = events.clone();
+        tokio::task::spawn_blocking(move || events.from_segments(after, limit))
             .await
             .map_err(|_| FeedError::Unavailable)?
     }

@@ -65,15 +65,19 @@ impl Events {
         }
     }
 
+    /// At most `limit` synced debits after `after`, when memory holds every
+    /// one of them (never blocks).
+    pub fn from_memory(&self, after: Option<EventId>, limit: usize) -> Option<Vec<Event>> {
+        after.and_then(|after| self.feed.read(Some(after), limit).ok())
+    }
+
     /// At most `limit` synced debits after `after` (from the oldest kept
-    /// when `None`), from memory when it holds them all, else from the
-    /// segments (blocking: reads files).
-    pub fn read(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, FeedError> {
-        if after.is_some()
-            && let Ok(events) = self.feed.read(after, limit)
-        {
-            return Ok(events);
-        }
+    /// when `None`), from the segments (blocking: reads files).
+    pub fn from_segments(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<Event>, FeedError> {
         let through = self.durable_through.load(Ordering::Acquire);
         self.segments.read(after, limit, through)
     }
