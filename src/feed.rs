@@ -59,6 +59,7 @@ impl Feed {
         let id = EventId(ring.next_id);
         ring.next_id += 1;
         ring.push(build(id));
+        self.wake_readers();
         id
     }
 
@@ -66,15 +67,24 @@ impl Feed {
     /// above every kept one).
     pub fn extend(&self, events: impl IntoIterator<Item = Event>) {
         let mut ring = self.lock();
+        let mut pushed = false;
         for event in events {
             ring.push(event);
+            pushed = true;
+        }
+        if pushed {
+            self.wake_readers();
         }
     }
 
-    /// Wakes the readers waiting for events: after a commit, outside every
-    /// lock.
-    pub fn committed(&self) {
-        self.commits.committed();
+    /// Wakes the readers waiting for events, if any; called under the ring's
+    /// lock. A reader subscribes before it takes the lock to read, so either
+    /// it read after the push, or its subscription is counted here: a debit
+    /// with no reader waiting pays one atomic load.
+    fn wake_readers(&self) {
+        if self.commits.has_subscribers() {
+            self.commits.committed();
+        }
     }
 
     /// A subscription woken by [`Feed::committed`].

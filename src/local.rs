@@ -226,12 +226,9 @@ impl Local {
             Stamp::new(id.0, order.kind, order.monto, time_ms)
         });
         let outcome = match debited {
-            Ok(debit) => {
-                self.feed.committed();
-                Outcome::Debited {
-                    nuevo_saldo: debit.nuevo_saldo,
-                }
-            }
+            Ok(debit) => Outcome::Debited {
+                nuevo_saldo: debit.nuevo_saldo,
+            },
             Err(ledger::Error::SaldoInsuficiente {
                 saldo_disponible, ..
             }) => Outcome::Refused { saldo_disponible },

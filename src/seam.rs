@@ -237,6 +237,11 @@ impl Commits {
         self.0.send_modify(|count| *count = count.wrapping_add(1));
     }
 
+    /// Whether anyone holds a subscription now.
+    pub fn has_subscribers(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
     /// A subscription: `changed()` completes after the next commit.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.subscribe()

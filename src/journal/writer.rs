@@ -112,12 +112,15 @@ impl Writer {
             let records = self.encode(&batch, &mut bytes);
             self.shared.queue.writing(first, batch.len());
             let durable = self.append(&bytes).is_ok();
-            let debited = self.settle(&batch, durable);
+            if durable {
+                // Before the feed's readers are woken (by `settle`): a reader
+                // of the segments may read up to here once it is synced.
+                let last = self.tail.next_record + records - 1;
+                self.shared.durable_through.store(last, Ordering::Release);
+            }
+            self.settle(&batch, durable);
             if durable {
                 self.tail.next_record += records;
-                self.shared
-                    .durable_through
-                    .store(self.tail.next_record - 1, Ordering::Release);
                 let stats = &self.shared.stats;
                 stats.records.fetch_add(records, Ordering::Relaxed);
                 if records > 0 {
@@ -126,9 +129,6 @@ impl Writer {
             }
             // Last: a woken request sees the batch settled and counted.
             self.shared.queue.complete(first, batch.len(), durable);
-            if debited {
-                self.shared.feed.committed();
-            }
             batch.clear();
             if durable && self.tail.segment_bytes >= self.segment_bytes_max {
                 self.rotate();
@@ -210,8 +210,8 @@ impl Writer {
     }
 
     /// Applies (or releases) each entry in journal order; a durable
-    /// batch's debits join the feed. Returns whether any did.
-    fn settle(&self, batch: &[Queued], durable: bool) -> bool {
+    /// batch's debits join the feed (which wakes its readers).
+    fn settle(&self, batch: &[Queued], durable: bool) {
         let mut number = self.tail.next_record;
         let mut events = Vec::new();
         for queued in batch {
@@ -239,9 +239,7 @@ impl Writer {
             }
             number += 1;
         }
-        let debited = !events.is_empty();
         self.shared.feed.extend(events);
-        debited
     }
 
     /// Starts the next segment and has a snapshot of the state as of the end
