@@ -37,22 +37,17 @@ follow() {
   taskset -c 1 python3 - "$1" "$2" <<'PY'
 import http.client, json, socket, sys, time
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
-# The current end of the feed: page through it (the stream then starts there).
+# The current end of the feed: a probe debit's id (its newest movement).
 connection = http.client.HTTPConnection("127.0.0.1", port)
-ultimo = None
-while True:
-    path = "/eventos?limite=1000" + ("" if ultimo is None else f"&despues={ultimo}")
-    connection.request("GET", path)
-    page = json.loads(connection.getresponse().read())
-    ultimo = page["ultimo"]
-    if len(page["eventos"]) < 1000:
-        break
+connection.request("POST", "/retiro", body='{"usuario":"sonda","monto":1}',
+                   headers={"Content-Type": "application/json"})
+connection.getresponse().read()
+connection.request("GET", "/movimientos/sonda?limite=1")
+ultimo = json.loads(connection.getresponse().read())["movimientos"][0]["id"]
 connection.close()
 s = socket.create_connection(("127.0.0.1", port))
-head = b"GET /eventos HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n"
-if ultimo is not None:
-    head += b"Last-Event-ID: " + ultimo.encode() + b"\r\n"
-s.sendall(head + b"\r\n")
+s.sendall(b"GET /eventos HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n"
+          b"Last-Event-ID: " + ultimo.encode() + b"\r\n\r\n")
 s.settimeout(0.2)
 count, deadline, tail = 0, time.monotonic() + seconds, b""
 while time.monotonic() < deadline:

@@ -71,29 +71,8 @@ impl Local {
     /// kept ones, each `saldo` derived from the current balance and the
     /// newer movements' amounts.
     pub fn history(&self, usuario: &Usuario, before: Option<EventId>, limit: usize) -> HistoryPage {
-        let history = self.ledger.history(usuario);
-        let mut saldo = history.saldo;
-        let mut movements = Vec::with_capacity(limit);
-        let mut more = false;
-        for stamp in history.stamps.iter().rev() {
-            let movement = Movement {
-                id: EventId(stamp.id()),
-                kind: stamp.kind(),
-                monto: stamp.monto(),
-                saldo,
-                time_ms: stamp.time_ms(),
-            };
-            saldo += stamp.monto();
-            if before.is_some_and(|before| movement.id >= before) {
-                continue;
-            }
-            if movements.len() == limit {
-                more = true;
-                break;
-            }
-            movements.push(movement);
-        }
-        HistoryPage { movements, more }
+        self.ledger
+            .history(usuario, |history| page(history, before, limit))
     }
 
     /// Durable events after `after`, in commit order: memory storage's
@@ -326,4 +305,32 @@ impl Local {
         journal.wait(ticket).await?;
         Ok(outcome)
     }
+}
+
+/// A page of `history`: at most `limit` movements older than `before`,
+/// newest first, each `saldo` derived from the current balance by adding
+/// back the newer movements' amounts.
+fn page(history: ledger::History<'_>, before: Option<EventId>, limit: usize) -> HistoryPage {
+    let mut saldo = history.saldo;
+    let mut movements = Vec::with_capacity(limit);
+    let mut more = false;
+    for stamp in history.newest_first() {
+        let movement = Movement {
+            id: EventId(stamp.id()),
+            kind: stamp.kind(),
+            monto: stamp.monto(),
+            saldo,
+            time_ms: stamp.time_ms(),
+        };
+        saldo += stamp.monto();
+        if before.is_some_and(|before| movement.id >= before) {
+            continue;
+        }
+        if movements.len() == limit {
+            more = true;
+            break;
+        }
+        movements.push(movement);
+    }
+    HistoryPage { movements, more }
 }

@@ -31,6 +31,7 @@ use super::{Faults, Stats, Unavailable, batch, snapshot};
 use crate::feed::Feed;
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, Outcome, Stamp};
+use crate::seam::Event;
 
 /// Where the journal's end is: the segment being appended and the numbering.
 pub struct Tail {
@@ -76,6 +77,8 @@ pub struct Writer {
     snapshot: Option<JoinHandle<()>>,
     /// The last rotation failed (its warning was logged).
     rotation_failing: bool,
+    /// A batch's events on their way to the feed (kept to reuse its room).
+    events: Vec<Event>,
 }
 
 impl Writer {
@@ -93,6 +96,7 @@ impl Writer {
             events_retention,
             snapshot: None,
             rotation_failing: false,
+            events: Vec::new(),
         }
     }
 
@@ -211,9 +215,9 @@ impl Writer {
 
     /// Applies (or releases) each entry in journal order; a durable
     /// batch's debits join the feed (which wakes its readers).
-    fn settle(&self, batch: &[Queued], durable: bool) {
+    fn settle(&mut self, batch: &[Queued], durable: bool) {
         let mut number = self.tail.next_record;
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         for queued in batch {
             let Some(record) = &queued.record else {
                 continue;
@@ -239,7 +243,8 @@ impl Writer {
             }
             number += 1;
         }
-        self.shared.feed.extend(events);
+        self.shared.feed.extend(events.drain(..));
+        self.events = events;
     }
 
     /// Starts the next segment and has a snapshot of the state as of the end

@@ -176,14 +176,21 @@ impl Stamp {
     }
 }
 
-/// An account's kept movements, oldest first, with the balance after the
-/// newest: what a history page is computed from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct History {
+/// An account's kept movements with the balance after the newest, as
+/// stored: what a history page is computed from, under the account's lock.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
     /// The durable balance, which the newest movement left.
     pub saldo: u64,
-    /// Oldest first.
-    pub stamps: Vec<Stamp>,
+    /// Oldest first; `None`: the account never moved.
+    pub stamps: Option<&'a VecDeque<Stamp>>,
+}
+
+impl History<'_> {
+    /// The kept movements, newest first.
+    pub fn newest_first(&self) -> impl Iterator<Item = Stamp> + '_ {
+        self.stamps.into_iter().flatten().rev().copied()
+    }
 }
 
 /// A successful debit.
@@ -466,25 +473,23 @@ impl Ledger {
         }
     }
 
-    /// The account's kept movements and durable balance (nothing kept for an
-    /// account never debited).
-    pub fn history(&self, usuario: &Usuario) -> History {
+    /// Calls `read` with the account's history under its shard's lock (so
+    /// nothing is copied but what `read` keeps).
+    pub fn history<R>(&self, usuario: &Usuario, read: impl FnOnce(History<'_>) -> R) -> R {
         let name = usuario.as_str();
         let hash = self.accounts.hash(name);
         let shard = self.accounts.lock(hash);
-        match shard.find(hash, |account| &*account.usuario == name) {
+        let history = match shard.find(hash, |account| &*account.usuario == name) {
             None => History {
                 saldo: self.opening_saldo,
-                stamps: Vec::new(),
+                stamps: None,
             },
             Some(account) => History {
                 saldo: account.saldo,
-                stamps: account
-                    .history
-                    .as_deref()
-                    .map_or_else(Vec::new, |Kept(history)| history.iter().copied().collect()),
+                stamps: account.history.as_deref().map(|Kept(history)| history),
             },
-        }
+        };
+        read(history)
     }
 
     /// Number of shards, for [`Ledger::for_each_in_shard`].
