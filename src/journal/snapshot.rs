@@ -24,6 +24,7 @@
 //! each as `ledger::Stamp` packs it); version 2 snapshots load with none.
 
 use std::io;
+use std::time::Duration;
 
 use super::data_dir::{DataDir, FileKind};
 use super::events::segment_head;
@@ -75,14 +76,14 @@ impl Out<'_> {
 
 /// Writes snapshot `cut.covers` durably, then removes the snapshots it
 /// replaces and the segments it covers whose records are all older than
-/// `events_since_ms` (the feed reads the younger ones); returns its size in
+/// `events_retention` (the feed reads the younger ones); returns its size in
 /// bytes.
 pub fn write(
     dir: &DataDir,
     cut: Cut,
     ledger: &Ledger,
     keys: &Table,
-    events_since_ms: u64,
+    events_retention: Duration,
 ) -> io::Result<u64> {
     let mut size = 0;
     dir.write_snapshot(cut.covers, |file| {
@@ -108,6 +109,8 @@ pub fn write(
         size = out.bytes;
         Ok(())
     })?;
+    let retention_ms = u64::try_from(events_retention.as_millis()).unwrap_or(u64::MAX);
+    let events_since_ms = clock::unix_ms().saturating_sub(retention_ms);
     let segments_kept_from = first_segment_kept(dir, cut.covers, events_since_ms)?;
     dir.remove_before(cut.covers, segments_kept_from)?;
     Ok(size)
@@ -115,12 +118,13 @@ pub fn write(
 
 /// The first segment before `covers` the feed still needs: a segment's
 /// records are all older than the next segment's first, so segment `n` may
-/// go once segment `n + 1` began before `events_since_ms`.
+/// go once segment `n + 1` began at or before `events_since_ms` (and not
+/// while `n + 1` holds no record yet).
 fn first_segment_kept(dir: &DataDir, covers: u64, events_since_ms: u64) -> io::Result<u64> {
     let segments = dir.segments()?;
     for pair in segments.windows(2).filter(|pair| pair[0] < covers) {
         let next_began = segment_head(dir, pair[1])?.map_or(u64::MAX, |head| head.time_ms);
-        if next_began >= events_since_ms {
+        if next_began > events_since_ms {
             return Ok(pair[0]);
         }
     }

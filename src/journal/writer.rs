@@ -281,8 +281,7 @@ impl Writer {
             covers: next,
             next_record: self.tail.next_record,
         };
-        let events_since_ms = crate::clock::unix_ms()
-            .saturating_sub(u64::try_from(self.events_retention.as_millis()).unwrap_or(u64::MAX));
+        let events_retention = self.events_retention;
         let (dir, ledger, keys, queue, stats) = (
             self.shared.dir.clone(),
             self.shared.ledger.clone(),
@@ -296,7 +295,7 @@ impl Writer {
                 let _death = DeathWatch::snapshot(&queue);
                 yield_to_requests();
                 let started = std::time::Instant::now();
-                match snapshot::write(&dir, cut, &ledger, &keys, events_since_ms) {
+                match snapshot::write(&dir, cut, &ledger, &keys, events_retention) {
                     Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
                         let elapsed_ms = started.elapsed().as_millis() as u64;
