@@ -30,7 +30,7 @@ const DB_TIMEOUT: Duration = Duration::from_secs(1);
 const REPLY_SLACK: Duration = Duration::from_millis(400);
 
 /// How long a consumer may take to catch up once writers stopped.
-const DRAIN_MAX: Duration = Duration::from_secs(30);
+const DRAIN_MAX: Duration = Duration::from_secs(15);
 
 fn usuario(name: &str) -> Usuario {
     Usuario::new(name).unwrap()
@@ -196,10 +196,11 @@ async fn consume(storages: Vec<Arc<Storage>>, url: String, stop: Arc<AtomicBool>
         }
         if stop.load(Ordering::Relaxed) {
             let drained_by = *drained_by.get_or_insert_with(|| Instant::now() + DRAIN_MAX);
-            if received.len() >= audit_events(&url).await.len() {
+            // Past the deadline, the comparison with the audit trail says
+            // what is missing.
+            if received.len() >= audit_events(&url).await.len() || Instant::now() > drained_by {
                 return received;
             }
-            assert!(Instant::now() < drained_by, "the feed drains");
         }
         // Woken by a commit of any instance (or the wait runs out).
         let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
