@@ -65,6 +65,7 @@ fn open(medium: &PowerCut) -> Option<Shown> {
         opening_saldo: OPENING,
         seed: &seed,
         segment_bytes_max: 1 << 20,
+        events_retention: std::time::Duration::ZERO,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
     let opened = journal::open_on(medium, &options, ledger.clone(), keys.clone()).ok()?;

@@ -211,6 +211,14 @@ pub struct ServeArgs {
     /// more answers 503 NO_DISPONIBLE.
     #[arg(long, env = "SALDOS_MAX_ACCOUNTS", default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub max_accounts: u64,
+    /// Movements kept per account for `GET /movimientos` by the memory and
+    /// journal storages (24 bytes each; postgres keeps them all).
+    #[arg(long, env = "SALDOS_HISTORY_PER_ACCOUNT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub history_per_account: u16,
+    /// How long the journal keeps segments for the feed of events beyond
+    /// what snapshots need (`GET /eventos`); older cursors get 410.
+    #[arg(long, env = "SALDOS_EVENTS_RETENTION", default_value = "24h", value_parser = parse_events_retention)]
+    pub events_retention: Duration,
     /// The PostgreSQL storage's database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -259,6 +267,10 @@ pub struct AuthArgs {
     /// A JWKS JSON file, re-read when it changes.
     #[arg(long, env = "SALDOS_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// Allow an `http://` JWKS URL to a host other than loopback (keys
+    /// fetched in the clear can be replaced on the way: never in production).
+    #[arg(long, env = "SALDOS_JWKS_ALLOW_HTTP")]
+    pub jwks_allow_http: bool,
     /// Signature algorithms accepted (RS256, RS384, RS512, PS256, PS384,
     /// PS512, ES256, ES384, EdDSA; `none` and HS* are refused).
     #[arg(long, env = "SALDOS_JWT_ALGORITHMS", default_value = "RS256,ES256", value_parser = parse_algorithms)]
@@ -294,9 +306,24 @@ impl AuthArgs {
             (Some(url), _) if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() => {
                 Err(format!("--jwks-url/SALDOS_JWKS_URL: '{url}' is not an http(s):// URL"))
             }
+            (Some(url), _) if url.scheme_str() == Some("http") && !self.jwks_allow_http && !is_loopback(url) => {
+                Err(format!(
+                    "--jwks-url/SALDOS_JWKS_URL: '{url}' is plain http:// to a host other than loopback; use https:// (or --jwks-allow-http/SALDOS_JWKS_ALLOW_HTTP)"
+                ))
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `url`'s host is this machine: `localhost` or a loopback address.
+fn is_loopback(url: &http::Uri) -> bool {
+    let host = url.host().unwrap_or_default();
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 /// `saldos dev-token` options: DEVELOPMENT ONLY.
@@ -485,6 +512,13 @@ fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
     Ok(MetricsAddr(Some(address)))
 }
 
+/// The longest `--events-retention`.
+pub const EVENTS_RETENTION_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+fn parse_events_retention(text: &str) -> Result<Duration, String> {
+    parse_duration_within(text, Duration::ZERO, EVENTS_RETENTION_MAX)
+}
+
 fn parse_slow_request(text: &str) -> Result<Duration, String> {
     parse_duration_within(text, Duration::ZERO, SLOW_REQUEST_MAX)
 }
@@ -574,6 +608,24 @@ mod tests {
             "a=9007199254740992",
         ] {
             assert!(parse_seed(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_loopback() {
+        let cases = [
+            ("http://localhost/jwks.json", true),
+            ("http://LOCALHOST:8080/jwks.json", true),
+            ("http://127.0.0.1:9000/jwks.json", true),
+            ("http://127.8.9.1/jwks.json", true),
+            ("http://[::1]:9000/jwks.json", true),
+            ("http://keys.example.com/jwks.json", false),
+            ("http://10.0.0.1/jwks.json", false),
+            ("http://localhost.example.com/jwks.json", false),
+        ];
+        for (url, expected) in cases {
+            let url: http::Uri = url.parse().unwrap();
+            assert_eq!(is_loopback(&url), expected, "{url}");
         }
     }
 

@@ -321,6 +321,7 @@ impl Drop for InFlightGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::principal::Kind;
 
     fn unscoped(key: &str) -> Scoped<'_> {
         Scoped {
@@ -410,8 +411,8 @@ mod tests {
     fn keys_are_scoped_to_their_principal() {
         let table = Table::new(4, Duration::from_secs(10), 100);
         let (ana, beto) = (
-            Principal::new("ana").unwrap(),
-            Principal::new("beto").unwrap(),
+            Principal::new(Kind::Customer, "ana").unwrap(),
+            Principal::new(Kind::Customer, "beto").unwrap(),
         );
         let scoped = |principal| Scoped {
             principal,

@@ -24,6 +24,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod feed;
 pub mod header;
 pub mod healthcheck;
 pub mod http_get;
@@ -148,6 +149,7 @@ fn open_local(args: &ServeArgs) -> Result<Storage, StartError> {
         shard_count: args.shard_count(),
         opening_saldo: args.opening_balance,
         accounts_max: usize::try_from(args.max_accounts).unwrap_or(usize::MAX),
+        history_per_account: usize::from(args.history_per_account),
     }));
     let keys = Arc::new(idempotency::Table::new(
         args.shard_count(),
@@ -165,6 +167,7 @@ fn open_local(args: &ServeArgs) -> Result<Storage, StartError> {
         opening_saldo: args.opening_balance,
         seed: &args.seed.0,
         segment_bytes_max: args.journal_segment_bytes,
+        events_retention: args.events_retention,
     };
     let recovered = journal::open(&options, ledger.clone(), keys.clone())?;
     tracing::info!(

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 
 use crate::clock;
+use crate::feed::Feed;
 use crate::idempotency::{Begin, InFlightGuard, Remembered, Scoped, Table};
-use crate::journal::{Journal, Key, Queued, Record};
-use crate::ledger::{self, Ledger, Outcome};
+use crate::journal::{Consumers, Journal, Key, Queued, Record};
+use crate::ledger::{self, Ledger, Outcome, Stamp};
 use crate::seam::{
-    Answer, Consumer, Event, EventId, FeedError, HistoryPage, KeyRequest, Order, Refusal,
+    Answer, Consumer, Event, EventId, FeedError, HistoryPage, KeyRequest, Movement, Order, Refusal,
     Unavailable,
 };
 use crate::usuario::Usuario;
@@ -35,6 +36,10 @@ pub struct Local {
     ledger: Arc<Ledger>,
     /// Remembered idempotency keys.
     keys: Arc<Table>,
+    /// Applied debits as events (the journal's, or memory's own).
+    feed: Arc<Feed>,
+    /// The feed's named consumers (in the data directory, or memory).
+    consumers: Arc<Consumers>,
     /// The durable journal; `None` for memory storage.
     journal: Option<Journal>,
 }
@@ -45,6 +50,8 @@ impl Local {
         Self {
             ledger,
             keys,
+            feed: Arc::new(Feed::new(EventId(0))),
+            consumers: Arc::new(Consumers::in_memory()),
             journal: None,
         }
     }
@@ -54,46 +61,80 @@ impl Local {
         Self {
             ledger,
             keys,
+            feed: journal.feed().clone(),
+            consumers: journal.consumers().clone(),
             journal: Some(journal),
         }
     }
 
-    /// The account's movements older than `before`, newest first.
-    pub fn history(
-        &self,
-        _usuario: &Usuario,
-        _before: Option<EventId>,
-        _limit: usize,
-    ) -> HistoryPage {
-        HistoryPage::default()
+    /// The account's movements older than `before`, newest first: the
+    /// kept ones, each `saldo` derived from the current balance and the
+    /// newer movements' amounts.
+    pub fn history(&self, usuario: &Usuario, before: Option<EventId>, limit: usize) -> HistoryPage {
+        let history = self.ledger.history(usuario);
+        let mut saldo = history.saldo;
+        let mut movements = Vec::with_capacity(limit);
+        let mut more = false;
+        for stamp in history.stamps.iter().rev() {
+            let movement = Movement {
+                id: EventId(stamp.id()),
+                kind: stamp.kind(),
+                monto: stamp.monto(),
+                saldo,
+                time_ms: stamp.time_ms(),
+            };
+            saldo += stamp.monto();
+            if before.is_some_and(|before| movement.id >= before) {
+                continue;
+            }
+            if movements.len() == limit {
+                more = true;
+                break;
+            }
+            movements.push(movement);
+        }
+        HistoryPage { movements, more }
     }
 
-    /// Durable events after `after`, in record order.
+    /// Durable events after `after`, in commit order: memory storage's
+    /// from memory; the journal's from memory or, on a blocking thread,
+    /// from its segments.
     pub async fn events(
         &self,
-        _after: Option<EventId>,
-        _limit: usize,
+        after: Option<EventId>,
+        limit: usize,
     ) -> Result<Vec<Event>, FeedError> {
-        Err(FeedError::Unavailable)
+        let Some(journal) = &self.journal else {
+            return self.feed.read(after, limit);
+        };
+        let events = journal.events().clone();
+        tokio::task::spawn_blocking(move || events.read(after, limit))
+            .await
+            .map_err(|_| FeedError::Unavailable)?
     }
 
-    /// Woken after each applied batch.
+    /// Woken after each commit that made events.
     pub fn feed_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        crate::seam::Commits::default().subscribe()
+        self.feed.changes()
     }
 
     /// A named consumer's stored position.
-    pub fn consumer_position(&self, _consumer: &Consumer) -> Result<Option<EventId>, Unavailable> {
-        Err(Unavailable)
+    pub fn consumer_position(&self, consumer: &Consumer) -> Option<EventId> {
+        self.consumers.position(consumer)
     }
 
-    /// Stores a named consumer's position.
+    /// Stores a named consumer's position (durably, with the journal: on a
+    /// blocking thread, as it syncs a file).
     pub async fn store_consumer_position(
         &self,
-        _consumer: &Consumer,
-        _id: EventId,
+        consumer: &Consumer,
+        id: EventId,
     ) -> Result<(), Unavailable> {
-        Err(Unavailable)
+        let consumers = self.consumers.clone();
+        let consumer = consumer.clone();
+        tokio::task::spawn_blocking(move || consumers.store(&consumer, id))
+            .await
+            .map_err(|_| Unavailable)?
     }
 
     /// The account's durable balance.
@@ -165,10 +206,28 @@ impl Local {
         order: &Order<'_>,
         keyed: Option<Keyed<'_>>,
     ) -> Result<Outcome, Unavailable> {
-        let outcome = match self.ledger.debit(&order.usuario, order.monto) {
-            Ok(debit) => Outcome::Debited {
-                nuevo_saldo: debit.nuevo_saldo,
-            },
+        let time_ms = clock::unix_ms();
+        let debited = self.ledger.debit(&order.usuario, order.monto, |debit| {
+            let id = self.feed.record(|id| Event {
+                movement: Movement {
+                    id,
+                    kind: order.kind,
+                    monto: order.monto,
+                    saldo: debit.nuevo_saldo,
+                    time_ms,
+                },
+                usuario: order.usuario,
+                principal: order.principal.cloned(),
+            });
+            Stamp::new(id.0, order.kind, order.monto, time_ms)
+        });
+        let outcome = match debited {
+            Ok(debit) => {
+                self.feed.committed();
+                Outcome::Debited {
+                    nuevo_saldo: debit.nuevo_saldo,
+                }
+            }
             Err(ledger::Error::SaldoInsuficiente {
                 saldo_disponible, ..
             }) => Outcome::Refused { saldo_disponible },

@@ -39,6 +39,8 @@ fn main() -> ExitCode {
             let sampling = traces.as_ref().map(saldos::traces::Pipeline::sampling);
             match saldos::serve(*args, sampling) {
                 Ok(()) => ExitCode::SUCCESS,
+                // No keys, no service: a setting to fix, not a crash.
+                Err(error @ saldos::StartError::Auth(_)) => bad_config(&format!("error: {error}")),
                 Err(error) => {
                     tracing::error!(%error, "cannot serve");
                     ExitCode::FAILURE

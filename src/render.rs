@@ -110,11 +110,59 @@ impl Writer<'_> {
         self.0.put_slice(&digits);
     }
 
+    /// Appends a time in ms since the Unix epoch as a quoted RFC 3339 UTC
+    /// timestamp with milliseconds: `"2026-12-03T23:00:00.123Z"`.
+    pub fn timestamp_ms(&mut self, unix_ms: u64) {
+        let (days, ms_of_day) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        let fields = [
+            (year, 4, b'-'),
+            (month, 2, b'-'),
+            (day, 2, b'T'),
+            (ms_of_day / 3_600_000, 2, b':'),
+            (ms_of_day / 60_000 % 60, 2, b':'),
+            (ms_of_day / 1000 % 60, 2, b'.'),
+            (ms_of_day % 1000, 3, b'Z'),
+        ];
+        self.0.put_u8(b'"');
+        for (value, width, separator) in fields {
+            let mut digits = [b'0'; 4];
+            let mut rest = value;
+            for digit in digits[..width].iter_mut().rev() {
+                *digit = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            self.0.put_slice(&digits[..width]);
+            self.0.put_u8(separator);
+        }
+        self.0.put_u8(b'"');
+    }
+
     fn control(&mut self, byte: u8) {
         self.raw("\\u00");
         self.0.put_u8(HEX_DIGITS[usize::from(byte >> 4)]);
         self.0.put_u8(HEX_DIGITS[usize::from(byte & 0xf)]);
     }
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`), for years up to 9999.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -156,5 +204,24 @@ mod tests {
             &render(|w| w.hex_u64(0x0123_4567_89ab_cdef))[..],
             b"0123456789abcdef"
         );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_796_338_800_123, "2026-12-03T23:00:00.123Z"),
+            (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ];
+        for (unix_ms, expected) in cases {
+            let rendered = render(|w| w.timestamp_ms(unix_ms));
+            assert_eq!(
+                &rendered[..],
+                format!("\"{expected}\"").as_bytes(),
+                "{unix_ms}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The router: the one place that maps a method and path to a handler, and
 //! every refusal to its response. Also stamps `X-Request-Id` on every answer,
-//! counts it in the request metrics and logs it when slow. Authenticates
+//! counts it in the request metrics, and logs it: at `warn` when slow, else
+//! at `debug` (SPEC section 7's request log, nothing built below it). Authenticates
 //! every request but the health probes, after 404/405 and before anything
 //! else (SPEC section 6's order).
 
@@ -12,7 +13,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::api::{self, ApiError, Body};
-use crate::auth::Auth;
+use crate::auth::{Auth, Refusal};
 use crate::ledger::DebitKind;
 use crate::metrics::{MethodLabel, Recorder, RouteLabel};
 use crate::request_id;
@@ -23,6 +24,8 @@ use crate::traces::{AmznTraceId, RequestTrace, Sampling};
 const ALLOW_GET: &str = "GET, HEAD";
 /// Methods of the debit routes.
 const ALLOW_POST: &str = "POST";
+/// Methods of a consumer's position.
+const ALLOW_PUT: &str = "PUT";
 
 /// A known path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,17 @@ enum Route<'a> {
     /// `/saldo/{usuario}`, with the raw (percent-encoded) segment.
     Saldo(&'a str),
     Debit(DebitKind),
+    /// `/movimientos/{usuario}`, with the raw segment.
+    Movimientos(&'a str),
+    /// `/eventos`.
+    Eventos,
+    /// `/eventos/cursores/{nombre}`, with the raw segment.
+    Cursor(&'a str),
+}
+
+/// `segment` when it is one whole, non-empty path segment.
+fn one_segment(segment: &str) -> Option<&str> {
+    (!segment.is_empty() && !segment.contains('/')).then_some(segment)
 }
 
 impl<'a> Route<'a> {
@@ -44,10 +58,15 @@ impl<'a> Route<'a> {
             "/health/live" => Some(Self::Live),
             "/pago" => Some(Self::Debit(DebitKind::Pago)),
             "/retiro" => Some(Self::Debit(DebitKind::Retiro)),
+            "/eventos" => Some(Self::Eventos),
             _ => {
-                let segment = path.strip_prefix("/saldo/")?;
-                let is_one_segment = !segment.is_empty() && !segment.contains('/');
-                is_one_segment.then_some(Self::Saldo(segment))
+                if let Some(segment) = path.strip_prefix("/saldo/") {
+                    one_segment(segment).map(Self::Saldo)
+                } else if let Some(segment) = path.strip_prefix("/movimientos/") {
+                    one_segment(segment).map(Self::Movimientos)
+                } else {
+                    one_segment(path.strip_prefix("/eventos/cursores/")?).map(Self::Cursor)
+                }
             }
         }
     }
@@ -59,13 +78,19 @@ impl<'a> Route<'a> {
             Self::Live => RouteLabel::Live,
             Self::Saldo(_) => RouteLabel::Saldo,
             Self::Debit(kind) => RouteLabel::debit(kind),
+            Self::Movimientos(_) => RouteLabel::Movimientos,
+            Self::Eventos => RouteLabel::Eventos,
+            Self::Cursor(_) => RouteLabel::Cursores,
         }
     }
 
     fn allow(self) -> &'static str {
         match self {
-            Self::Health | Self::Live | Self::Saldo(_) => ALLOW_GET,
+            Self::Health | Self::Live | Self::Saldo(_) | Self::Movimientos(_) | Self::Eventos => {
+                ALLOW_GET
+            }
             Self::Debit(_) => ALLOW_POST,
+            Self::Cursor(_) => ALLOW_PUT,
         }
     }
 }
@@ -112,17 +137,28 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
     if let Some(trace) = &trace {
         trace.finish(status.as_u16());
     }
+    // One line per request: at `warn` when slow, else at `debug`, whose
+    // fields are built only when that level is on (the macro checks the
+    // level first: nothing is formatted at the default level).
+    macro_rules! request_line {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                route = route.as_str(),
+                method = method.as_str(),
+                status = status.as_u16(),
+                duration_us = elapsed.as_micros() as u64,
+                duration_ms = elapsed.as_millis() as u64,
+                request_id = request_id.to_str().unwrap_or_default(),
+                trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
+                amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
+                $message
+            )
+        };
+    }
     if elapsed >= app.slow_request {
-        tracing::warn!(
-            route = route.as_str(),
-            method = method.as_str(),
-            status = status.as_u16(),
-            duration_ms = elapsed.as_millis() as u64,
-            request_id = request_id.to_str().unwrap_or_default(),
-            trace_id = trace.as_ref().and_then(RequestTrace::sampled_trace_id),
-            amzn_trace_id = amzn_trace_id.as_ref().map(AmznTraceId::as_str),
-            "slow request"
-        );
+        request_line!(warn, "slow request");
+    } else {
+        request_line!(debug, "request");
     }
     response
         .headers_mut()
@@ -139,10 +175,11 @@ async fn route(
         return (RouteLabel::Unmatched, Err(ApiError::RutaNoEncontrada));
     };
     let is_allowed = match route {
-        Route::Health | Route::Live | Route::Saldo(_) => {
+        Route::Health | Route::Live | Route::Saldo(_) | Route::Movimientos(_) | Route::Eventos => {
             matches!(*request.method(), Method::GET | Method::HEAD)
         }
         Route::Debit(_) => *request.method() == Method::POST,
+        Route::Cursor(_) => *request.method() == Method::PUT,
     };
     let label = route.label();
     if !is_allowed {
@@ -151,19 +188,39 @@ async fn route(
     }
     let access = match route {
         Route::Health | Route::Live => Ok(None),
-        Route::Saldo(_) | Route::Debit(_) => app.auth.authenticate(request.headers()).await,
+        _ => app.auth.authenticate(request.headers()).await,
     };
     let access = match access {
         Ok(access) => access,
-        Err(unauthenticated) => return (label, Err(unauthenticated.into())),
+        Err(unauthenticated) => {
+            app.metrics.auth_refusal(unauthenticated.reason());
+            return (label, Err(unauthenticated.into()));
+        }
     };
-    let access = access.as_deref();
+    let access = access.as_ref();
     let answered = match route {
         Route::Health => api::get_health(&app.storage).await,
         Route::Live => api::get_live(&app.storage),
         Route::Saldo(segment) => api::get_saldo(app, segment, access).await,
         Route::Debit(kind) => api::post_debit(app, kind, request, access).await,
+        Route::Movimientos(segment) => {
+            api::get_movimientos(app, segment, request.uri().query(), access).await
+        }
+        Route::Eventos => {
+            api::get_eventos(app, request.headers(), request.uri().query(), access).await
+        }
+        Route::Cursor(segment) => {
+            // Owned: the request moves into the handler, which reads its body.
+            let segment = segment.to_owned();
+            api::put_cursor(app, &segment, request, access).await
+        }
     };
+    if answered
+        .as_ref()
+        .is_err_and(|error| *error == ApiError::Prohibido)
+    {
+        app.metrics.auth_refusal(Refusal::Forbidden);
+    }
     (label, answered)
 }
 
@@ -190,6 +247,20 @@ mod tests {
             ("/pago/", None),
             ("/Health", None),
             ("*", None),
+            (
+                "/movimientos/usuario1",
+                Some(Route::Movimientos("usuario1")),
+            ),
+            ("/movimientos/", None),
+            ("/movimientos/a/b", None),
+            ("/eventos", Some(Route::Eventos)),
+            ("/eventos/", None),
+            (
+                "/eventos/cursores/notificaciones",
+                Some(Route::Cursor("notificaciones")),
+            ),
+            ("/eventos/cursores/", None),
+            ("/eventos/cursores/a/b", None),
         ];
         for (path, expected) in cases {
             assert_eq!(Route::resolve(path), expected, "{path}");

@@ -21,6 +21,12 @@
 //!
 //! Shutdown: stop accepting, ask every connection to finish its request in
 //! flight and close, wait for them up to the grace period.
+//!
+//! A head over [`HEAD_BYTES_MAX`] or [`HEADERS_MAX`] is refused by hyper
+//! before any route, with a bare 431 that it writes itself; the connection's
+//! stream ([`Tracked`]) writes the SPEC's answer in its place (the JSON error
+//! `CABECERAS_DEMASIADO_GRANDES` and a fresh `X-Request-Id`), so every
+//! response the service sends carries both.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -39,6 +45,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::MissedTickBehavior;
 
+use crate::api::ApiError;
+use crate::request_id;
 use crate::router::{self, App};
 
 /// How long a keep-alive connection may sit with no request, by default.
@@ -169,6 +177,7 @@ async fn serve_connection(stream: TcpStream, app: Arc<App>, watched: Watched) {
     let io = TokioIo::new(Tracked {
         stream,
         watch: watch.clone(),
+        replacement: None,
     });
     let service = service_fn(|request| {
         let app = &app;
@@ -235,6 +244,17 @@ pub async fn body_deadline<F: Future>(read: F) -> Result<F::Output, BodyTimedOut
     .await;
     let _ = CURRENT.try_with(|watch| watch.enter(Phase::Handling));
     output
+}
+
+/// Whether the serving connection is draining (shutdown began): a response
+/// that would never end on its own (an event stream) ends then. The
+/// connection's task is woken when draining starts and polls the response
+/// body again, which is where this is asked. Outside a server connection:
+/// never.
+pub fn is_draining() -> bool {
+    CURRENT
+        .try_with(|watch| watch.draining.load(Ordering::Acquire))
+        .unwrap_or(false)
 }
 
 /// What a connection is doing, as far as its timeouts go.
@@ -482,10 +502,41 @@ impl Drop for Watched {
     }
 }
 
-/// A TCP stream that reports reads to its connection's [`Watch`].
+/// A TCP stream that reports reads to its connection's [`Watch`] and
+/// replaces hyper's bare 431 with the SPEC's answer.
 struct Tracked {
     stream: TcpStream,
     watch: Arc<Watch>,
+    /// The answer written in place of hyper's 431, and how much of it is out.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+/// Whether `buf`, a write hyper starts, is its own 431 (the service never
+/// answers 431, so only hyper's head refusal starts this way).
+fn is_head_refusal(buf: &[u8]) -> bool {
+    const STATUS_AT: usize = "HTTP/1.1".len();
+    buf.starts_with(b"HTTP/1.") && buf.get(STATUS_AT..STATUS_AT + 5) == Some(b" 431 ")
+}
+
+/// The SPEC's answer to a head over the limits: the JSON error, a fresh
+/// request id, and the connection closes (as hyper closes it).
+fn head_refusal() -> Vec<u8> {
+    let error = ApiError::CabecerasDemasiadoGrandes;
+    let body = error.body();
+    let request_id = request_id::for_request(None);
+    let request_id = request_id.to_str().unwrap_or_default();
+    tracing::debug!(
+        status = error.status().as_u16(),
+        request_id,
+        "request head over the limits"
+    );
+    let head = format!(
+        "HTTP/1.1 {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}: {request_id}\r\nconnection: close\r\n\r\n",
+        error.status(),
+        body.len(),
+        request_id::HEADER,
+    );
+    [head.as_bytes(), &body].concat()
 }
 
 impl AsyncRead for Tracked {
@@ -509,19 +560,23 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        let this = &mut *self;
+        if this.replacement.is_none() && is_head_refusal(buf) {
+            this.replacement = Some((head_refusal(), 0));
+        }
+        let Some((answer, written)) = &mut this.replacement else {
+            return Pin::new(&mut this.stream).poll_write(cx, buf);
+        };
+        // Whatever hyper writes after its 431 is part of it: swallowed once
+        // the replacement is out.
+        while *written < answer.len() {
+            match Pin::new(&mut this.stream).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -530,5 +585,31 @@ impl AsyncWrite for Tracked {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_431_is_a_head_refusal() {
+        let cases: [(&[u8], bool); 5] = [
+            (b"HTTP/1.1 431 Request Header Fields Too Large\r\n", true),
+            (b"HTTP/1.0 431 Request Header Fields Too Large\r\n", true),
+            (b"HTTP/1.1 400 Bad Request\r\n", false),
+            (b"HTTP/1.1 200 OK\r\n\r\n{\"saldo\":431}", false),
+            (b"HTTP/1.1 43", false),
+        ];
+        for (buf, expected) in cases {
+            assert_eq!(is_head_refusal(buf), expected, "{buf:?}");
+        }
+        let answer = String::from_utf8(head_refusal()).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(answer.contains("\r\nx-request-id: "), "{answer}");
+        assert!(
+            answer.ends_with(r#""codigo":"CABECERAS_DEMASIADO_GRANDES"}"#),
+            "{answer}"
+        );
     }
 }

@@ -135,7 +135,7 @@ impl Storage {
         consumer: &Consumer,
     ) -> Result<Option<EventId>, Unavailable> {
         match &self.backend {
-            Backend::Local(local) => local.consumer_position(consumer),
+            Backend::Local(local) => Ok(local.consumer_position(consumer)),
             Backend::Postgres(postgres) => postgres.consumer_position(consumer).await,
         }
     }

@@ -14,7 +14,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use saldos::journal::{FileKind, Record, batch};
 use saldos::ledger::{DebitKind, Outcome};
-use saldos::principal::Principal;
+use saldos::principal::{Kind, Principal};
 use saldos::usuario::Usuario;
 
 #[path = "../recovery_support.rs"]
@@ -121,8 +121,10 @@ fn segment(batches: &[Batch]) -> Vec<u8> {
                 monto: u64::from(*monto).max(1),
                 outcome,
                 time_ms: 0,
-                // Both record versions: with a principal (authentication on) and without.
-                principal: (account % 2 == 1).then(|| Principal::new("pagos").unwrap()),
+                // Every record version: without a principal (authentication
+                // off), with a kindless one (format 2) and with a kinded one.
+                principal: [None, Some(Kind::Unknown), Some(Kind::Service)][usize::from(*account) % 3]
+                    .map(|kind| Principal::new(kind, "pagos").unwrap()),
                 key: None,
             }
             .encode(&mut bytes);

@@ -127,7 +127,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError>
 }
 
 /// True when the media type is `application/json`, whatever its parameters.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return false;
     };

@@ -57,6 +57,15 @@ pub enum ApiError {
     IdempotenciaConflicto,
     /// The key's first request is still being processed.
     IdempotenciaEnCurso,
+    /// A query parameter (`limite`, `antes`, `despues`, `espera`,
+    /// `consumidor`), `Last-Event-ID` or a consumer's name or position is
+    /// malformed or out of range.
+    ParametroInvalido,
+    /// Events after the cursor are no longer kept.
+    CursorExpirado,
+    /// The request head is over 16 KiB or 64 headers (answered by the server
+    /// for the HTTP layer, which refuses the head before any route).
+    CabecerasDemasiadoGrandes,
 }
 
 impl ApiError {
@@ -75,10 +84,13 @@ impl ApiError {
             | Self::UsuarioInvalido
             | Self::MontoInvalido
             | Self::SaldoInsuficiente { .. }
-            | Self::IdempotenciaInvalida => StatusCode::BAD_REQUEST,
+            | Self::IdempotenciaInvalida
+            | Self::ParametroInvalido => StatusCode::BAD_REQUEST,
+            Self::CursorExpirado => StatusCode::GONE,
             Self::NoDisponible => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotenciaConflicto => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotenciaEnCurso => StatusCode::CONFLICT,
+            Self::CabecerasDemasiadoGrandes => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -101,6 +113,9 @@ impl ApiError {
             Self::IdempotenciaInvalida => "IDEMPOTENCIA_INVALIDA",
             Self::IdempotenciaConflicto => "IDEMPOTENCIA_CONFLICTO",
             Self::IdempotenciaEnCurso => "IDEMPOTENCIA_EN_CURSO",
+            Self::ParametroInvalido => "PARAMETRO_INVALIDO",
+            Self::CursorExpirado => "CURSOR_EXPIRADO",
+            Self::CabecerasDemasiadoGrandes => "CABECERAS_DEMASIADO_GRANDES",
         }
     }
 
@@ -132,6 +147,9 @@ impl ApiError {
             Self::IdempotenciaEnCurso => {
                 "Una solicitud con esta clave de idempotencia está en curso."
             }
+            Self::ParametroInvalido => "Parámetro de consulta inválido.",
+            Self::CursorExpirado => "El cursor ya no está disponible.",
+            Self::CabecerasDemasiadoGrandes => "Las cabeceras exceden el tamaño máximo permitido.",
         }
     }
 
@@ -184,7 +202,7 @@ impl ApiError {
 impl From<Unauthenticated> for ApiError {
     fn from(unauthenticated: Unauthenticated) -> Self {
         Self::NoAutenticado {
-            token_sent: unauthenticated == Unauthenticated::InvalidToken,
+            token_sent: unauthenticated != Unauthenticated::NoToken,
         }
     }
 }

@@ -1,18 +1,18 @@
 //! Successful verifications, remembered so steady traffic pays one signature
 //! check per token per instance.
 //!
-//! A token is known by its HMAC-SHA256 under a key drawn at start: 256 bits
-//! compared in full on a hit, and a client that cannot know the key cannot
-//! aim tokens at one set to evict others' entries. The cache is a fixed array
-//! of sets of [`WAYS`] entries (memory is bounded at start and never grows);
-//! an entry is valid until its token's `exp`, and entries made with a key
-//! that left the JWKS are dropped ([`Cache::retain_keys`]). Failures are not
-//! cached: a flood of bad tokens leaves no trace here.
+//! A token is found by a 64-bit keyed hash (ahash, seeded at random per
+//! process: a client that cannot know the seed cannot aim tokens at one set
+//! to evict others' entries), and a hit is confirmed by comparing the whole
+//! token, so no collision can ever pass for another token. The cache is a
+//! fixed array of sets of [`WAYS`] entries (entries are bounded at start and
+//! never grow; each holds its token, at most [`super::TOKEN_BYTES_MAX`]
+//! bytes); an entry is valid until its token's `exp`, and entries made with a
+//! key that left the JWKS are dropped ([`Cache::retain_keys`]). Failures are
+//! not cached: a flood of bad tokens leaves no trace here.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use aws_lc_rs::hmac;
-use aws_lc_rs::rand::SystemRandom;
 use crossbeam_utils::CachePadded;
 
 use super::Access;
@@ -24,36 +24,49 @@ pub const SETS: usize = 4096;
 /// Entries per set.
 pub const WAYS: usize = 4;
 
-/// A token's identity: its keyed 256-bit digest.
-pub type Digest = [u8; 32];
-
-/// One remembered verification.
+/// One remembered verification; the fields a hit reads come first.
 struct Entry {
-    digest: Digest,
-    access: Arc<Access>,
-    /// The key that verified it.
-    key: Arc<Key>,
+    /// The token's hash in this cache.
+    hash: u64,
     /// The token's `exp`, in seconds since the Unix epoch.
     expires_s: u64,
+    /// The token itself, compared in full on a hit.
+    token: Box<str>,
+    /// What it grants, inline: a hit clones it without another pointer.
+    access: Access,
+    /// The key that verified it.
+    key: Arc<Key>,
 }
 
-/// The entries one digest may occupy.
+/// The entries one hash may occupy.
 type Set = Mutex<[Option<Entry>; WAYS]>;
 
 /// Remembered verifications, bounded at [`SETS`] × [`WAYS`].
 pub struct Cache {
-    hmac_key: hmac::Key,
+    hasher: ahash::RandomState,
     sets: Box<[CachePadded<Set>]>,
 }
 
+/// A verification to remember.
+pub struct Verified<'a> {
+    /// The token, as sent.
+    pub token: &'a str,
+    /// Its hash ([`Cache::hash`]).
+    pub hash: u64,
+    /// What it grants.
+    pub access: Access,
+    /// The key that verified it.
+    pub key: Arc<Key>,
+    /// Its `exp`, in seconds since the Unix epoch.
+    pub expires_s: u64,
+}
+
 impl Default for Cache {
-    /// An empty cache with a fresh random key.
+    /// An empty cache with a fresh random seed.
     fn default() -> Self {
         const { assert!(SETS.is_power_of_two()) };
-        let hmac_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
-            .unwrap_or_else(|_| panic!("the system random source failed"));
         Self {
-            hmac_key,
+            hasher: ahash::RandomState::new(),
             sets: (0..SETS)
                 .map(|_| CachePadded::new(Mutex::new(Default::default())))
                 .collect(),
@@ -62,56 +75,48 @@ impl Default for Cache {
 }
 
 impl Cache {
-    /// The token's identity in this cache.
-    pub fn digest(&self, token: &str) -> Digest {
-        let tag = hmac::sign(&self.hmac_key, token.as_bytes());
-        let mut digest = [0; 32];
-        digest.copy_from_slice(tag.as_ref());
-        digest
+    /// The token's hash in this cache.
+    pub fn hash(&self, token: &str) -> u64 {
+        self.hasher.hash_one(token.as_bytes())
     }
 
-    fn set(&self, digest: &Digest) -> &Set {
-        let index = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
-        &self.sets[index as usize & (SETS - 1)]
+    fn set(&self, hash: u64) -> &Set {
+        &self.sets[hash as usize & (SETS - 1)]
     }
 
-    /// The remembered access of the token, while its `exp` is not past.
-    pub fn get(&self, digest: &Digest, now_s: u64) -> Option<Arc<Access>> {
+    /// The remembered access of `token` (whose hash is `hash`), while its
+    /// `exp` is not past.
+    pub fn get(&self, hash: u64, token: &str, now_s: u64) -> Option<Access> {
         let set = self
-            .set(digest)
+            .set(hash)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         set.iter()
             .flatten()
-            .find(|entry| entry.digest == *digest && now_s < entry.expires_s)
+            .find(|entry| entry.hash == hash && now_s < entry.expires_s && *entry.token == *token)
             .map(|entry| entry.access.clone())
     }
 
-    /// Remembers a verification; replaces an expired entry, else the one
-    /// expiring first.
-    pub fn insert(
-        &self,
-        digest: Digest,
-        access: Arc<Access>,
-        key: Arc<Key>,
-        expires_s: u64,
-        now_s: u64,
-    ) {
+    /// Remembers a verification; replaces the same token's entry or an
+    /// expired one, else the one expiring first.
+    pub fn insert(&self, verified: Verified<'_>, now_s: u64) {
         let mut set = self
-            .set(&digest)
+            .set(verified.hash)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let rank = |slot: &Option<Entry>| match slot {
             None => 0,
-            Some(entry) if entry.digest == digest || entry.expires_s <= now_s => 0,
+            Some(entry) if entry.expires_s <= now_s => 0,
+            Some(entry) if entry.hash == verified.hash && *entry.token == *verified.token => 0,
             Some(entry) => entry.expires_s,
         };
         if let Some(slot) = set.iter_mut().min_by_key(|slot| rank(slot)) {
             *slot = Some(Entry {
-                digest,
-                access,
-                key,
-                expires_s,
+                hash: verified.hash,
+                expires_s: verified.expires_s,
+                token: verified.token.into(),
+                access: verified.access,
+                key: verified.key,
             });
         }
     }

@@ -124,7 +124,9 @@ impl KeySet {
     }
 
     /// Parses a JWKS document, keeping the keys usable with `algorithms`;
-    /// a key unchanged from `previous` is kept as the same `Arc`.
+    /// a key unchanged from `previous` is kept as the same `Arc`. Two keys
+    /// with one `kid` refuse the whole document: which one a token means
+    /// would be a guess.
     pub fn parse(
         document: &[u8],
         algorithms: &[Algorithm],
@@ -137,7 +139,13 @@ impl KeySet {
         let document: Document = serde_json::from_slice(document)
             .map_err(|error| format!("not a JWKS document: {error}"))?;
         let mut keys = HashMap::new();
+        let mut kids = std::collections::HashSet::new();
         for value in document.keys {
+            if let Some(kid) = value.get("kid").and_then(serde_json::Value::as_str)
+                && !kids.insert(kid.to_owned())
+            {
+                return Err(format!("two keys have the kid '{kid}'"));
+            }
             // A key of a type this crate does not know is skipped, not fatal.
             let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
                 continue;

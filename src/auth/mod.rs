@@ -34,6 +34,8 @@ pub const TOKEN_BYTES_MAX: usize = 8192;
 pub const SCOPE_READ: &str = "saldos:read";
 /// The scope that lets a service client debit every account.
 pub const SCOPE_DEBIT: &str = "saldos:debit";
+/// The scope that reads the feed of every account's events (SPEC section 9).
+pub const SCOPE_EVENTS: &str = "saldos:events";
 
 /// What a request may do with an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub enum Operation {
 }
 
 /// What a verified token grants.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Access {
     /// Who: `sub`, or `client_id`/`azp` for a service token.
     pub principal: Principal,
@@ -55,6 +57,8 @@ pub struct Access {
     pub read_all: bool,
     /// `saldos:debit`: every account may be debited.
     pub debit_all: bool,
+    /// `saldos:events`: the feed of every account's events may be read.
+    pub events: bool,
 }
 
 impl Access {
@@ -69,13 +73,94 @@ impl Access {
     }
 }
 
+/// Why a request was refused, as counted in `saldos_auth_refusals_total`:
+/// a fixed, small set (a label value each), never a token's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No bearer token was sent (no header, or another scheme).
+    Missing,
+    /// Not a compact JWT, a header or claims that do not parse, a `typ`
+    /// that is not an access token's, no `kid`.
+    Malformed,
+    /// An `alg` not allowed, or not matching the key's type.
+    Algorithm,
+    /// A `crit` header: no extension is understood.
+    Crit,
+    /// No key of the JWKS has the token's `kid`.
+    UnknownKid,
+    /// The signature does not verify.
+    Signature,
+    /// `exp` is past.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `iss` missing, not a string, or not the configured issuer.
+    Issuer,
+    /// `aud` is not (or does not hold) the configured audience.
+    Audience,
+    /// A required claim (`exp`, a principal) is missing or invalid.
+    Claims,
+    /// The key that verified the token left the JWKS meanwhile.
+    Revoked,
+    /// A valid token that does not allow the operation (403).
+    Forbidden,
+}
+
+impl Refusal {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 13] = [
+        Self::Missing,
+        Self::Malformed,
+        Self::Algorithm,
+        Self::Crit,
+        Self::UnknownKid,
+        Self::Signature,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::Issuer,
+        Self::Audience,
+        Self::Claims,
+        Self::Revoked,
+        Self::Forbidden,
+    ];
+
+    /// The `reason` label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Algorithm => "algorithm",
+            Self::Crit => "crit",
+            Self::UnknownKid => "unknown_kid",
+            Self::Signature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Issuer => "issuer",
+            Self::Audience => "audience",
+            Self::Claims => "claims",
+            Self::Revoked => "revoked",
+            Self::Forbidden => "forbidden",
+        }
+    }
+}
+
 /// Why a request is not authenticated (401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unauthenticated {
     /// No bearer token was sent (no header, or another scheme).
     NoToken,
-    /// A bearer token was sent and is not valid.
-    InvalidToken,
+    /// A bearer token was sent and is not valid, for this reason.
+    InvalidToken(Refusal),
+}
+
+impl Unauthenticated {
+    /// The refusal's reason, for the metric.
+    pub fn reason(self) -> Refusal {
+        match self {
+            Self::NoToken => Refusal::Missing,
+            Self::InvalidToken(reason) => reason,
+        }
+    }
 }
 
 /// The service's authentication.
@@ -91,7 +176,7 @@ impl Auth {
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-    ) -> Result<Option<Arc<Access>>, Unauthenticated> {
+    ) -> Result<Option<Access>, Unauthenticated> {
         match self {
             Self::Open => Ok(None),
             Self::Jwt(verifier) => {
@@ -102,39 +187,45 @@ impl Auth {
     }
 }
 
+/// Whether `access` (absent when authentication is off) may read the feed
+/// of events and store consumer positions: only with `saldos:events`, never
+/// by owning an account.
+pub fn may_follow_events(access: Option<&Access>) -> bool {
+    access.is_none_or(|access| access.events)
+}
+
 /// Whether `access` (absent when authentication is off) allows `operation`
 /// on `usuario`.
 pub fn is_allowed(access: Option<&Access>, usuario: &Usuario, operation: Operation) -> bool {
     access.is_none_or(|access| access.allows(usuario, operation))
 }
 
-/// The token of the `Authorization: Bearer <token>` header (RFC 6750: the
-/// scheme is case-insensitive, one space, then the token's characters).
+/// The token of the `Authorization: Bearer <token>` header (RFC 7235 and
+/// RFC 6750: the scheme is case-insensitive, then one or more spaces, then
+/// the token's characters).
 fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthenticated> {
-    const SCHEME: &[u8] = b"bearer ";
+    const SCHEME: &[u8] = b"bearer";
+    const MALFORMED: Unauthenticated = Unauthenticated::InvalidToken(Refusal::Malformed);
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Err(Unauthenticated::NoToken),
         (Some(value), None) => value.as_bytes(),
-        (Some(_), Some(_)) => return Err(Unauthenticated::InvalidToken),
+        (Some(_), Some(_)) => return Err(MALFORMED),
     };
+    let (scheme, rest) = value.split_at(value.len().min(SCHEME.len()));
     let is_bearer =
-        value.len() >= SCHEME.len() && value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME);
+        scheme.eq_ignore_ascii_case(SCHEME) && rest.first().is_none_or(|after| *after == b' ');
     if !is_bearer {
-        let is_bare_scheme = value.eq_ignore_ascii_case(&SCHEME[..SCHEME.len() - 1]);
-        return Err(if is_bare_scheme {
-            Unauthenticated::InvalidToken
-        } else {
-            Unauthenticated::NoToken
-        });
+        return Err(Unauthenticated::NoToken);
     }
-    let token = &value[SCHEME.len()..];
+    let spaces = rest.iter().take_while(|byte| **byte == b' ').count();
+    let token = &rest[spaces..];
     if token.is_empty() || token.len() > TOKEN_BYTES_MAX {
-        return Err(Unauthenticated::InvalidToken);
+        return Err(MALFORMED);
     }
     // Its characters are checked only when it is not in the cache
     // (`is_token_text`): a cached token passed that check already.
-    std::str::from_utf8(token).map_err(|_| Unauthenticated::InvalidToken)
+    std::str::from_utf8(token).map_err(|_| MALFORMED)
 }
 
 /// True when `token` holds only the characters of a compact JWT (base64url
@@ -152,19 +243,20 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_found_or_refused() {
-        let cases: [(&[&str], Result<&str, Unauthenticated>); 9] = [
+        const MALFORMED: Unauthenticated = Unauthenticated::InvalidToken(Refusal::Malformed);
+        let cases: [(&[&str], Result<&str, Unauthenticated>); 12] = [
             (&[], Err(Unauthenticated::NoToken)),
             (&["Basic dXNlcjpwYXNz"], Err(Unauthenticated::NoToken)),
+            (&["Bearerx a.b.c"], Err(Unauthenticated::NoToken)),
+            (&["Bearer\ta.b.c"], Err(Unauthenticated::NoToken)),
             (&["Bearer a.b.c"], Ok("a.b.c")),
             (&["bEARER a.b-_c"], Ok("a.b-_c")),
-            (&["Bearer"], Err(Unauthenticated::InvalidToken)),
-            (&["Bearer "], Err(Unauthenticated::InvalidToken)),
+            (&["Bearer"], Err(MALFORMED)),
+            (&["Bearer "], Err(MALFORMED)),
             (&["Bearer a b"], Ok("a b")),
-            (&["Bearer  a.b.c"], Ok(" a.b.c")),
-            (
-                &["Bearer a.b.c", "Bearer a.b.c"],
-                Err(Unauthenticated::InvalidToken),
-            ),
+            (&["Bearer  a.b.c"], Ok("a.b.c")),
+            (&["BEARER    a.b.c"], Ok("a.b.c")),
+            (&["Bearer a.b.c", "Bearer a.b.c"], Err(MALFORMED)),
         ];
         for (values, expected) in cases {
             let mut headers = HeaderMap::new();
@@ -176,7 +268,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         let long = format!("Bearer {}", "a".repeat(TOKEN_BYTES_MAX + 1));
         headers.insert(AUTHORIZATION, HeaderValue::from_str(&long).unwrap());
-        assert_eq!(bearer_token(&headers), Err(Unauthenticated::InvalidToken));
+        assert_eq!(bearer_token(&headers), Err(MALFORMED));
         assert!(is_token_text("eyJhbGc.eyJzdWI-_.c2ln"));
         for bad in ["a b", " a.b.c", "a+b", "a/b", "a=", "ñ"] {
             assert!(!is_token_text(bad), "{bad:?}");
@@ -187,10 +279,11 @@ mod tests {
     fn access_is_the_own_account_or_a_scope() {
         let usuario = |name: &str| Usuario::new(name).unwrap();
         let access = |subject: Option<&str>, read_all, debit_all| Access {
-            principal: Principal::new("p").unwrap(),
+            principal: Principal::new(crate::principal::Kind::Customer, "p").unwrap(),
             subject: subject.map(usuario),
             read_all,
             debit_all,
+            events: false,
         };
         let ana = usuario("ana");
         let cases = [
@@ -203,7 +296,17 @@ mod tests {
         for (access, read, debit) in cases {
             assert_eq!(access.allows(&ana, Operation::Read), read, "{access:?}");
             assert_eq!(access.allows(&ana, Operation::Debit), debit, "{access:?}");
+            // Only `saldos:events` reads the feed: not an account, nor the
+            // other scopes.
+            assert!(!may_follow_events(Some(&access)), "{access:?}");
         }
         assert!(is_allowed(None, &ana, Operation::Debit));
+        assert!(may_follow_events(None));
+        let follower = Access {
+            events: true,
+            ..access(None, false, false)
+        };
+        assert!(may_follow_events(Some(&follower)));
+        assert!(!follower.allows(&ana, Operation::Read));
     }
 }

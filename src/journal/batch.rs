@@ -122,6 +122,15 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, Damage> {
     })
 }
 
+/// The first record number a valid batch header announces, without its
+/// records (which are checked when they are read).
+pub fn first_record_of(header: &[u8]) -> Option<u64> {
+    let header = header.get(..HEADER_BYTES)?;
+    decode_header(header)
+        .ok()
+        .map(|(first_record, ..)| first_record)
+}
+
 /// True when a valid header of a batch numbered after `first_record` starts
 /// anywhere in `bytes`: proof that a later write happened.
 pub fn has_later_header(bytes: &[u8], first_record: u64) -> bool {

@@ -33,6 +33,9 @@ const META_TEMPORARY: &str = "saldos.meta.tmp";
 /// The data directory's format; version 1 framed records without batches.
 const META_VERSION: &str = "saldos-data-dir 2";
 const TEMPORARY_SUFFIX: &str = ".tmp";
+/// The feed's named consumers and their positions, replaced whole.
+const CONSUMERS_FILE: &str = "consumers";
+const CONSUMERS_TEMPORARY: &str = "consumers.tmp";
 
 /// The two kinds of numbered files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,6 +153,28 @@ impl DataDir {
         Ok(files)
     }
 
+    /// The segments' indexes, sorted, without touching anything: safe while
+    /// the writer and the snapshot thread work (unlike [`DataDir::list`],
+    /// which removes stray temporary files and is for recovery only).
+    pub fn segments(&self) -> io::Result<Vec<u64>> {
+        let mut segments: Vec<u64> = self
+            .medium
+            .list()?
+            .iter()
+            .filter_map(|name| match FileKind::parse(name) {
+                Some((FileKind::Segment, index)) => Some(index),
+                _ => None,
+            })
+            .collect();
+        segments.sort_unstable();
+        Ok(segments)
+    }
+
+    /// At most `len` bytes of segment `index` from its start.
+    pub fn read_segment_prefix(&self, index: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.medium.read_at(&FileKind::Segment.name(index), 0, len)
+    }
+
     /// Writes the metadata of a directory without data, or checks it.
     pub fn check_meta(&self, fixed: Fixed<'_>, has_data: bool) -> Result<(), Error> {
         let path = self.path.join(META_FILE);
@@ -171,6 +196,28 @@ impl DataDir {
             }),
             Err(source) => Err(Error::Io { path, source }),
         }
+    }
+
+    /// Where the consumers file is, for errors.
+    pub fn consumers_path(&self) -> PathBuf {
+        self.path.join(CONSUMERS_FILE)
+    }
+
+    /// The consumers file's bytes; empty when none was ever written.
+    pub fn read_consumers(&self) -> Result<Vec<u8>, Error> {
+        match self.medium.read(CONSUMERS_FILE) {
+            Ok(bytes) => Ok(bytes),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(self.io_error(&self.path.join(CONSUMERS_FILE), source)),
+        }
+    }
+
+    /// Replaces the consumers file durably (temporary file, sync, rename,
+    /// directory sync): after this returns, a crash keeps `bytes`.
+    pub fn write_consumers(&self, bytes: &[u8]) -> io::Result<()> {
+        self.replace_durably(CONSUMERS_TEMPORARY, CONSUMERS_FILE, |file| {
+            file.append(bytes)
+        })
     }
 
     /// A whole numbered file.
@@ -247,13 +294,23 @@ impl DataDir {
         self.replace_durably(&format!("{name}{TEMPORARY_SUFFIX}"), &name, fill)
     }
 
-    /// Removes every segment and snapshot numbered below `index`, then syncs
+    /// Removes every snapshot numbered below `snapshots_below` and every
+    /// segment below `segments_below` (at most `snapshots_below`), then syncs
     /// the directory. Only called once a durable snapshot covers them.
-    pub fn remove_before(&self, index: u64) -> io::Result<()> {
+    pub fn remove_before(&self, snapshots_below: u64, segments_below: u64) -> io::Result<()> {
+        assert!(segments_below <= snapshots_below);
         let files = self.list().map_err(io::Error::other)?;
-        let segments = files.segments.iter().map(|n| (FileKind::Segment, *n));
-        let snapshots = files.snapshots.iter().map(|n| (FileKind::Snapshot, *n));
-        for (kind, older) in segments.chain(snapshots).filter(|(_, n)| *n < index) {
+        let segments = files
+            .segments
+            .iter()
+            .filter(|n| **n < segments_below)
+            .map(|n| (FileKind::Segment, *n));
+        let snapshots = files
+            .snapshots
+            .iter()
+            .filter(|n| **n < snapshots_below)
+            .map(|n| (FileKind::Snapshot, *n));
+        for (kind, older) in segments.chain(snapshots) {
             self.medium.remove(&kind.name(older))?;
         }
         self.medium.sync_dir()

@@ -25,6 +25,8 @@ pub trait Medium: Send + Sync {
     fn list(&self) -> io::Result<Vec<String>>;
     /// A whole file.
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// At most `len` bytes of a file from `offset` (fewer at its end).
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Creates a new, empty file for appending; fails if it exists.
     fn create(&self, name: &str) -> io::Result<Box<dyn MediumFile>>;
     /// Opens an existing file for appending.

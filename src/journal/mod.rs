@@ -19,7 +19,9 @@
 //! that justifies the change is synced, in journal order.
 
 pub mod batch;
+mod consumers;
 mod data_dir;
+mod events;
 pub mod medium;
 mod queue;
 mod record;
@@ -33,7 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use consumers::{CONSUMERS_MAX, Consumers};
 pub use data_dir::FileKind;
+pub use events::Events;
 pub use medium::{Medium, Os, PowerCut};
 pub use queue::{ENTRIES_MAX, Queued, Slot, Ticket};
 pub use record::{DecodeError, Key, Record};
@@ -41,12 +45,15 @@ pub use record::{DecodeError, Key, Record};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::feed::Feed;
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, ReplayError};
 use crate::metrics;
+use crate::seam::EventId;
 use crate::seam::Unavailable;
 use crate::usuario::Usuario;
 use data_dir::{DataDir, Fixed};
+use events::SegmentEvents;
 use queue::Queue;
 use writer::{DeathWatch, Shared, Writer};
 
@@ -183,6 +190,9 @@ pub struct Options<'a> {
     pub seed: &'a [(Usuario, u64)],
     /// A segment this large is closed and snapshotted.
     pub segment_bytes_max: u64,
+    /// Segments a snapshot covers are removed only once their records are
+    /// older than this (the feed of events reads them).
+    pub events_retention: Duration,
 }
 
 /// A journal ready to take records, and what recovery did.
@@ -222,6 +232,11 @@ pub fn open_on(
         seed: options.seed,
     };
     let recovered = recovery::recover(&dir, fixed, &ledger, &keys)?;
+    let consumers = Arc::new(Consumers::load(dir.clone())?);
+    let segment_events = SegmentEvents::new(dir.clone());
+    let durable_through = Arc::new(AtomicU64::new(recovered.tail.next_record - 1));
+    // Events before this start are the journal's, not memory's.
+    let feed = Arc::new(Feed::new(EventId(recovered.tail.next_record - 1)));
     let queue = Arc::new(Queue::new());
     let faults = Arc::new(Faults::default());
     let stats = Arc::new(Stats::default());
@@ -232,8 +247,15 @@ pub fn open_on(
         queue: queue.clone(),
         faults: faults.clone(),
         stats: stats.clone(),
+        feed: feed.clone(),
+        durable_through: durable_through.clone(),
     };
-    let writer = Writer::new(shared, recovered.tail, options.segment_bytes_max);
+    let writer = Writer::new(
+        shared,
+        recovered.tail,
+        options.segment_bytes_max,
+        options.events_retention,
+    );
     let thread_queue = queue.clone();
     let thread = std::thread::Builder::new()
         .name("saldos-journal".into())
@@ -250,6 +272,9 @@ pub fn open_on(
             queue,
             faults,
             stats,
+            feed: feed.clone(),
+            events: Arc::new(Events::new(feed, segment_events, durable_through)),
+            consumers,
             writer: Some(thread),
         },
         records_replayed: recovered.records_replayed,
@@ -264,6 +289,12 @@ pub struct Journal {
     queue: Arc<Queue>,
     faults: Arc<Faults>,
     stats: Arc<Stats>,
+    /// Synced debits, newest in memory.
+    feed: Arc<Feed>,
+    /// Synced debits, from memory or the segments.
+    events: Arc<Events>,
+    /// The feed's named consumers.
+    consumers: Arc<Consumers>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -290,6 +321,21 @@ impl Journal {
     /// dropped the unsynced pages.
     pub fn has_failed(&self) -> bool {
         self.queue.has_failed()
+    }
+
+    /// The feed of synced debits.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
+    /// The synced debits, for readers of the feed.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    /// The feed's named consumers, stored in the data directory.
+    pub fn consumers(&self) -> &Arc<Consumers> {
+        &self.consumers
     }
 
     /// The fault-injection switches.

@@ -4,7 +4,7 @@
 //! record  = payload_len:u32le crc32c(payload):u32le payload
 //! payload = version:u8 flags:u8 time_ms:u64le monto:u64le saldo:u64le
 //!           usuario_len:u8 usuario
-//!           [principal_len:u8 principal]              (version 2 only)
+//!           [principal_len:u8 principal]              (versions 2 and 3)
 //!           [key_len:u8 key fingerprint:u64le]        (when flags & KEYED)
 //! flags   = RETIRO (else pago) | REFUSED (else debited) | KEYED
 //! saldo   = nuevo_saldo when debited, saldo_disponible when refused
@@ -12,22 +12,30 @@
 //! A refused record changes no balance: it exists to remember a keyed
 //! request's `SALDO_INSUFICIENTE` answer as durably as a debit.
 //!
-//! Versions: a record with a principal (authentication on) is version 2, one
-//! without is version 1, byte for byte what the first format wrote. So every
-//! encoding is canonical (one record, one byte string), the decoder reads
-//! both, and a data directory written with authentication off is still
-//! readable by a binary that knows only version 1.
+//! Versions: a record with a principal (authentication on) is version 3, its
+//! principal's text naming its kind (`customer:<sub>`, `service:<id>`); one
+//! without is version 1, byte for byte what the first format wrote. Version
+//! 2, written before principals had kinds, holds a bare name: it is read as
+//! a principal of [`Kind::Unknown`] (and written back as version 2, so every
+//! encoding stays canonical: one record, one byte string). A data directory
+//! written with authentication off is still readable by a binary that knows
+//! only version 1.
 
 use crate::idempotency::Scoped;
 use crate::idempotency::{KEY_BYTES_MAX, Remembered};
 use crate::ledger::MONTO_MAX;
 use crate::ledger::{DebitKind, Outcome, SALDO_MAX};
-use crate::principal::{PRINCIPAL_BYTES_MAX, Principal};
+use crate::principal::{Kind, PRINCIPAL_TEXT_BYTES_MAX, Principal};
 use crate::usuario::{USUARIO_BYTES_MAX, Usuario};
 
-/// The newest record format, written whenever a record has a principal;
-/// bumped on any change to the layout (ARCHITECTURE.md, "Format changes").
-pub const FORMAT_VERSION: u8 = 2;
+/// The newest record format, written whenever a record has a principal of a
+/// known kind; bumped on any change to the layout or its meaning
+/// (ARCHITECTURE.md, "Format changes").
+pub const FORMAT_VERSION: u8 = 3;
+
+/// The format of principals without a kind (read, and written back only for
+/// such a principal).
+const FORMAT_VERSION_KINDLESS: u8 = 2;
 
 /// The first format: no principal.
 const FORMAT_VERSION_UNAUTHENTICATED: u8 = 1;
@@ -37,7 +45,7 @@ pub const HEADER_BYTES: usize = 8;
 
 /// The largest payload a valid record has.
 pub const PAYLOAD_BYTES_MAX: usize =
-    2 + 3 * 8 + 1 + USUARIO_BYTES_MAX + 1 + PRINCIPAL_BYTES_MAX + 1 + KEY_BYTES_MAX + 8;
+    2 + 3 * 8 + 1 + USUARIO_BYTES_MAX + 1 + PRINCIPAL_TEXT_BYTES_MAX + 1 + KEY_BYTES_MAX + 8;
 
 const RETIRO: u8 = 1;
 const REFUSED: u8 = 1 << 1;
@@ -95,8 +103,9 @@ impl Record {
             DebitKind::Retiro => RETIRO,
         };
         let flags_key = if self.key.is_some() { KEYED } else { 0 };
-        out.push(match self.principal {
-            Some(_) => FORMAT_VERSION,
+        out.push(match self.principal.as_ref().map(Principal::kind) {
+            Some(Kind::Customer | Kind::Service) => FORMAT_VERSION,
+            Some(Kind::Unknown) => FORMAT_VERSION_KINDLESS,
             None => FORMAT_VERSION_UNAUTHENTICATED,
         });
         out.push(flags_kind | flags_outcome | flags_key);
@@ -108,7 +117,7 @@ impl Record {
         out.extend_from_slice(usuario);
         if let Some(principal) = &self.principal {
             let principal = principal.as_str().as_bytes();
-            debug_assert!(principal.len() <= PRINCIPAL_BYTES_MAX);
+            debug_assert!(principal.len() <= PRINCIPAL_TEXT_BYTES_MAX);
             out.push(principal.len() as u8);
             out.extend_from_slice(principal);
         }
@@ -181,9 +190,12 @@ impl Record {
     fn decode_payload(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader(payload);
         let version = reader.u8()?;
-        if version != FORMAT_VERSION && version != FORMAT_VERSION_UNAUTHENTICATED {
-            return Err(DecodeError::Corrupt("unknown record version"));
-        }
+        let principal_kind = match version {
+            FORMAT_VERSION_UNAUTHENTICATED => None,
+            FORMAT_VERSION_KINDLESS => Some(Kind::Unknown),
+            FORMAT_VERSION => Some(Kind::Customer),
+            _ => return Err(DecodeError::Corrupt("unknown record version")),
+        };
         let flags = reader.u8()?;
         if flags & !FLAGS_ALL != 0 {
             return Err(DecodeError::Corrupt("unknown record flags"));
@@ -196,15 +208,17 @@ impl Record {
             .ok()
             .and_then(|name| Usuario::new(name).ok())
             .ok_or(DecodeError::Corrupt("invalid account name"))?;
-        let principal = if version == FORMAT_VERSION {
-            let principal_len = usize::from(reader.u8()?);
-            let principal = std::str::from_utf8(reader.bytes(principal_len)?)
-                .ok()
-                .and_then(Principal::new)
-                .ok_or(DecodeError::Corrupt("invalid principal"))?;
-            Some(principal)
-        } else {
-            None
+        let principal = match principal_kind {
+            None => None,
+            Some(kind) => {
+                let principal_len = usize::from(reader.u8()?);
+                let text = std::str::from_utf8(reader.bytes(principal_len)?).ok();
+                let principal = match kind {
+                    Kind::Unknown => text.and_then(|name| Principal::new(kind, name)),
+                    Kind::Customer | Kind::Service => text.and_then(Principal::parse),
+                };
+                Some(principal.ok_or(DecodeError::Corrupt("invalid principal"))?)
+            }
         };
         let key = if flags & KEYED != 0 {
             let key_len = usize::from(reader.u8()?);
@@ -279,6 +293,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::principal::PRINCIPAL_BYTES_MAX;
 
     fn records() -> Vec<Record> {
         let usuario = |name: &str| Usuario::new(name).unwrap();
@@ -312,18 +327,43 @@ mod tests {
                 monto: 7,
                 outcome: Outcome::Debited { nuevo_saldo: 3 },
                 time_ms: 1_700_000_000_001,
-                principal: Principal::new(&"é".repeat(PRINCIPAL_BYTES_MAX / 2)),
+                principal: Principal::new(Kind::Customer, &"é".repeat(PRINCIPAL_BYTES_MAX / 2)),
                 key: Some(Key {
                     key: "clave".into(),
                     fingerprint: 42,
+                }),
+            },
+            Record {
+                kind: DebitKind::Retiro,
+                usuario: usuario("usuario3"),
+                monto: 9,
+                outcome: Outcome::Debited { nuevo_saldo: 1 },
+                time_ms: 1_700_000_000_002,
+                principal: Principal::new(Kind::Service, &"s".repeat(PRINCIPAL_BYTES_MAX)),
+                key: Some(Key {
+                    key: "k".repeat(KEY_BYTES_MAX).into(),
+                    fingerprint: 43,
+                }),
+            },
+            Record {
+                kind: DebitKind::Pago,
+                usuario: usuario("usuario4"),
+                monto: 10,
+                outcome: Outcome::Debited { nuevo_saldo: 2 },
+                time_ms: 1_700_000_000_003,
+                principal: Principal::new(Kind::Unknown, "pagos"),
+                key: Some(Key {
+                    key: "antes".into(),
+                    fingerprint: 44,
                 }),
             },
         ]
     }
 
     // A record without a principal is written exactly as the first format
-    // did (the bytes below are version 1's); one with a principal is
-    // version 2, and a version 2 record must carry one.
+    // did (the bytes below are version 1's); one with a kinded principal is
+    // version 3, a kindless one (read from version 2) version 2; versions 2
+    // and 3 must carry one, and version 3's names its kind.
     #[test]
     fn versions_follow_the_principal() {
         let mut bytes = Vec::new();
@@ -343,8 +383,20 @@ mod tests {
         let mut shorter = Vec::new();
         no_principal.encode(&mut shorter);
         assert_eq!(shorter[HEADER_BYTES], 1);
-        // Claiming version 2 without the principal field is corrupt.
-        let mut forged = shorter[HEADER_BYTES..].to_vec();
+        let mut kindless = Vec::new();
+        records()[4].encode(&mut kindless);
+        assert_eq!(kindless[HEADER_BYTES], FORMAT_VERSION_KINDLESS);
+        // Claiming version 2 or 3 without the principal field is corrupt.
+        for version in [FORMAT_VERSION_KINDLESS, FORMAT_VERSION] {
+            let mut forged = shorter[HEADER_BYTES..].to_vec();
+            forged[0] = version;
+            assert!(matches!(
+                Record::decode(&framed(&forged)),
+                Err(DecodeError::Corrupt(_))
+            ));
+        }
+        // A version 3 principal without its kind is corrupt.
+        let mut forged = kindless[HEADER_BYTES..].to_vec();
         forged[0] = FORMAT_VERSION;
         assert!(matches!(
             Record::decode(&framed(&forged)),

@@ -15,8 +15,9 @@ use super::snapshot::{self, Cut, Restore};
 use super::writer::Tail;
 use super::{DecodeError, Error, Record};
 use crate::clock;
-use crate::idempotency::Table;
-use crate::ledger::{Ledger, Outcome, ReplayError};
+use crate::idempotency::{Scoped, Table};
+use crate::ledger::{Ledger, Outcome, ReplayError, Stamp};
+use crate::principal::Kind;
 use crate::usuario::Usuario;
 
 /// What recovery found and did.
@@ -282,8 +283,8 @@ struct Restorer<'a> {
 impl Restorer<'_> {
     fn replay(&mut self, record: &Record, number: u64) -> Result<(), ReplayError> {
         if let Outcome::Debited { nuevo_saldo } = record.outcome {
-            self.ledger
-                .replay(&record.usuario, record.monto, number, nuevo_saldo)?;
+            let stamp = Stamp::new(number, record.kind, record.monto, record.time_ms);
+            self.ledger.replay(&record.usuario, stamp, nuevo_saldo)?;
         }
         self.key(record);
         Ok(())
@@ -296,19 +297,41 @@ impl Restore for Restorer<'_> {
         usuario: &Usuario,
         saldo: u64,
         last_record: u64,
+        history: &[Stamp],
     ) -> Result<(), ReplayError> {
         self.ledger
-            .restore(usuario, saldo, last_record)
+            .restore(usuario, saldo, last_record, history)
             .map_err(|_| ReplayError::TooManyAccounts {
                 accounts_max: self.ledger.accounts_max(),
             })
     }
 
+    /// Remembers the record's key. A principal without a kind (journal
+    /// format 2) may have been either: its key is remembered for both, so a
+    /// retry across the upgrade replays whichever kind its token now names,
+    /// and is never debited twice.
     fn key(&mut self, record: &Record) {
-        if let Some((key, remembered)) = record.remembered()
-            && !self.keys.is_expired(&remembered, self.now_ms)
+        let Some((key, remembered)) = record.remembered() else {
+            return;
+        };
+        if self.keys.is_expired(&remembered, self.now_ms) {
+            return;
+        }
+        match key
+            .principal
+            .filter(|principal| principal.kind() == Kind::Unknown)
         {
-            self.keys.finish(key, remembered);
+            None => self.keys.finish(key, remembered),
+            Some(kindless) => {
+                for kind in Kind::KNOWN {
+                    let principal = kindless.with_kind(kind);
+                    let scoped = Scoped {
+                        principal: Some(&principal),
+                        key: key.key,
+                    };
+                    self.keys.finish(scoped, remembered);
+                }
+            }
         }
     }
 }

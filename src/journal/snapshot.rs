@@ -6,6 +6,7 @@
 //! ```text
 //! snapshot = "SALDOSNP" version:u8 covers:u64le next_record:u64le entry* end
 //! entry    = 0x01 usuario_len:u8 usuario saldo:u64le last_record:u64le
+//!               moved:u16le (id:u64le time_ms:u64le monto_kind:u64le)*moved
 //!          | 0x02 record                     (a remembered key, record.rs)
 //! end      = 0xFF accounts:u64le keys:u64le crc32c(everything before):u32le
 //! ```
@@ -18,19 +19,27 @@
 //! over an account only when the account does not hold it yet. Keys are
 //! written the same way; replaying a settled key again is harmless. Memory
 //! beyond the ledger: one shard's encoding at a time.
+//!
+//! Version 3 added each account's kept movements (`moved`, oldest first,
+//! each as `ledger::Stamp` packs it); version 2 snapshots load with none.
 
 use std::io;
 
 use super::data_dir::{DataDir, FileKind};
+use super::events::segment_head;
 use super::medium::MediumFile;
 use super::{Error, Record};
 use crate::clock;
 use crate::idempotency::Table;
-use crate::ledger::{Ledger, ReplayError, SALDO_MAX, Stored};
+use crate::ledger::{HISTORY_PER_ACCOUNT_MAX, Ledger, ReplayError, SALDO_MAX, Stamp, Stored};
 use crate::usuario::Usuario;
 
 const MAGIC: &[u8; 8] = b"SALDOSNP";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// The version before movements were kept: read, never written.
+const VERSION_WITHOUT_HISTORY: u8 = 2;
+/// Bytes of one kept movement.
+const STAMP_BYTES: usize = 24;
 const HEADER_BYTES: usize = MAGIC.len() + 1 + 8 + 8;
 const ACCOUNT: u8 = 0x01;
 const KEY: u8 = 0x02;
@@ -64,9 +73,17 @@ impl Out<'_> {
     }
 }
 
-/// Writes snapshot `cut.covers` durably (then removes the files it replaces);
-/// returns its size in bytes.
-pub fn write(dir: &DataDir, cut: Cut, ledger: &Ledger, keys: &Table) -> io::Result<u64> {
+/// Writes snapshot `cut.covers` durably, then removes the snapshots it
+/// replaces and the segments it covers whose records are all older than
+/// `events_since_ms` (the feed reads the younger ones); returns its size in
+/// bytes.
+pub fn write(
+    dir: &DataDir,
+    cut: Cut,
+    ledger: &Ledger,
+    keys: &Table,
+    events_since_ms: u64,
+) -> io::Result<u64> {
     let mut size = 0;
     dir.write_snapshot(cut.covers, |file| {
         let mut out = Out {
@@ -91,8 +108,23 @@ pub fn write(dir: &DataDir, cut: Cut, ledger: &Ledger, keys: &Table) -> io::Resu
         size = out.bytes;
         Ok(())
     })?;
-    dir.remove_before(cut.covers)?;
+    let segments_kept_from = first_segment_kept(dir, cut.covers, events_since_ms)?;
+    dir.remove_before(cut.covers, segments_kept_from)?;
     Ok(size)
+}
+
+/// The first segment before `covers` the feed still needs: a segment's
+/// records are all older than the next segment's first, so segment `n` may
+/// go once segment `n + 1` began before `events_since_ms`.
+fn first_segment_kept(dir: &DataDir, covers: u64, events_since_ms: u64) -> io::Result<u64> {
+    let segments = dir.segments()?;
+    for pair in segments.windows(2).filter(|pair| pair[0] < covers) {
+        let next_began = segment_head(dir, pair[1])?.map_or(u64::MAX, |head| head.time_ms);
+        if next_began >= events_since_ms {
+            return Ok(pair[0]);
+        }
+    }
+    Ok(covers)
 }
 
 /// Every account, then every live key, one shard at a time.
@@ -107,6 +139,13 @@ fn write_entries(out: &mut Out<'_>, ledger: &Ledger, keys: &Table) -> io::Result
             buffer.extend_from_slice(stored.usuario.as_bytes());
             buffer.extend_from_slice(&stored.saldo.to_le_bytes());
             buffer.extend_from_slice(&stored.last_record.to_le_bytes());
+            let moved = stored.history.map_or(0, |history| history.len());
+            buffer.extend_from_slice(&(moved as u16).to_le_bytes());
+            for stamp in stored.history.into_iter().flatten() {
+                for word in stamp.words() {
+                    buffer.extend_from_slice(&word.to_le_bytes());
+                }
+            }
             accounts += 1;
         });
         out.append(&buffer)?;
@@ -127,12 +166,14 @@ fn write_entries(out: &mut Out<'_>, ledger: &Ledger, keys: &Table) -> io::Result
 
 /// What a snapshot hands to recovery, in file order.
 pub trait Restore {
-    /// An account with its balance and its last applied record.
+    /// An account with its balance, its last applied record and its kept
+    /// movements, oldest first.
     fn account(
         &mut self,
         usuario: &Usuario,
         saldo: u64,
         last_record: u64,
+        history: &[Stamp],
     ) -> Result<(), ReplayError>;
     /// A remembered key, as the record that settled it.
     fn key(&mut self, record: &Record);
@@ -188,7 +229,8 @@ fn parse(bytes: &[u8], index: u64, restore: &mut impl Restore) -> Result<Loaded,
     if crc32c::crc32c(body).to_le_bytes() != crc {
         return Err((body.len(), "snapshot checksum mismatch").into());
     }
-    if &body[..MAGIC.len()] != MAGIC || body[MAGIC.len()] != VERSION {
+    let version = body[MAGIC.len()];
+    if &body[..MAGIC.len()] != MAGIC || !(VERSION_WITHOUT_HISTORY..=VERSION).contains(&version) {
         return Err((0, "not a snapshot of this format version").into());
     }
     let mut reader = Reader {
@@ -211,6 +253,7 @@ fn parse(bytes: &[u8], index: u64, restore: &mut impl Restore) -> Result<Loaded,
     }
     let (mut accounts, mut keys) = (0u64, 0u64);
     let mut last_record_max = (0, 0);
+    let mut history = Vec::new();
     loop {
         let entry_at = reader.at;
         match reader.u8()? {
@@ -228,8 +271,12 @@ fn parse(bytes: &[u8], index: u64, restore: &mut impl Restore) -> Result<Loaded,
                 if last_record > last_record_max.0 {
                     last_record_max = (last_record, entry_at as u64);
                 }
+                history.clear();
+                if version > VERSION_WITHOUT_HISTORY {
+                    read_history(&mut reader, last_record, &mut history)?;
+                }
                 restore
-                    .account(&usuario, saldo, last_record)
+                    .account(&usuario, saldo, last_record, &history)
                     .map_err(|error| Refusal::Restore(entry_at, error))?;
                 accounts += 1;
             }
@@ -255,6 +302,34 @@ fn parse(bytes: &[u8], index: u64, restore: &mut impl Restore) -> Result<Loaded,
         cut,
         last_record_max,
     })
+}
+
+/// An account's kept movements: at most [`HISTORY_PER_ACCOUNT_MAX`], ids
+/// increasing up to the account's `last_record`, amounts in range.
+fn read_history(
+    reader: &mut Reader<'_>,
+    last_record: u64,
+    history: &mut Vec<Stamp>,
+) -> Result<(), (usize, &'static str)> {
+    let at = reader.at;
+    let moved = usize::from(u16::from_le_bytes(
+        reader.take(2)?.try_into().expect("two bytes"),
+    ));
+    if moved > HISTORY_PER_ACCOUNT_MAX {
+        return Err((at, "too many movements kept"));
+    }
+    let mut previous = 0;
+    for _ in 0..moved {
+        let at = reader.at;
+        let bytes = reader.take(STAMP_BYTES)?;
+        let word = |n: usize| u64::from_le_bytes(bytes[n * 8..n * 8 + 8].try_into().expect("8"));
+        let stamp = Stamp::from_words([word(0), word(1), word(2)])
+            .filter(|stamp| stamp.id() > previous && stamp.id() <= last_record)
+            .ok_or((at, "kept movement out of range"))?;
+        previous = stamp.id();
+        history.push(stamp);
+    }
+    Ok(())
 }
 
 /// Reads fields off a checksummed snapshot body.

@@ -19,16 +19,18 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::data_dir::DataDir;
+use super::events::event_of;
 use super::medium::MediumFile;
 use super::queue::{Queue, Queued};
 use super::{Faults, Stats, Unavailable, batch, snapshot};
+use crate::feed::Feed;
 use crate::idempotency::Table;
-use crate::ledger::{Ledger, Outcome};
+use crate::ledger::{Ledger, Outcome, Stamp};
 
 /// Where the journal's end is: the segment being appended and the numbering.
 pub struct Tail {
@@ -56,6 +58,10 @@ pub struct Shared {
     pub faults: Arc<Faults>,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Where synced debits become events.
+    pub feed: Arc<Feed>,
+    /// The number of the last synced record, for readers of the segments.
+    pub durable_through: Arc<AtomicU64>,
 }
 
 /// The appending side of the journal, owned by its thread.
@@ -64,6 +70,8 @@ pub struct Writer {
     tail: Tail,
     /// A segment this large is closed and snapshotted.
     segment_bytes_max: u64,
+    /// See [`super::Options::events_retention`].
+    events_retention: Duration,
     /// The snapshot being written, at most one at a time.
     snapshot: Option<JoinHandle<()>>,
     /// The last rotation failed (its warning was logged).
@@ -72,11 +80,17 @@ pub struct Writer {
 
 impl Writer {
     /// A writer appending at `tail`.
-    pub fn new(shared: Shared, tail: Tail, segment_bytes_max: u64) -> Self {
+    pub fn new(
+        shared: Shared,
+        tail: Tail,
+        segment_bytes_max: u64,
+        events_retention: Duration,
+    ) -> Self {
         Self {
             shared,
             tail,
             segment_bytes_max,
+            events_retention,
             snapshot: None,
             rotation_failing: false,
         }
@@ -98,9 +112,12 @@ impl Writer {
             let records = self.encode(&batch, &mut bytes);
             self.shared.queue.writing(first, batch.len());
             let durable = self.append(&bytes).is_ok();
-            self.settle(&batch, durable);
+            let debited = self.settle(&batch, durable);
             if durable {
                 self.tail.next_record += records;
+                self.shared
+                    .durable_through
+                    .store(self.tail.next_record - 1, Ordering::Release);
                 let stats = &self.shared.stats;
                 stats.records.fetch_add(records, Ordering::Relaxed);
                 if records > 0 {
@@ -109,6 +126,9 @@ impl Writer {
             }
             // Last: a woken request sees the batch settled and counted.
             self.shared.queue.complete(first, batch.len(), durable);
+            if debited {
+                self.shared.feed.committed();
+            }
             batch.clear();
             if durable && self.tail.segment_bytes >= self.segment_bytes_max {
                 self.rotate();
@@ -189,18 +209,26 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies (or releases) each entry in journal order.
-    fn settle(&self, batch: &[Queued], durable: bool) {
+    /// Applies (or releases) each entry in journal order; a durable
+    /// batch's debits join the feed. Returns whether any did.
+    fn settle(&self, batch: &[Queued], durable: bool) -> bool {
         let mut number = self.tail.next_record;
+        let mut events = Vec::new();
         for queued in batch {
             let Some(record) = &queued.record else {
                 continue;
             };
-            if let (Some(account), Outcome::Debited { .. }) = (queued.account, record.outcome) {
-                let applied = durable.then_some(number);
+            if let (Some(account), Outcome::Debited { nuevo_saldo }) =
+                (queued.account, record.outcome)
+            {
+                let applied =
+                    durable.then(|| Stamp::new(number, record.kind, record.monto, record.time_ms));
                 self.shared
                     .ledger
                     .settle(account, &record.usuario, record.monto, applied);
+                if durable {
+                    events.push(event_of(record, number, nuevo_saldo));
+                }
             }
             if let Some((key, remembered)) = record.remembered() {
                 if durable {
@@ -211,6 +239,9 @@ impl Writer {
             }
             number += 1;
         }
+        let debited = !events.is_empty();
+        self.shared.feed.extend(events);
+        debited
     }
 
     /// Starts the next segment and has a snapshot of the state as of the end
@@ -247,6 +278,8 @@ impl Writer {
             covers: next,
             next_record: self.tail.next_record,
         };
+        let events_since_ms = crate::clock::unix_ms()
+            .saturating_sub(u64::try_from(self.events_retention.as_millis()).unwrap_or(u64::MAX));
         let (dir, ledger, keys, queue, stats) = (
             self.shared.dir.clone(),
             self.shared.ledger.clone(),
@@ -260,7 +293,7 @@ impl Writer {
                 let _death = DeathWatch::snapshot(&queue);
                 yield_to_requests();
                 let started = std::time::Instant::now();
-                match snapshot::write(&dir, cut, &ledger, &keys) {
+                match snapshot::write(&dir, cut, &ledger, &keys, events_since_ms) {
                     Ok(bytes) => {
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
                         let elapsed_ms = started.elapsed().as_millis() as u64;

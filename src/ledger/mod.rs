@@ -28,6 +28,8 @@
 //! The ledger does no I/O and never blocks on anything but a shard lock held for
 //! a few hundred nanoseconds.
 
+use std::collections::VecDeque;
+
 use hashbrown::hash_table::Entry;
 
 use crate::sharded::Sharded;
@@ -38,6 +40,9 @@ pub const SHARDS_MAX: usize = 1 << 16;
 
 /// The largest `monto` of one debit: 10^12 CLP.
 pub const MONTO_MAX: u64 = 1_000_000_000_000;
+
+/// The most movements `--history-per-account` may keep per account.
+pub const HISTORY_PER_ACCOUNT_MAX: usize = 1000;
 
 /// The largest opening or seeded balance: 2^53 − 1, the largest integer every
 /// JSON client (JavaScript included) reads exactly.
@@ -68,6 +73,9 @@ pub struct Limits {
     pub opening_saldo: u64,
     /// Most accounts the ledger stores (seeded plus debited).
     pub accounts_max: usize,
+    /// The newest movements each account keeps, 0 ..=
+    /// [`HISTORY_PER_ACCOUNT_MAX`].
+    pub history_per_account: usize,
 }
 
 /// What a debit request asked for: `pago` and `retiro` are the same
@@ -95,6 +103,89 @@ pub enum Outcome {
     },
 }
 
+/// An applied debit as its account's history keeps it, packed in 24 bytes:
+/// the balance after it is derived from the account's current balance and
+/// the newer movements' amounts, so it is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Its event id (the journal's record number, or the memory storage's
+    /// counter).
+    id: u64,
+    /// When it was applied, in ms since the Unix epoch.
+    time_ms: u64,
+    /// The amount (at most [`MONTO_MAX`], under 2^40), and the kind in the
+    /// top bit.
+    monto_kind: u64,
+}
+
+impl Stamp {
+    const RETIRO_BIT: u64 = 1 << 63;
+
+    /// Packs a movement.
+    pub fn new(id: u64, kind: DebitKind, monto: u64, time_ms: u64) -> Self {
+        assert!(monto <= MONTO_MAX);
+        let kind_bit = match kind {
+            DebitKind::Pago => 0,
+            DebitKind::Retiro => Self::RETIRO_BIT,
+        };
+        Self {
+            id,
+            time_ms,
+            monto_kind: monto | kind_bit,
+        }
+    }
+
+    /// Its three words as a snapshot stores them: id, time, amount with
+    /// the kind.
+    pub fn words(self) -> [u64; 3] {
+        [self.id, self.time_ms, self.monto_kind]
+    }
+
+    /// A movement from its three [`Stamp::words`], if the amount is in range.
+    pub fn from_words([id, time_ms, monto_kind]: [u64; 3]) -> Option<Self> {
+        let monto = monto_kind & !Self::RETIRO_BIT;
+        (1..=MONTO_MAX).contains(&monto).then_some(Self {
+            id,
+            time_ms,
+            monto_kind,
+        })
+    }
+
+    /// Its event id.
+    pub fn id(self) -> u64 {
+        self.id
+    }
+
+    /// When it was applied, in ms since the Unix epoch.
+    pub fn time_ms(self) -> u64 {
+        self.time_ms
+    }
+
+    /// The amount debited.
+    pub fn monto(self) -> u64 {
+        self.monto_kind & !Self::RETIRO_BIT
+    }
+
+    /// The endpoint that made it.
+    pub fn kind(self) -> DebitKind {
+        if self.monto_kind & Self::RETIRO_BIT == 0 {
+            DebitKind::Pago
+        } else {
+            DebitKind::Retiro
+        }
+    }
+}
+
+/// An account's kept movements, oldest first, with the balance after the
+/// newest: what a history page is computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// The durable balance, which the newest movement left.
+    pub saldo: u64,
+    /// Oldest first.
+    pub stamps: Vec<Stamp>,
+}
+
 /// A successful debit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Debit {
@@ -110,6 +201,8 @@ pub struct Ledger {
     accounts: Sharded<Account>,
     /// See [`Limits::opening_saldo`].
     opening_saldo: u64,
+    /// See [`Limits::history_per_account`].
+    history_per_account: usize,
 }
 
 struct Account {
@@ -120,6 +213,30 @@ struct Account {
     pendiente: u64,
     /// The journal record that last changed `saldo` (0: none).
     last_record: u64,
+    /// The newest movements, oldest first, at most
+    /// [`Limits::history_per_account`]; boxed so an account that never
+    /// moved pays one pointer.
+    history: Option<Box<Kept>>,
+}
+
+/// An account's kept movements, oldest first.
+#[derive(Debug, Default)]
+struct Kept(VecDeque<Stamp>);
+
+impl Account {
+    /// Keeps `stamp` as the newest movement, forgetting the oldest beyond
+    /// `kept_max`.
+    fn remember(&mut self, stamp: Stamp, kept_max: usize) {
+        if kept_max == 0 {
+            return;
+        }
+        let Kept(history) = &mut **self.history.get_or_insert_with(Box::default);
+        debug_assert!(history.back().is_none_or(|newest| newest.id < stamp.id));
+        if history.len() == kept_max {
+            history.pop_front();
+        }
+        history.push_back(stamp);
+    }
 }
 
 /// Finds a reserved account again without hashing its name twice.
@@ -137,6 +254,8 @@ pub struct Stored<'a> {
     pub saldo: u64,
     /// The journal record that last changed it (0: none).
     pub last_record: u64,
+    /// Its kept movements, oldest first (`None`: none).
+    pub history: Option<&'a VecDeque<Stamp>>,
 }
 
 /// Why a journal record cannot be replayed over the ledger.
@@ -183,37 +302,54 @@ impl Ledger {
         );
         assert!(limits.shard_count <= SHARDS_MAX);
         assert!(limits.opening_saldo <= SALDO_MAX);
+        assert!(limits.history_per_account <= HISTORY_PER_ACCOUNT_MAX);
         Self {
             accounts: Sharded::new(limits.shard_count, limits.accounts_max),
             opening_saldo: limits.opening_saldo,
+            history_per_account: limits.history_per_account,
         }
     }
 
     /// Sets an account's balance, as seeding a fresh data directory does.
     pub fn seed(&self, usuario: &Usuario, saldo: u64) -> Result<(), Error> {
-        self.restore(usuario, saldo, 0)
+        self.restore(usuario, saldo, 0, &[])
     }
 
-    /// Sets an account as a snapshot stored it.
-    pub fn restore(&self, usuario: &Usuario, saldo: u64, last_record: u64) -> Result<(), Error> {
+    /// Sets an account as a snapshot stored it: balance, last record and
+    /// kept movements (oldest first; the newest `history_per_account` of
+    /// them are kept).
+    pub fn restore(
+        &self,
+        usuario: &Usuario,
+        saldo: u64,
+        last_record: u64,
+        history: &[Stamp],
+    ) -> Result<(), Error> {
         assert!(saldo <= SALDO_MAX);
+        let kept_max = self.history_per_account;
         self.update(usuario, |account| {
             debug_assert_eq!(account.pendiente, 0);
             account.saldo = saldo;
             account.last_record = last_record;
+            account.history = None;
+            for stamp in history {
+                account.remember(*stamp, kept_max);
+            }
             Ok(())
         })
     }
 
-    /// Replays journal record `record` (a debit that left `nuevo_saldo`),
-    /// unless the account already holds it (from a snapshot taken after it).
+    /// Replays journal record `stamp.id()` (a debit that left
+    /// `nuevo_saldo`), unless the account already holds it (from a snapshot
+    /// taken after it).
     pub fn replay(
         &self,
         usuario: &Usuario,
-        monto: u64,
-        record: u64,
+        stamp: Stamp,
         nuevo_saldo: u64,
     ) -> Result<(), ReplayError> {
+        let (record, monto) = (stamp.id(), stamp.monto());
+        let kept_max = self.history_per_account;
         let replayed = self.update(usuario, |account| {
             if record <= account.last_record {
                 return Ok(Ok(()));
@@ -235,6 +371,7 @@ impl Ledger {
             }
             account.saldo = found;
             account.last_record = record;
+            account.remember(stamp, kept_max);
             Ok(Ok(()))
         });
         match replayed {
@@ -256,11 +393,22 @@ impl Ledger {
     }
 
     /// Atomically checks `monto <= saldo` and subtracts it (memory storage:
-    /// nothing is pending).
-    pub fn debit(&self, usuario: &Usuario, monto: u64) -> Result<Debit, Error> {
+    /// nothing is pending), then, still under the shard's lock, calls
+    /// `applied`, whose stamp the account's history keeps: so whatever it
+    /// records is ordered like the debits of this account.
+    pub fn debit(
+        &self,
+        usuario: &Usuario,
+        monto: u64,
+        applied: impl FnOnce(Debit) -> Stamp,
+    ) -> Result<Debit, Error> {
+        let kept_max = self.history_per_account;
         self.update(usuario, |account| {
             let debit = check(account, monto)?;
             account.saldo -= monto;
+            let stamp = applied(debit);
+            debug_assert_eq!(stamp.monto(), monto);
+            account.remember(stamp, kept_max);
             Ok(debit)
         })
     }
@@ -284,14 +432,21 @@ impl Ledger {
     }
 
     /// Ends a reservation of `monto` on a stored account: applies it to the
-    /// durable balance as journal record `applied`, or releases it (`None`).
+    /// durable balance as journal record `applied.id()` (kept in its
+    /// history), or releases it (`None`).
     /// Only looks up: a reserved account is stored, so nothing is inserted.
     ///
     /// # Panics
     /// If the account is not stored or holds less than `monto` in reserve: a
     /// broken invariant, which stops the journal's writer (and so marks the
     /// journal failed) rather than apply a wrong balance.
-    pub fn settle(&self, account: AccountRef, usuario: &Usuario, monto: u64, applied: Option<u64>) {
+    pub fn settle(
+        &self,
+        account: AccountRef,
+        usuario: &Usuario,
+        monto: u64,
+        applied: Option<Stamp>,
+    ) {
         let mut shard = self.accounts.lock(account.hash);
         let name = usuario.as_str();
         let stored = shard
@@ -299,13 +454,36 @@ impl Ledger {
             .expect("a reserved account is stored");
         assert!(stored.pendiente >= monto, "settling more than was reserved");
         stored.pendiente -= monto;
-        if let Some(record) = applied {
+        if let Some(stamp) = applied {
             assert!(
-                record > stored.last_record,
+                stamp.id() > stored.last_record,
                 "records settle in journal order"
             );
+            debug_assert_eq!(stamp.monto(), monto);
             stored.saldo -= monto;
-            stored.last_record = record;
+            stored.last_record = stamp.id();
+            stored.remember(stamp, self.history_per_account);
+        }
+    }
+
+    /// The account's kept movements and durable balance (nothing kept for an
+    /// account never debited).
+    pub fn history(&self, usuario: &Usuario) -> History {
+        let name = usuario.as_str();
+        let hash = self.accounts.hash(name);
+        let shard = self.accounts.lock(hash);
+        match shard.find(hash, |account| &*account.usuario == name) {
+            None => History {
+                saldo: self.opening_saldo,
+                stamps: Vec::new(),
+            },
+            Some(account) => History {
+                saldo: account.saldo,
+                stamps: account
+                    .history
+                    .as_deref()
+                    .map_or_else(Vec::new, |Kept(history)| history.iter().copied().collect()),
+            },
         }
     }
 
@@ -322,6 +500,7 @@ impl Ledger {
                 usuario: &account.usuario,
                 saldo: account.saldo,
                 last_record: account.last_record,
+                history: account.history.as_deref().map(|Kept(history)| history),
             });
         }
     }
@@ -371,6 +550,7 @@ impl Ledger {
                     saldo: self.opening_saldo,
                     pendiente: 0,
                     last_record: 0,
+                    history: None,
                 };
                 match change(&mut account) {
                     Ok(result) => {

@@ -38,8 +38,10 @@ use tokio::sync::Semaphore;
 
 pub use recorder::{
     ConnectionOpen, DURATION_BOUNDS_SECONDS, MethodLabel, Recorder, RouteLabel, STATUSES,
+    StreamOpen,
 };
 
+use crate::auth::Refusal;
 use crate::ledger::DebitKind;
 
 /// Requests answered, by route pattern, method and status.
@@ -50,6 +52,9 @@ pub const HTTP_REQUEST_DURATION: &str = "saldos_http_request_duration_seconds";
 pub const DEBITS: &str = "saldos_debits_total";
 /// Answers replayed from an idempotency key.
 pub const IDEMPOTENCY_REPLAYS: &str = "saldos_idempotency_replays_total";
+/// Requests refused by authentication (401) or authorization (403), by
+/// reason (`auth::Refusal`, a fixed set).
+pub const AUTH_REFUSALS: &str = "saldos_auth_refusals_total";
 /// 1 while debits can be applied (the readiness probe), else 0.
 pub const STORAGE_HEALTHY: &str = "saldos_storage_healthy";
 /// Client connections being served.
@@ -89,12 +94,18 @@ pub const DB_BATCH_DEBITS: &str = "saldos_db_batch_debits";
 /// a statement that failed.
 pub const DB_ERRORS: &str = "saldos_db_errors_total";
 
+/// Event streams (`GET /eventos` as Server-Sent Events) open now.
+pub const EVENTS_STREAMS_OPEN: &str = "saldos_events_streams_open";
+/// Events sent, in pages and streams.
+pub const EVENTS_SENT: &str = "saldos_events_sent_total";
+
 /// The families every server exports, whatever its storage.
-pub const FAMILIES: [&str; 17] = [
+pub const FAMILIES: [&str; 20] = [
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
     DEBITS,
     IDEMPOTENCY_REPLAYS,
+    AUTH_REFUSALS,
     STORAGE_HEALTHY,
     CONNECTIONS_OPEN,
     ACCOUNTS_STORED,
@@ -108,6 +119,8 @@ pub const FAMILIES: [&str; 17] = [
     PROCESS_MAX_FDS,
     PROCESS_START_TIME,
     PROCESS_THREADS,
+    EVENTS_STREAMS_OPEN,
+    EVENTS_SENT,
 ];
 
 /// The families the journal storage adds.
@@ -233,12 +246,36 @@ impl Collector for Requests {
             None,
             replays.metric_type(),
         )?)?;
+        let mut family = encoder.encode_descriptor(
+            counter_base(AUTH_REFUSALS),
+            "Requests refused by authentication (401) or authorization (403), by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in Refusal::ALL {
+            let count = ConstCounter::new(recorder.auth_refusals(reason));
+            count.encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        }
         let open = ConstGauge::new(recorder.connections_open());
         open.encode(encoder.encode_descriptor(
             CONNECTIONS_OPEN,
             "Client connections being served.",
             None,
             open.metric_type(),
+        )?)?;
+        let streams = ConstGauge::new(recorder.streams_open());
+        streams.encode(encoder.encode_descriptor(
+            EVENTS_STREAMS_OPEN,
+            "Event streams (Server-Sent Events) open now.",
+            None,
+            streams.metric_type(),
+        )?)?;
+        let sent = ConstCounter::new(recorder.events_sent_total());
+        sent.encode(encoder.encode_descriptor(
+            counter_base(EVENTS_SENT),
+            "Events sent, in pages and streams.",
+            None,
+            sent.metric_type(),
         )?)
     }
 }

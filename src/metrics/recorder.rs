@@ -10,12 +10,14 @@
 //! has no cells and records nothing.
 
 use std::cell::Cell as ThreadCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use http::{Method, StatusCode};
 
+use crate::auth::Refusal;
 use crate::ledger::{DebitKind, Outcome};
 
 /// Most per-thread cells a recorder keeps; threads beyond share them.
@@ -52,18 +54,27 @@ pub enum RouteLabel {
     Pago,
     /// `/retiro`.
     Retiro,
+    /// `/movimientos/{usuario}`.
+    Movimientos,
+    /// `/eventos`.
+    Eventos,
+    /// `/eventos/cursores/{nombre}`.
+    Cursores,
     /// Any path no route has.
     Unmatched,
 }
 
 impl RouteLabel {
     /// Every route label, in index order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 9] = [
         Self::Health,
         Self::Live,
         Self::Saldo,
         Self::Pago,
         Self::Retiro,
+        Self::Movimientos,
+        Self::Eventos,
+        Self::Cursores,
         Self::Unmatched,
     ];
 
@@ -75,6 +86,9 @@ impl RouteLabel {
             Self::Saldo => "/saldo/{usuario}",
             Self::Pago => "/pago",
             Self::Retiro => "/retiro",
+            Self::Movimientos => "/movimientos/{usuario}",
+            Self::Eventos => "/eventos",
+            Self::Cursores => "/eventos/cursores/{nombre}",
             Self::Unmatched => "unmatched",
         }
     }
@@ -97,13 +111,15 @@ pub enum MethodLabel {
     Head,
     /// `POST`.
     Post,
+    /// `PUT`.
+    Put,
     /// Any other method.
     Other,
 }
 
 impl MethodLabel {
     /// Every method label, in index order.
-    pub const ALL: [Self; 4] = [Self::Get, Self::Head, Self::Post, Self::Other];
+    pub const ALL: [Self; 5] = [Self::Get, Self::Head, Self::Post, Self::Put, Self::Other];
 
     /// The label of `method`.
     pub fn of(method: &Method) -> Self {
@@ -111,6 +127,7 @@ impl MethodLabel {
             Method::GET => Self::Get,
             Method::HEAD => Self::Head,
             Method::POST => Self::Post,
+            Method::PUT => Self::Put,
             _ => Self::Other,
         }
     }
@@ -121,13 +138,16 @@ impl MethodLabel {
             Self::Get => "GET",
             Self::Head => "HEAD",
             Self::Post => "POST",
+            Self::Put => "PUT",
             Self::Other => "other",
         }
     }
 }
 
 /// The statuses the API answers (SPEC section 1); any other is `other`.
-pub const STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 503];
+pub const STATUSES: [u16; 13] = [
+    200, 400, 401, 403, 404, 405, 408, 409, 410, 413, 415, 422, 503,
+];
 
 /// Index of `status` in [`STATUSES`], or `STATUSES.len()` for `other`.
 fn status_index(status: StatusCode) -> usize {
@@ -167,6 +187,8 @@ struct Cell {
     /// By [`DebitKind`], then debited (0) or refused (1).
     debits: [[AtomicU64; 2]; 2],
     replays: AtomicU64,
+    /// By [`Refusal`].
+    auth_refusals: [AtomicU64; Refusal::ALL.len()],
 }
 
 /// Counts of the request path, per thread slot; see the module's doc.
@@ -174,6 +196,10 @@ pub struct Recorder {
     cells: Box<[CachePadded<Cell>]>,
     /// Connections being served now.
     connections_open: CachePadded<AtomicI64>,
+    /// Event streams open now.
+    streams_open: CachePadded<AtomicI64>,
+    /// Events sent, in pages and streams.
+    events_sent: CachePadded<AtomicU64>,
 }
 
 /// Adds `n` to a counter only this thread slot writes, mostly.
@@ -206,6 +232,8 @@ impl Recorder {
                 .map(|_| CachePadded::new(Cell::default()))
                 .collect(),
             connections_open: CachePadded::new(AtomicI64::new(0)),
+            streams_open: CachePadded::new(AtomicI64::new(0)),
+            events_sent: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -214,6 +242,8 @@ impl Recorder {
         Self {
             cells: Box::new([]),
             connections_open: CachePadded::new(AtomicI64::new(0)),
+            streams_open: CachePadded::new(AtomicI64::new(0)),
+            events_sent: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -265,6 +295,13 @@ impl Recorder {
         }
     }
 
+    /// One request refused by authentication (401) or authorization (403).
+    pub fn auth_refusal(&self, reason: Refusal) {
+        if let Some(cell) = self.cell() {
+            add(&cell.auth_refusals[reason as usize], 1);
+        }
+    }
+
     /// A connection is being served, until the returned guard drops.
     pub fn connection(&self) -> Option<ConnectionOpen<'_>> {
         self.is_on().then(|| {
@@ -276,6 +313,30 @@ impl Recorder {
     /// Connections being served now.
     pub fn connections_open(&self) -> i64 {
         self.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// An event stream is open, until the returned guard drops; `None`
+    /// when `max` are open already. Counted whether metrics are on or not:
+    /// the count is also the streams' bound.
+    pub fn stream_within(self: &Arc<Self>, max: i64) -> Option<StreamOpen> {
+        let open = self.streams_open.fetch_add(1, Ordering::Relaxed);
+        let guard = StreamOpen(self.clone());
+        (open < max).then_some(guard)
+    }
+
+    /// Event streams open now.
+    pub fn streams_open(&self) -> i64 {
+        self.streams_open.load(Ordering::Relaxed)
+    }
+
+    /// `count` events were sent.
+    pub fn events_sent(&self, count: usize) {
+        self.events_sent.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Events sent so far.
+    pub fn events_sent_total(&self) -> u64 {
+        self.events_sent.load(Ordering::Relaxed)
     }
 
     /// Sums a counter over the cells.
@@ -334,6 +395,11 @@ impl Recorder {
     pub fn replays(&self) -> u64 {
         self.sum(|cell| &cell.replays)
     }
+
+    /// Requests refused for `reason`.
+    pub fn auth_refusals(&self, reason: Refusal) -> u64 {
+        self.sum(|cell| &cell.auth_refusals[reason as usize])
+    }
 }
 
 /// A histogram's state at a scrape, as the encoder takes it.
@@ -352,6 +418,15 @@ pub struct ConnectionOpen<'a>(&'a Recorder);
 impl Drop for ConnectionOpen<'_> {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one open event stream while alive.
+pub struct StreamOpen(Arc<Recorder>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -3,7 +3,7 @@
 //! wakes feed readers when any instance commits.
 //!
 //! An event's id is `(feed_xid << 16) | seq`: the id of the transaction that
-//! wrote the audit row (set by the batch function, migration 3) and the
+//! wrote the audit row (set by the batch function, migration 4) and the
 //! debit's place in its batch. Two rules make that a feed without gaps:
 //! - **Only below the horizon.** A page lists only rows whose `feed_xid` is
 //!   below `pg_snapshot_xmin` of the statement's own snapshot: every
@@ -18,7 +18,7 @@
 //!   no horizon: a later movement of the account always sorts after every
 //!   committed one.
 //!
-//! Rows written before migration 3 (`feed_xid` NULL) are in neither. Never
+//! Rows written before migration 4 (`feed_xid` NULL) are in neither. Never
 //! answers [`FeedError::Expired`]: the audit trail keeps everything.
 
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use super::connect::Session as ConnectSession;
 use super::reader::{self, Ask, Read, Session};
 use super::{Error, Postgres, Shared};
 use crate::ledger::DebitKind;
-use crate::principal::Principal;
+use crate::principal::{Kind, Principal};
 use crate::seam::{Consumer, Event, EventId, FeedError, HistoryPage, Movement, Unavailable};
 use crate::usuario::Usuario;
 
@@ -297,10 +297,15 @@ fn event(row: &Row) -> Result<Event, Error> {
     let usuario =
         Usuario::new(name).map_err(|_| Error::Corrupt(format!("account name '{name}'")))?;
     let principal: &str = row.get(7);
+    // The audit row's text as written: kinded since schema version 3; a
+    // bare name (an instance of an older release, mid rolling deploy) is a
+    // principal of unknown kind, rendered as it was recorded.
     let principal = match principal {
         super::NO_PRINCIPAL => None,
-        name => Some(
-            Principal::new(name).ok_or_else(|| Error::Corrupt(format!("principal '{name}'")))?,
+        text => Some(
+            Principal::parse(text)
+                .or_else(|| Principal::new(Kind::Unknown, text))
+                .ok_or_else(|| Error::Corrupt(format!("principal '{text}'")))?,
         ),
     };
     Ok(Event {

@@ -51,8 +51,14 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        name: "principal_kinds",
+        sql: include_str!("migrations/0003_principal_kinds.sql"),
+        indexes: &[],
+    },
+    Migration {
+        version: 4,
         name: "feed",
-        sql: include_str!("migrations/0003_feed.sql"),
+        sql: include_str!("migrations/0004_feed.sql"),
         indexes: &[
             // The feed: events after a cursor, in (feed_xid, seq) order.
             Index {

@@ -94,7 +94,12 @@ impl SigningKey {
     pub fn sign_as(&self, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
         let mut header = Header::new(algorithm);
         header.kid = Some(kid.into());
-        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+        self.sign_with(&header, claims)
+    }
+
+    /// A token signed by this key with `header` as is.
+    pub fn sign_with(&self, header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
     }
 }
 

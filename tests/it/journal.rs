@@ -19,7 +19,7 @@ pub async fn journal_server(dir: &Path, extra: &[&str]) -> TestServer {
 
 /// Drains the server and waits until its journal has closed (the directory
 /// is free for the next start).
-async fn stop(server: TestServer) {
+pub(crate) async fn stop(server: TestServer) {
     let storage = server.storage.clone();
     assert_eq!(server.shutdown().await.connections_cut, 0);
     let storage = std::sync::Arc::try_unwrap(storage)

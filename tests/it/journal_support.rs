@@ -51,6 +51,7 @@ pub fn open_with_segments(
         shard_count: 4,
         opening_saldo: OPENING,
         accounts_max: 1_000,
+        history_per_account: 0,
     }));
     let keys = Arc::new(Table::new(4, Duration::from_secs(24 * 3600), 100_000));
     let seed = [(usuario(POBRE), 0), (usuario(JUSTO), JUSTO_SALDO)];
@@ -62,6 +63,7 @@ pub fn open_with_segments(
         opening_saldo: OPENING,
         seed: &seed,
         segment_bytes_max,
+        events_retention: std::time::Duration::ZERO,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
     let opened = journal::open_on(medium, &options, ledger.clone(), keys.clone())?;

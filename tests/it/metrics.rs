@@ -40,7 +40,7 @@ impl Scrape {
     }
 
     /// How much every series of `family` grew since `before`.
-    fn deltas(&self, before: &Scrape, family: &str) -> BTreeMap<BTreeMap<String, String>, f64> {
+    pub fn deltas(&self, before: &Scrape, family: &str) -> BTreeMap<BTreeMap<String, String>, f64> {
         self.values
             .iter()
             .filter(|((name, _), _)| name == family)

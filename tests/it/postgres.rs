@@ -23,7 +23,7 @@ pub(crate) const CUENTA: &str = "compartida";
 pub(crate) const OPENING: u64 = 1_000_000_000;
 
 /// The schema's migrations this binary has.
-pub(crate) const MIGRATIONS: usize = 3;
+pub(crate) const MIGRATIONS: usize = 4;
 
 /// A server on the database at `url` with `extra` flags.
 pub(crate) async fn server_on(url: &str, extra: &[&str]) -> TestServer {

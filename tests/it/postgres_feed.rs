@@ -63,7 +63,7 @@ async fn debit(storage: &Storage, name: &str, monto: u64, key: Option<&str>) -> 
     }
 }
 
-/// The audit trail's rows written since migration 3, as events, keyed by the
+/// The audit trail's rows written since migration 4, as events, keyed by the
 /// id computed in SQL (so the service's own arithmetic is checked too).
 async fn audit_events(url: &str) -> BTreeMap<u64, (String, u64, u64)> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -461,12 +461,12 @@ async fn an_older_transaction_cannot_debit_after_a_newer_one() {
     assert_eq!(saldos, [saldo - 5, saldo, saldo + 1]);
 }
 
-// A database at version 2 with an audit trail migrates to 3: old rows
-// untouched (and in neither history nor feed), new debits listed, the
-// account's balance carried on. A run interrupted after its transaction
+// A database at version 3 (the release before the feed: kinded principals)
+// with an audit trail migrates to 4: old rows untouched (and in neither
+// history nor feed), new debits listed, the account's balance carried on. A run interrupted after its transaction
 // (version not recorded, an index left INVALID) is completed by the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_2_database_with_an_audit_trail_migrates() {
+async fn a_version_3_database_with_an_audit_trail_migrates() {
     let cluster = pg_cluster::shared();
     let owner_url = cluster.create_empty_database().await;
     let database = owner_url.rsplit('/').next().unwrap().to_owned();
@@ -477,9 +477,12 @@ async fn a_version_2_database_with_an_audit_trail_migrates() {
                  applied_at timestamptz NOT NULL DEFAULT now()); \
              BEGIN; {} ; INSERT INTO saldos_migrations (version, name) VALUES (1, 'schema'); COMMIT; \
              BEGIN; {} ; INSERT INTO saldos_migrations (version, name) VALUES (2, 'debit_batch_v2'); \
+             COMMIT; \
+             BEGIN; {} ; INSERT INTO saldos_migrations (version, name) VALUES (3, 'principal_kinds'); \
              COMMIT;",
             include_str!("../../src/postgres/migrations/0001_schema.sql"),
             include_str!("../../src/postgres/migrations/0002_debit_batch_v2.sql"),
+            include_str!("../../src/postgres/migrations/0003_principal_kinds.sql"),
         ))
         .await
         .unwrap();
@@ -488,7 +491,7 @@ async fn a_version_2_database_with_an_audit_trail_migrates() {
             .query(
                 "SELECT * FROM saldos_debit_batch_v2($1, 100000, 60000, 1000, \
                  ARRAY['vieja', 'vieja', 'otra'], ARRAY['pago', 'retiro', 'pago'], \
-                 ARRAY[10, 20, 30]::bigint[], ARRAY['', '', 'svc'], ARRAY[NULL, NULL, NULL]::text[], \
+                 ARRAY[10, 20, 30]::bigint[], ARRAY['', '', 'service:svc'], ARRAY[NULL, NULL, NULL]::text[], \
                  ARRAY[NULL, NULL, NULL]::bigint[])",
                 &[&batch],
             )
@@ -548,7 +551,7 @@ async fn a_version_2_database_with_an_audit_trail_migrates() {
     admin
         .batch_execute(
             "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'debits_feed'::regclass; \
-             DELETE FROM saldos_migrations WHERE version = 3",
+             DELETE FROM saldos_migrations WHERE version = 4",
         )
         .await
         .unwrap();

@@ -14,6 +14,7 @@ const ENV_VARS: &[&str] = &[
     "SALDOS_JWT_AUDIENCE",
     "SALDOS_JWKS_URL",
     "SALDOS_JWKS_FILE",
+    "SALDOS_JWKS_ALLOW_HTTP",
     "SALDOS_JWT_ALGORITHMS",
     "SALDOS_JWT_LEEWAY",
     "PORT",
@@ -72,6 +73,7 @@ fn help_documents_every_option() {
         ("--jwt-audience", "SALDOS_JWT_AUDIENCE"),
         ("--jwks-url", "SALDOS_JWKS_URL"),
         ("--jwks-file", "SALDOS_JWKS_FILE"),
+        ("--jwks-allow-http", "SALDOS_JWKS_ALLOW_HTTP"),
         ("--jwt-algorithms", "SALDOS_JWT_ALGORITHMS"),
         ("--jwt-leeway", "SALDOS_JWT_LEEWAY"),
     ] {
@@ -203,12 +205,21 @@ impl Running {
 
     /// The next stdout line containing `needle`, within 10 s.
     pub fn line_with(&self, needle: &str) -> String {
+        self.lines_until(needle).pop().expect("the matching line")
+    }
+
+    /// The next stdout lines up to the first containing `needle` (the last
+    /// one), within 10 s.
+    pub fn lines_until(&self, needle: &str) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).expect("log line in time");
-            if line.contains(needle) {
-                return line;
+            let is_last = line.contains(needle);
+            lines.push(line);
+            if is_last {
+                return lines;
             }
         }
     }

@@ -216,3 +216,54 @@ fn requests_are_traced_through_otlp_and_logged_with_their_ids() {
     running.signal("TERM");
     assert_eq!(running.exit_code_within(Duration::from_secs(10)), Some(0));
 }
+
+// SPEC section 7's request log: at `RUST_LOG=saldos=debug` each finished
+// request gets one line (route, method, status, duration, request id, trace
+// id when traced), never its account; at the default level none.
+#[tokio::test]
+async fn debug_logs_one_line_per_request() {
+    for (rust_log, logged) in [("saldos=debug", true), ("info", false)] {
+        let running = Running::start_with_env(
+            &["--bind", "127.0.0.1", "--port", "0"],
+            &[("RUST_LOG", rust_log)],
+        );
+        let address = listening_address(&running.line_with("listening"));
+        let mut client = Client::connect(address.parse().unwrap()).await;
+        for (path, id) in [
+            ("/saldo/usuario1", "pedido-leido"),
+            ("/nope", "pedido-perdido"),
+        ] {
+            let reply = client
+                .request("GET", path, &[("X-Request-Id", id)], None)
+                .await;
+            assert_eq!(reply.header("x-request-id"), Some(id));
+        }
+        running.signal("TERM");
+        let lines = running.lines_until("exited cleanly");
+        let line_of = |id: &str| {
+            let needle = format!(r#""request_id":"{id}""#);
+            let found: Vec<&String> = lines.iter().filter(|line| line.contains(&needle)).collect();
+            assert!(found.len() <= 1, "{rust_log}: {found:?}");
+            found.first().map(|line| line.to_string())
+        };
+        if !logged {
+            assert_eq!(line_of("pedido-leido"), None, "{rust_log}");
+            continue;
+        }
+        let read = line_of("pedido-leido").expect("the read's line");
+        for field in [
+            r#""level":"DEBUG""#,
+            r#""message":"request""#,
+            r#""route":"/saldo/{usuario}""#,
+            r#""method":"GET""#,
+            r#""status":200"#,
+            r#""duration_us":"#,
+        ] {
+            assert!(read.contains(field), "{field} in {read}");
+        }
+        assert!(!read.contains("usuario1"), "{read}");
+        let lost = line_of("pedido-perdido").expect("the 404's line");
+        assert!(lost.contains(r#""status":404"#), "{lost}");
+        assert!(lost.contains(r#""route":"unmatched""#), "{lost}");
+    }
+}

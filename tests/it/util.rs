@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use saldos::config::Cli;
+use saldos::router::App;
 use saldos::server::{self, Drained, Settings};
 use saldos::storage::Storage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +26,8 @@ pub struct TestServer {
     /// The metrics listener, unless the test turned metrics off.
     pub metrics_addr: Option<SocketAddr>,
     pub storage: Arc<Storage>,
+    /// What requests are served with (its authentication's test hooks).
+    pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Drained>,
 }
@@ -151,13 +154,14 @@ pub async fn start_server_with(
         args.shutdown_grace,
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, app, settings, async {
+    let task = tokio::spawn(server::run(listener, app.clone(), settings, async {
         let _ = stopped.await;
     }));
     TestServer {
         addr,
         metrics_addr,
         storage,
+        app,
         stop: Some(stop),
         task,
     }

@@ -91,6 +91,15 @@ impl Medium for Os {
         fs::read(self.path(name))
     }
 
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = fs::File::open(self.path(name))?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
     fn create(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
         let file = OpenOptions::new()
             .append(true)

@@ -248,6 +248,18 @@ impl Medium for PowerCut {
         })
     }
 
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inspect(|state| {
+            let inode = state.entries.get(name).ok_or_else(|| not_found(name))?;
+            let data = &state.inodes[*inode].data;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let end = start.saturating_add(len).min(data.len());
+            Ok(data[start..end].to_vec())
+        })
+    }
+
     fn create(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
         let inode = self.mutate(|state| {
             if state.entries.contains_key(name) {

@@ -33,6 +33,7 @@ fn start_with_segments(
         shard_count: 4,
         opening_saldo,
         accounts_max,
+        history_per_account: 0,
     }));
     let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 1_000));
     let seed = [(usuario("usuario1"), 10_000)];
@@ -41,6 +42,7 @@ fn start_with_segments(
         opening_saldo,
         seed: &seed,
         segment_bytes_max,
+        events_retention: std::time::Duration::ZERO,
     };
     let medium: Arc<dyn Medium> = Arc::new(medium.clone());
     let result = open_on(medium, &options, ledger.clone(), keys);
@@ -363,6 +365,7 @@ fn a_second_owner_is_refused_with_the_holders_pid() {
             shard_count: 4,
             opening_saldo: OPENING,
             accounts_max: 100,
+            history_per_account: 0,
         }));
         let keys = Arc::new(Table::new(4, Duration::from_secs(3600), 100));
         let options = Options {
@@ -370,6 +373,7 @@ fn a_second_owner_is_refused_with_the_holders_pid() {
             opening_saldo: OPENING,
             seed: &[],
             segment_bytes_max: 1 << 20,
+            events_retention: std::time::Duration::ZERO,
         };
         open(&options, ledger, keys)
     };

@@ -1,4 +1,4 @@
--- saldos schema, version 3: movements and events (SPEC section 9) from the
+-- saldos schema, version 4: movements and events (SPEC section 9) from the
 -- audit trail. Written so that it can run again after an interruption: the
 -- runner records the version only after the indexes below are built.
 --

@@ -1,0 +1,294 @@
+//! The feed read back from the segments (SPEC section 9): every synced
+//! debit record is an event and its record number is its id, so the feed is
+//! gapless, durable and in commit order by construction. Memory holds only
+//! the newest events ([`crate::feed`]); a reader behind them, or resuming
+//! after a restart, is served from here, for as long as the segments are
+//! kept (`--events-retention` beyond what snapshots need).
+//!
+//! Reads never go past the last synced record (`through`), never touch a
+//! file but by reading it, and hold at most one segment's bytes in memory
+//! (the last one read, so a consumer catching up reads each segment once).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::data_dir::{DataDir, FileKind};
+use super::record::{HEADER_BYTES as RECORD_HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use super::{Record, batch};
+use crate::feed::Feed;
+use crate::ledger::Outcome;
+use crate::seam::{Event, EventId, FeedError, Movement};
+
+/// A segment's first record: its number and when it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHead {
+    /// The first record's number.
+    pub first_record: u64,
+    /// The first record's time, in ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// The head of segment `index`; `None` while it holds no batch yet.
+pub fn segment_head(dir: &DataDir, index: u64) -> io::Result<Option<SegmentHead>> {
+    let len = batch::HEADER_BYTES + RECORD_HEADER_BYTES + PAYLOAD_BYTES_MAX;
+    let prefix = dir.read_segment_prefix(index, len)?;
+    let Some(first_record) = batch::first_record_of(&prefix) else {
+        return Ok(None);
+    };
+    let Ok((record, _)) = Record::decode(&prefix[batch::HEADER_BYTES..]) else {
+        return Ok(None);
+    };
+    Ok(Some(SegmentHead {
+        first_record,
+        time_ms: record.time_ms,
+    }))
+}
+
+/// The journal's feed: the newest synced debits from memory, the rest from
+/// the segments.
+pub struct Events {
+    feed: Arc<Feed>,
+    segments: SegmentEvents,
+    /// The number of the last synced record (the writer's).
+    durable_through: Arc<AtomicU64>,
+}
+
+impl Events {
+    /// The feed over `feed` (memory) and `segments`.
+    pub fn new(feed: Arc<Feed>, segments: SegmentEvents, durable_through: Arc<AtomicU64>) -> Self {
+        Self {
+            feed,
+            segments,
+            durable_through,
+        }
+    }
+
+    /// At most `limit` synced debits after `after` (from the oldest kept
+    /// when `None`), from memory when it holds them all, else from the
+    /// segments (blocking: reads files).
+    pub fn read(&self, after: Option<EventId>, limit: usize) -> Result<Vec<Event>, FeedError> {
+        if after.is_some()
+            && let Ok(events) = self.feed.read(after, limit)
+        {
+            return Ok(events);
+        }
+        let through = self.durable_through.load(Ordering::Acquire);
+        self.segments.read(after, limit, through)
+    }
+}
+
+/// Reads events from the data directory's segments.
+pub struct SegmentEvents {
+    dir: Arc<DataDir>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Each listed segment's first record number (it never changes).
+    first_records: BTreeMap<u64, u64>,
+    /// The segment read last.
+    cached: Option<Cached>,
+}
+
+/// A segment's bytes as read, and where the last read stopped in them.
+struct Cached {
+    index: u64,
+    bytes: Vec<u8>,
+    /// The number of the record at `resume_offset` (a batch's start).
+    resume_record: u64,
+    resume_offset: usize,
+}
+
+impl SegmentEvents {
+    /// A reader of `dir`'s segments.
+    pub fn new(dir: Arc<DataDir>) -> Self {
+        Self {
+            dir,
+            state: Mutex::default(),
+        }
+    }
+
+    /// At most `limit` events after `after` (from the oldest kept when
+    /// `None`), none after record `through`. Blocking: reads files.
+    pub fn read(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+        through: u64,
+    ) -> Result<Vec<Event>, FeedError> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let segments = self.heads(&mut state).map_err(unavailable)?;
+        let Some((&oldest_index, &oldest_first)) = segments.first_key_value() else {
+            return Ok(Vec::new());
+        };
+        let after = after.map_or(oldest_first - 1, |after| after.0);
+        if after + 1 < oldest_first {
+            return Err(FeedError::Expired);
+        }
+        let start = segments
+            .iter()
+            .take_while(|(_, first)| **first <= after + 1)
+            .last()
+            .map_or(oldest_index, |(index, _)| *index);
+        let mut events = Vec::new();
+        for (&index, &first_record) in segments.range(start..) {
+            if first_record > through || events.len() == limit {
+                break;
+            }
+            let is_last = segments.range(index + 1..).next().is_none();
+            let wanted = Wanted {
+                after,
+                limit,
+                through,
+            };
+            self.read_segment(&mut state, index, is_last, wanted, &mut events)
+                .map_err(unavailable)?;
+        }
+        Ok(events)
+    }
+
+    /// The first record of every segment holding a batch.
+    fn heads(&self, state: &mut State) -> io::Result<BTreeMap<u64, u64>> {
+        let listed = self.dir.segments()?;
+        state
+            .first_records
+            .retain(|index, _| listed.contains(index));
+        for index in listed {
+            if state.first_records.contains_key(&index) {
+                continue;
+            }
+            match segment_head(&self.dir, index) {
+                Ok(Some(head)) => {
+                    state.first_records.insert(index, head.first_record);
+                }
+                Ok(None) => {}
+                // Removed since it was listed: a snapshot covered it.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(state.first_records.clone())
+    }
+
+    /// Appends the events of segment `index` that `wanted` asks for.
+    fn read_segment(
+        &self,
+        state: &mut State,
+        index: u64,
+        is_last: bool,
+        wanted: Wanted,
+        events: &mut Vec<Event>,
+    ) -> io::Result<()> {
+        let mut cached = match state.cached.take() {
+            Some(cached) if cached.index == index => cached,
+            _ => self.load(index)?,
+        };
+        let mut reached = scan(&mut cached, wanted, events);
+        // The last segment, still appended to, may hold more than was read.
+        if is_last && reached < wanted.through && events.len() < wanted.limit {
+            let fresh = self.load(index)?;
+            if fresh.bytes.len() > cached.bytes.len() {
+                cached.bytes = fresh.bytes;
+                let rest = Wanted {
+                    after: reached,
+                    ..wanted
+                };
+                reached = scan(&mut cached, rest, events);
+            }
+        }
+        debug_assert!(reached <= wanted.through);
+        state.cached = Some(cached);
+        Ok(())
+    }
+
+    fn load(&self, index: u64) -> io::Result<Cached> {
+        let bytes = self
+            .dir
+            .read(FileKind::Segment, index)
+            .map_err(io::Error::other)?;
+        Ok(Cached {
+            index,
+            bytes,
+            resume_record: 0,
+            resume_offset: 0,
+        })
+    }
+}
+
+/// What a read asks of a segment.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    /// Only records numbered after this one.
+    after: u64,
+    /// Until this many events are gathered in all.
+    limit: usize,
+    /// None numbered after this one: the last synced record.
+    through: u64,
+}
+
+/// Appends the debits of `cached` that `wanted` asks for; returns the last
+/// record number looked at (`wanted.after` when none) and keeps, in
+/// `cached`, the batch to start from next time.
+fn scan(cached: &mut Cached, wanted: Wanted, events: &mut Vec<Event>) -> u64 {
+    let mut offset = 0;
+    if cached.resume_record != 0 && cached.resume_record <= wanted.after + 1 {
+        offset = cached.resume_offset;
+    }
+    let mut reached = wanted.after;
+    while events.len() < wanted.limit {
+        // A short or damaged batch is the unsynced end of the last segment:
+        // nothing at most `through` lies there.
+        let Ok(frame) = batch::decode(&cached.bytes[offset..]) else {
+            break;
+        };
+        cached.resume_record = frame.first_record;
+        cached.resume_offset = offset;
+        let mut at = 0;
+        for number in frame.first_record..frame.next_record() {
+            let Ok((record, len)) = Record::decode(&frame.records[at..]) else {
+                return reached;
+            };
+            at += len;
+            if number > wanted.through {
+                return reached;
+            }
+            reached = number;
+            if number > wanted.after
+                && let Outcome::Debited { nuevo_saldo } = record.outcome
+            {
+                events.push(event_of(&record, number, nuevo_saldo));
+                if events.len() == wanted.limit {
+                    return reached;
+                }
+            }
+        }
+        offset += frame.bytes();
+    }
+    reached
+}
+
+/// A synced debit record as the feed shows it.
+pub fn event_of(record: &Record, number: u64, nuevo_saldo: u64) -> Event {
+    Event {
+        movement: Movement {
+            id: EventId(number),
+            kind: record.kind,
+            monto: record.monto,
+            saldo: nuevo_saldo,
+            time_ms: record.time_ms,
+        },
+        usuario: record.usuario,
+        principal: record.principal.clone(),
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> FeedError {
+    tracing::error!(%error, "cannot read events from the journal's segments");
+    FeedError::Unavailable
+}
