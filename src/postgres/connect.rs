@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use rustls::RootCertStore;
@@ -61,8 +62,10 @@ pub enum Session {
     Service(OwnedSemaphorePermit),
     /// A service session that listens: every notification the server
     /// delivers on it is told on the channel (one pending is enough to
-    /// wake; more are dropped), which closes when the connection ends.
-    Listener(OwnedSemaphorePermit, mpsc::Sender<()>),
+    /// wake; more are dropped), which closes when the connection ends; but
+    /// those sent by the backend whose id is in the `AtomicI32` (the
+    /// session's own, once known: what it announces itself is no news).
+    Listener(OwnedSemaphorePermit, mpsc::Sender<()>, Arc<AtomicI32>),
 }
 
 /// How the connection is protected.
@@ -171,9 +174,9 @@ impl Target {
                 config.options(self.service_options());
                 (Some(permit), None)
             }
-            Session::Listener(permit, notified) => {
+            Session::Listener(permit, notified, own_pid) => {
                 config.options(self.service_options());
-                (Some(permit), Some(notified))
+                (Some(permit), Some((notified, own_pid)))
             }
         };
         let is_service = permit.is_some();
@@ -266,15 +269,17 @@ async fn check_service_settings(client: &Client) -> Result<(), Error> {
 async fn drive<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
     permit: Option<OwnedSemaphorePermit>,
-    notified: Option<mpsc::Sender<()>>,
+    notified: Option<(mpsc::Sender<()>, Arc<AtomicI32>)>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notification(_))) => {
-                if let Some(notified) = &notified {
+            Some(Ok(AsyncMessage::Notification(notification))) => {
+                if let Some((notified, own_pid)) = &notified
+                    && notification.process_id() != own_pid.load(Ordering::Relaxed)
+                {
                     // Full: a wakeup is pending already, which covers this.
                     let _ = notified.try_send(());
                 }

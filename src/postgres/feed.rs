@@ -20,13 +20,20 @@
 //!
 //! Rows written before migration 4 (`feed_xid` NULL) are in neither. Never
 //! answers [`FeedError::Expired`]: the audit trail keeps everything.
+//!
+//! Commits are announced to the other instances after the fact, not by the
+//! debit transaction: a writer whose batch debited marks [`Announcer`], and
+//! the listener sends `NOTIFY` on its own connection, at most one in flight,
+//! one for every commit made meanwhile. `pg_notify` inside the batch took the
+//! cluster-wide notification lock from pre-commit through the WAL flush, so
+//! concurrent batches stopped sharing flushes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{Client, Row, Statement};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
 use super::connect::Session as ConnectSession;
 use super::reader::{self, Ask, Read, Session};
@@ -47,8 +54,14 @@ const _: () = assert!(super::writer::BATCH_DEBITS_MAX < 1 << SEQ_BITS);
 /// cluster reaches it after 2^48 transactions.
 const FEED_XID_END: i64 = 1 << (64 - SEQ_BITS);
 
-/// The channel the batch function notifies after a commit that debited.
-const LISTEN_SQL: &str = "LISTEN saldos_events";
+/// Every instance listens on this channel for the others' commits, and
+/// learns its own backend's id (its own announcements are not news).
+const LISTEN_SQL: &str = "LISTEN saldos_events; SELECT pg_backend_pid()";
+
+/// An instance's announcement that it committed debits. A transaction of its
+/// own with no write but the notification queue: its commit is not waited
+/// for (nothing in it needs durability), so it is cheap and brief.
+const NOTIFY_SQL: &str = "NOTIFY saldos_events";
 
 /// While the feed is held back (rows committed above the horizon, which a
 /// transaction without a notification of its own may be holding), readers
@@ -62,24 +75,44 @@ const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 const LISTEN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// An account's movements before a cursor, newest first; one more than asked
-/// for, to know whether older ones exist.
+/// for, to know whether older ones exist. A backward scan of
+/// `debits_history (usuario, feed_xid, seq)`.
 const HISTORY_SQL: &str = "SELECT feed_xid, seq, kind, monto, saldo, \
             floor(extract(epoch FROM debited_at) * 1000)::bigint \
        FROM debits \
       WHERE usuario = $1 AND feed_xid IS NOT NULL AND (feed_xid, seq) < ($2, $3) \
       ORDER BY feed_xid DESC, seq DESC LIMIT $4";
 
-/// Events after a cursor, below the horizon (see the module's rules).
-const EVENTS_SQL: &str = "SELECT feed_xid, seq, usuario, kind, monto, saldo, \
-            floor(extract(epoch FROM debited_at) * 1000)::bigint, principal \
-       FROM debits \
-      WHERE feed_xid IS NOT NULL AND (feed_xid, seq) > ($1, $2) \
-        AND feed_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-      ORDER BY feed_xid, seq LIMIT $3";
+/// The first window of an event page, in transaction ids. The feed's index
+/// is a BRIN: a query reads every row of the block ranges its window
+/// touches and sorts them, so a window is kept to a few seconds of debits
+/// at full rate, and a page of a consumer far behind takes several.
+const WINDOW_XIDS: i64 = 4_096;
 
-/// Whether committed rows wait above the horizon: one index probe.
-const HELD_BACK_SQL: &str = "SELECT EXISTS (SELECT 1 FROM debits \
-      WHERE feed_xid >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint)";
+/// The most windows one event page reads: an empty window doubles the next
+/// (a stretch of ids no debit took, other databases' transactions, is
+/// crossed in a few), so this reaches far beyond any such stretch. A page
+/// that stops here is short, never wrong: its `ultimo` is its last event.
+const WINDOWS_PER_PAGE_MAX: usize = 48;
+
+/// At most `$3` events after the cursor `($1, $2)`, in one window of ids
+/// from the cursor (or the feed's start) below the horizon (see the
+/// module's rules), with the horizon, the window's end and whether committed
+/// rows wait above the horizon (one BRIN probe) in every row; one row of
+/// those three alone when the window holds none. `$4`: the window's size.
+const EVENTS_SQL: &str = "WITH w AS ( \
+         SELECT b.horizon, least(b.horizon, b.low + $4) AS high, b.low, \
+                EXISTS (SELECT 1 FROM debits WHERE feed_xid >= b.horizon) AS held_back \
+           FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon, \
+                        greatest($1, (SELECT start_xid FROM saldos_feed)) AS low) b) \
+     SELECT w.horizon, w.high, w.held_back, d.feed_xid, d.seq, d.usuario, d.kind, d.monto, \
+            d.saldo, d.ms, d.principal \
+       FROM w LEFT JOIN LATERAL ( \
+            SELECT feed_xid, seq, usuario, kind, monto, saldo, \
+                   floor(extract(epoch FROM debited_at) * 1000)::bigint AS ms, principal \
+              FROM debits \
+             WHERE feed_xid >= w.low AND feed_xid < w.high AND (feed_xid, seq) > ($1, $2) \
+             ORDER BY feed_xid, seq LIMIT $3) d ON true";
 
 const POSITION_SQL: &str = "SELECT position FROM event_consumers WHERE nombre = $1";
 
@@ -92,7 +125,6 @@ const STORE_POSITION_SQL: &str = "INSERT INTO event_consumers (nombre, position,
 pub struct Statements {
     history: Statement,
     events: Statement,
-    held_back: Statement,
     position: Statement,
     store_position: Statement,
 }
@@ -103,7 +135,6 @@ impl Statements {
         Ok(Self {
             history: client.prepare(HISTORY_SQL).await?,
             events: client.prepare(EVENTS_SQL).await?,
-            held_back: client.prepare(HELD_BACK_SQL).await?,
             position: client.prepare(POSITION_SQL).await?,
             store_position: client.prepare(STORE_POSITION_SQL).await?,
         })
@@ -213,18 +244,7 @@ async fn run(
             Ok(Answer::History(HistoryPage { movements, more }))
         }
         FeedAsk::Events { after, limit } => {
-            let (xid, seq) = split(after.unwrap_or_default());
-            let rows_max = i64::try_from(*limit).expect("a page is small");
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&xid, &seq, &rows_max];
-            // Pipelined: one round trip for both.
-            let (rows, held_back) = tokio::join!(
-                client.query(&statements.events, &params),
-                client.query_one(&statements.held_back, &[])
-            );
-            shared
-                .feed_held_back
-                .store(held_back?.get(0), Ordering::Relaxed);
-            let events = rows?.iter().map(event).collect::<Result<_, _>>()?;
+            let events = events_page(shared, open, *after, *limit).await?;
             Ok(Answer::Events(events))
         }
         FeedAsk::Position(consumer) => {
@@ -243,6 +263,47 @@ async fn run(
             Ok(Answer::Stored)
         }
     }
+}
+
+/// At most `limit` events after `after`, window after window (see
+/// [`EVENTS_SQL`]) until the page is full, the horizon is reached, or
+/// [`WINDOWS_PER_PAGE_MAX`] windows were read.
+async fn events_page(
+    shared: &Shared,
+    open: &Session,
+    after: Option<EventId>,
+    limit: usize,
+) -> Result<Vec<Event>, Error> {
+    let (mut xid, mut seq) = split(after.unwrap_or_default());
+    let mut window = WINDOW_XIDS;
+    let mut events = Vec::with_capacity(limit);
+    for _ in 0..WINDOWS_PER_PAGE_MAX {
+        let wanted = i64::try_from(limit - events.len()).expect("a page is small");
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&xid, &seq, &wanted, &window];
+        let rows = open.client.query(&open.feed.events, &params).await?;
+        let first = rows.first().expect("the window's row is always there");
+        let (horizon, high): (i64, i64) = (first.get(0), first.get(1));
+        shared.feed_held_back.store(first.get(2), Ordering::Relaxed);
+        let before = events.len();
+        for row in &rows {
+            if row.get::<_, Option<i64>>(3).is_some() {
+                events.push(event(row)?);
+            }
+        }
+        if events.len() == limit || high >= horizon {
+            break;
+        }
+        // The window is exhausted below the horizon: the next begins where
+        // it ended, twice as wide if it held nothing.
+        if events.len() == before {
+            window = window.saturating_mul(2).min(FEED_XID_END);
+        } else {
+            window = WINDOW_XIDS;
+        }
+        (xid, seq) = (high, -1);
+    }
+    Ok(events)
 }
 
 /// A cursor as the `(feed_xid, seq)` it stands for.
@@ -290,13 +351,14 @@ fn movement(row: &Row) -> Result<Movement, Error> {
     movement_at(row, 0, 2)
 }
 
-/// An events row: feed_xid, seq, usuario, kind, monto, saldo, ms, principal.
+/// An events row: horizon, window end, held back, then feed_xid, seq,
+/// usuario, kind, monto, saldo, ms, principal.
 fn event(row: &Row) -> Result<Event, Error> {
-    let movement = movement_at(row, 0, 3)?;
-    let name: &str = row.get(2);
+    let movement = movement_at(row, 3, 6)?;
+    let name: &str = row.get(5);
     let usuario =
         Usuario::new(name).map_err(|_| Error::Corrupt(format!("account name '{name}'")))?;
-    let principal: &str = row.get(7);
+    let principal: &str = row.get(10);
     // The audit row's text as written: kinded since schema version 3; a
     // bare name (an instance of an older release, mid rolling deploy) is a
     // principal of unknown kind, rendered as it was recorded.
@@ -390,11 +452,43 @@ impl Postgres {
     }
 }
 
+/// Commits of this instance that debited and that the other instances have
+/// not been told of yet: set by each such commit, taken by the listener,
+/// which then sends one `NOTIFY` for all of them. Every commit is followed by
+/// a notification sent after it.
+#[derive(Default)]
+pub struct Announcer {
+    /// A commit waits for its announcement.
+    pending: AtomicBool,
+    /// Wakes the listener when `pending` is set.
+    wake: Notify,
+}
+
+impl Announcer {
+    /// A commit that debited: announce it (with any others made meanwhile).
+    pub fn committed(&self) {
+        // Already set: the listener has been woken and has not taken it yet,
+        // so its next notification is sent after this commit.
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits for commits to announce and takes them. Cancel safe: `pending`
+    /// is taken only in the poll that returns.
+    async fn next(&self) {
+        while !self.pending.swap(false, Ordering::AcqRel) {
+            self.wake.notified().await;
+        }
+    }
+}
+
 /// Listens on a connection of its own (one place among the connections)
-/// for the notification each debiting batch sends at commit, and wakes feed
-/// readers on each. Also wakes them every [`RECHECK_INTERVAL`] while the
+/// for the other instances' announcements, and wakes feed readers on each;
+/// on the same connection, announces this instance's commits
+/// ([`Announcer`]). Also wakes readers every [`RECHECK_INTERVAL`] while the
 /// feed is held back (a transaction outside saldos, or a batch that rolled
-/// back or debited nothing, ends without a notification), and whenever it
+/// back or debited nothing, ends without an announcement), and whenever it
 /// starts listening again. Runs until aborted.
 pub async fn listen(shared: Arc<Shared>) {
     let mut pause = LISTEN_RETRY_PAUSE;
@@ -413,6 +507,14 @@ pub async fn listen(shared: Arc<Shared>) {
                             Some(()) => shared.commits.committed(),
                             None => break,
                         },
+                        () = shared.announcer.next() => {
+                            if let Err(error) = announce(&shared, &client).await {
+                                // Told again on the next connection.
+                                shared.announcer.committed();
+                                tracing::warn!(%error, "cannot announce commits");
+                                break;
+                            }
+                        }
                         _ = recheck.tick() => {
                             if shared.feed_held_back.load(Ordering::Relaxed) {
                                 shared.commits.committed();
@@ -433,19 +535,37 @@ pub async fn listen(shared: Arc<Shared>) {
     }
 }
 
-/// A listening connection: `LISTEN` sent, notifications told on `notified`.
+/// A listening connection: `LISTEN` sent, the other backends'
+/// notifications told on `notified` (this instance's readers were woken at
+/// its own commits).
 async fn subscribe(shared: &Shared, notified: mpsc::Sender<()>) -> Result<Client, Error> {
     let deadline = Instant::now() + shared.timeout;
     let place = shared.place(deadline).await?;
     let timeout = deadline.saturating_duration_since(Instant::now());
-    let client = shared
-        .target
-        .connect(timeout, ConnectSession::Listener(place, notified))
-        .await?;
-    tokio::time::timeout_at(deadline.into(), client.batch_execute(LISTEN_SQL))
+    let own_pid = Arc::new(AtomicI32::new(0));
+    let session = ConnectSession::Listener(place, notified, own_pid.clone());
+    let client = shared.target.connect(timeout, session).await?;
+    let messages = tokio::time::timeout_at(deadline.into(), client.simple_query(LISTEN_SQL))
         .await
         .map_err(|_| Error::Timeout(shared.timeout))??;
+    let pid = messages
+        .iter()
+        .find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Corrupt("pg_backend_pid() answered no number".into()))?;
+    // Before the first announcement, which is sent on this client.
+    own_pid.store(pid, Ordering::Relaxed);
     Ok(client)
+}
+
+/// Sends one announcement on the listener's connection, by `--db-timeout`.
+async fn announce(shared: &Shared, client: &Client) -> Result<(), Error> {
+    tokio::time::timeout(shared.timeout, client.batch_execute(NOTIFY_SQL))
+        .await
+        .map_err(|_| Error::Timeout(shared.timeout))??;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - `writer`: debit batches, one round trip and one commit each.
 //! - `reader`: balance reads, batched, and the feed's queries.
 //! - `feed`: movements, events and consumer positions (SPEC section 9);
-//!   the listener that wakes feed readers on any instance's commit.
+//!   the listener that wakes feed readers on any instance's commit and
+//!   announces this instance's.
 //! - `sweeper`: expired keys and old batch rows, deleted in bounded batches.
 //!
 //! Connections: half (rounded up) of `--db-connections` write debits, the
@@ -71,8 +72,9 @@ const HEALTH_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 const NO_PRINCIPAL: &str = "";
 
 /// Connections an instance may hold beyond `--db-connections`: the
-/// sweeper's, the feed's listener, and one for fencing while a timed-out
-/// connection is being cancelled.
+/// sweeper's, the feed's listener (which also announces this instance's
+/// commits), and one for fencing while a timed-out connection is being
+/// cancelled. `terraform/observability.tf` counts them in its alarm.
 pub const CONNECTIONS_SPARE: usize = 3;
 
 /// A writer busy with one batch for longer than this many `--db-timeout`s
@@ -237,6 +239,8 @@ struct Shared {
     faults: Faults,
     /// Woken when a commit may have made events visible.
     commits: crate::seam::Commits,
+    /// This instance's commits that debited, for the other instances.
+    announcer: feed::Announcer,
     /// The last event page found committed rows it could not list yet (a
     /// transaction below them still running): the listener wakes readers
     /// again until they are listed.
@@ -246,6 +250,13 @@ struct Shared {
 impl Shared {
     fn opening_saldo_u64(&self) -> u64 {
         writer::saldo_u64(self.opening_saldo)
+    }
+
+    /// A batch that debited committed: this instance's feed readers are
+    /// woken now, the other instances' once the listener announced it.
+    fn debited(&self) {
+        self.commits.committed();
+        self.announcer.committed();
     }
 
     /// A bounded service connection, opened by `deadline`: first a place
@@ -335,6 +346,7 @@ impl Postgres {
             key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
             faults: Faults::default(),
             commits: crate::seam::Commits::default(),
+            announcer: feed::Announcer::default(),
             feed_held_back: AtomicBool::new(false),
         });
         // A service session now, so that settings the guarantees depend on

@@ -17,7 +17,7 @@ use super::Error;
 use crate::usuario::Usuario;
 
 /// A migration: its version (ascending, never reused), its SQL (one
-/// transaction), and the indexes it then builds concurrently.
+/// transaction), and the index changes it then makes concurrently, in order.
 struct Migration {
     version: i32,
     name: &'static str,
@@ -25,14 +25,22 @@ struct Migration {
     indexes: &'static [Index],
 }
 
-/// An index built with `CREATE INDEX CONCURRENTLY` after its migration's
-/// transaction: a plain `CREATE INDEX` blocks writes to the table for as long
-/// as it scans it. The migration's version is recorded only once every index
-/// is built, so an interrupted run is run again whole (its SQL must allow
-/// that), and an index it left `INVALID` is dropped and built again.
-struct Index {
-    name: &'static str,
-    sql: &'static str,
+/// An index change made `CONCURRENTLY` after its migration's transaction: a
+/// plain `CREATE INDEX` blocks writes to the table for as long as it scans
+/// it, a plain `DROP INDEX` waits for every transaction using the table
+/// while queueing every later one behind it. The migration's version is
+/// recorded only once every change is made, so an interrupted run is run
+/// again whole (its SQL must allow that).
+enum Index {
+    /// Built; one an interrupted build left `INVALID` is dropped and built
+    /// again.
+    Build {
+        name: &'static str,
+        sql: &'static str,
+    },
+    /// Dropped if it exists (an interrupted drop leaves it `INVALID`, and
+    /// the next run drops it).
+    Drop { name: &'static str },
 }
 
 /// Every migration, in order.
@@ -60,17 +68,30 @@ const MIGRATIONS: &[Migration] = &[
         name: "feed",
         sql: include_str!("migrations/0004_feed.sql"),
         indexes: &[
-            // The feed: events after a cursor, in (feed_xid, seq) order.
-            Index {
+            // The feed: events in a window of transaction ids. Rows are
+            // appended in nearly increasing feed_xid order, so each block
+            // range's bounds are narrow: a BRIN finds the window's ranges at
+            // almost no cost per insert (a btree here doubled the audit
+            // row's index upkeep). Ranges not summarized yet always match
+            // (read, never skipped); autosummarize summarizes each range once
+            // the next one is written to.
+            Index::Build {
                 name: "debits_feed",
                 sql: "CREATE INDEX CONCURRENTLY IF NOT EXISTS debits_feed \
-                      ON debits (feed_xid, seq) WHERE feed_xid IS NOT NULL",
+                      ON debits USING brin (feed_xid) WITH (autosummarize = on)",
             },
-            // An account's history, newest first, before a cursor.
-            Index {
+            // An account's history, newest first, before a cursor (a
+            // backward scan); also the index of an account's debits that
+            // debits_usuario was (rows before migration 4 have feed_xid
+            // NULL, which sorts last).
+            Index::Build {
                 name: "debits_history",
                 sql: "CREATE INDEX CONCURRENTLY IF NOT EXISTS debits_history \
-                      ON debits (usuario, feed_xid DESC, seq DESC) WHERE feed_xid IS NOT NULL",
+                      ON debits (usuario, feed_xid, seq)",
+            },
+            // Replaced by debits_history: no query of the service used it.
+            Index::Drop {
+                name: "debits_usuario",
             },
         ],
     },
@@ -166,7 +187,14 @@ async fn apply_missing(client: &mut Client) -> Result<usize, Error> {
         } else {
             transaction.commit().await?;
             for index in migration.indexes {
-                build_concurrently(client, index).await?;
+                match index {
+                    Index::Build { name, sql } => build_concurrently(client, name, sql).await?,
+                    Index::Drop { name } => {
+                        client
+                            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                            .await?;
+                    }
+                }
             }
             record(client, migration).await?;
         }
@@ -194,33 +222,35 @@ async fn record(
     Ok(())
 }
 
-/// Builds `index` without blocking writes; an `INVALID` one an interrupted
-/// build left (which `IF NOT EXISTS` would keep) is dropped first.
-async fn build_concurrently(client: &Client, index: &Index) -> Result<(), Error> {
+/// Builds index `name` with `sql` without blocking writes; an `INVALID` one
+/// an interrupted build left (which `IF NOT EXISTS` would keep) is dropped
+/// first.
+async fn build_concurrently(client: &Client, name: &str, sql: &str) -> Result<(), Error> {
     let invalid = client
         .query_opt(
             "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
-            &[&index.name],
+            &[&name],
         )
         .await?
         .is_some();
     if invalid {
         tracing::warn!(
-            index = index.name,
+            index = name,
             "an interrupted migration left an invalid index: built again"
         );
         client
-            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.name))
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
             .await?;
     }
-    client.batch_execute(index.sql).await?;
+    client.batch_execute(sql).await?;
     Ok(())
 }
 
 /// What the service's role may do: read and write balances, keys and batch
 /// rows, append to the audit trail (never change it), record the settings on
-/// first use, read the schema version, read and store the feed's consumer
-/// positions (an upsert: `SELECT` for its conflict target). No DDL. `UPDATE` on the keys because
+/// first use, read the schema version, read where the feed starts, read and
+/// store the feed's consumer positions (an upsert: `SELECT` for its conflict
+/// target). No DDL. `UPDATE` on the keys because
 /// an expired key is claimed again in place and the sweeper locks the rows
 /// it deletes (`FOR UPDATE SKIP LOCKED` needs it); batch rows are never
 /// locked by the sweeper, so that table gets no `UPDATE`.
@@ -233,6 +263,7 @@ const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT ON saldos_settings TO {role}",
     "GRANT SELECT ON saldos_migrations TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON event_consumers TO {role}",
+    "GRANT SELECT ON saldos_feed TO {role}",
     "GRANT EXECUTE ON FUNCTION saldos_debit_batch_v2(bigint, bigint, bigint, bigint, text[], \
      text[], bigint[], text[], text[], bigint[]) TO {role}",
 ];

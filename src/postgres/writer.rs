@@ -223,8 +223,7 @@ impl Writer {
                     let seconds = started.elapsed().as_secs_f64();
                     self.shared.stats.batch(batch.len(), seconds);
                     if answer_rows(batch, &rows, &mut self.carried) {
-                        // This instance's feed readers need no notification.
-                        self.shared.commits.committed();
+                        self.shared.debited();
                     }
                     return;
                 }
@@ -245,7 +244,7 @@ impl Writer {
                         Resolution::NotApplied => return refuse_all(batch),
                         Resolution::Applied(audit) => {
                             if !audit.is_empty() {
-                                self.shared.commits.committed();
+                                self.shared.debited();
                             }
                             return answer_audited(batch, &audit);
                         }

@@ -610,6 +610,7 @@ async fn the_application_role_runs_the_service_without_ddl() {
         "idempotency_keys INSERT",
         "idempotency_keys SELECT",
         "idempotency_keys UPDATE",
+        "saldos_feed SELECT",
         "saldos_migrations SELECT",
         "saldos_settings INSERT",
         "saldos_settings SELECT",

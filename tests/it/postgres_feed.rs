@@ -357,6 +357,37 @@ async fn the_feed_survives_a_failover() {
     );
 }
 
+// Long polls are woken by the other instances' commits: each debit
+// committed through instance A wakes a feed reader of instance B within
+// less than the re-check interval (B reads no page, so nothing of its own
+// would wake it: the wake is A's announcement), and B's page then lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_on_one_instance_wakes_the_others_readers() {
+    const ROUNDS: usize = 5;
+    const WAKE_MAX: Duration = Duration::from_millis(900);
+    let url = pg_cluster::shared().create_database().await;
+    let (a, b) = (storage_on(&url, &[]).await, storage_on(&url, &[]).await);
+    let mut changes = b.feed_changes();
+    // The first wake may be B's listener starting; the rounds after it are
+    // A's announcements alone.
+    debit(&a, "avisada", 1, None).await;
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .expect("B listens")
+        .unwrap();
+    for round in 1..=ROUNDS {
+        changes.borrow_and_update();
+        debit(&a, "avisada", 1, None).await;
+        let started = Instant::now();
+        tokio::time::timeout(WAKE_MAX, changes.changed())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: B not woken within {WAKE_MAX:?}"))
+            .unwrap();
+        assert!(started.elapsed() < WAKE_MAX);
+        events_listed(&b, 1 + round).await;
+    }
+}
+
 // Consumer positions: stored through one instance, read through another,
 // moved, unknown names have none. Every feed query is bounded by
 // --db-timeout: with the audit trail or the positions locked by an outside
@@ -547,25 +578,33 @@ async fn a_version_3_database_with_an_audit_trail_migrates() {
     events_listed(&storage, 1).await;
     drop(storage);
 
-    // An interrupted run: the version not recorded, an index INVALID.
+    let indexes_sql = "SELECT string_agg(c.relname || CASE WHEN i.indisvalid THEN '' \
+                       ELSE ' invalid' END, ', ' ORDER BY c.relname) \
+                       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                       WHERE i.indrelid = 'debits'::regclass";
+    let indexes = || async {
+        let row = admin.query_one(indexes_sql, &[]).await.unwrap();
+        row.get::<_, String>(0)
+    };
+    let migrated = "debits_feed, debits_history, debits_pkey";
+    assert_eq!(
+        indexes().await,
+        migrated,
+        "the history's index replaced debits_usuario"
+    );
+
+    // An interrupted run: the version not recorded, an index INVALID, the
+    // replaced one not dropped yet.
     admin
         .batch_execute(
             "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'debits_feed'::regclass; \
+             CREATE INDEX debits_usuario ON debits (usuario, debited_at); \
              DELETE FROM saldos_migrations WHERE version = 4",
         )
         .await
         .unwrap();
     assert_eq!(migrate_with(&owner_url, &[]).await, 1);
-    let valid: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN \
-             ('debits_feed'::regclass, 'debits_history'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(valid, 2, "the invalid index was built again");
+    assert_eq!(indexes().await, migrated, "built again, dropped");
     let storage = storage_on(&cluster.url_as(APP_ROLE, APP_PASSWORD, &database), &[]).await;
     debit(&storage, "vieja", 5, None).await;
     events_listed(&storage, 2).await;

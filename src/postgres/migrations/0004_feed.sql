@@ -1,6 +1,7 @@
 -- saldos schema, version 4: movements and events (SPEC section 9) from the
 -- audit trail. Written so that it can run again after an interruption: the
--- runner records the version only after the indexes below are built.
+-- runner records the version only after the indexes of schema.rs are built
+-- (and the one they replace dropped), concurrently.
 --
 -- Every audit row written from now on carries feed_xid, the id of the
 -- transaction that wrote it; an event's id is (feed_xid << 16) | seq. Rows
@@ -24,6 +25,19 @@ CREATE TABLE IF NOT EXISTS event_consumers (
     updated_at timestamptz NOT NULL
 );
 
+-- Where the feed starts: every transaction with a smaller id had ended
+-- before this one took its snapshot, so none of them can call the function
+-- below: every feed_xid is at least this. A page from the start begins its
+-- scan here, not at 0 (the feed's index is a BRIN, which finds no minimum).
+-- A run again after an interruption keeps the first run's value.
+CREATE TABLE IF NOT EXISTS saldos_feed (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    start_xid bigint  NOT NULL
+);
+INSERT INTO saldos_feed (start_xid)
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ON CONFLICT (singleton) DO NOTHING;
+
 -- Version 1's batch function: no release calls it since version 2's.
 DROP FUNCTION IF EXISTS saldos_debit_batch(bigint, bigint, bigint, text[], text[], bigint[],
                                            text[], text[], bigint[]);
@@ -32,11 +46,14 @@ DROP FUNCTION IF EXISTS saldos_debit_batch(bigint, bigint, bigint, text[], text[
 -- outcomes), so that instances of the previous release write feed rows too
 -- during a rolling deploy. What changed: every audit row gets feed_xid; an
 -- account whose last_xid is above this transaction's id is blocked (outcome
--- 6); one notification per batch that debited something. Its outcomes and
+-- 6). No notification: the instance announces its commits afterwards, on
+-- another connection (feed.rs: a NOTIFY here would hold the cluster-wide
+-- notification lock through the commit's flush). Its outcomes and
 -- statements are otherwise those of 0002_debit_batch_v2.sql.
 --
 -- The feed's two indexes are built after this transaction, concurrently
--- (schema.rs: a long build must not stop debits).
+-- (schema.rs: a long build must not stop debits), and version 1's index of
+-- accounts' debits, which the history's replaces, is dropped.
 CREATE OR REPLACE FUNCTION saldos_debit_batch_v2(
     p_batch bigint, p_opening bigint, p_key_ttl_ms bigint, p_lock_wait_ms bigint,
     p_usuarios text[], p_kinds text[], p_montos bigint[],
@@ -222,12 +239,6 @@ BEGIN
     DELETE FROM idempotency_keys ik
      USING unnest(blocked_keys) AS b(i)
      WHERE ik.principal = p_principals[b.i] AND ik.key = p_keys[b.i];
-    END IF;
-
-    -- Delivered at commit, to every instance's listener: events may be
-    -- visible now.
-    IF applied > 0 THEN
-        PERFORM pg_notify('saldos_events', '');
     END IF;
 
     -- Last, so a fence written meanwhile (same id) makes this batch fail whole.
