@@ -21,10 +21,16 @@
 //! Rows written before migration 4 (`feed_xid` NULL) are in neither. Never
 //! answers [`FeedError::Expired`]: the audit trail keeps everything.
 //!
+//! The feed's index is a BRIN (cheap to insert into, but it yields block
+//! ranges, not rows in order), so a page is read window after window of
+//! transaction ids, each below its own statement's horizon: the next window
+//! begins where one ended only when that one ended below its horizon, so
+//! windows leave no gap between them.
+//!
 //! Commits are announced to the other instances after the fact, not by the
 //! debit transaction: a writer whose batch debited marks [`Announcer`], and
-//! the listener sends `NOTIFY` on its own connection, at most one in flight,
-//! one for every commit made meanwhile. `pg_notify` inside the batch took the
+//! the listener sends `NOTIFY` on its own connection, at most one in flight
+//! and one per [`ANNOUNCE_PAUSE`], one for every commit made meanwhile. `pg_notify` inside the batch took the
 //! cluster-wide notification lock from pre-commit through the WAL flush, so
 //! concurrent batches stopped sharing flushes.
 
@@ -33,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 
 use super::connect::Session as ConnectSession;
@@ -85,21 +92,38 @@ const HISTORY_SQL: &str = "SELECT feed_xid, seq, kind, monto, saldo, \
 
 /// The first window of an event page, in transaction ids. The feed's index
 /// is a BRIN: a query reads every row of the block ranges its window
-/// touches and sorts them, so a window is kept to a few seconds of debits
-/// at full rate, and a page of a consumer far behind takes several.
-const WINDOW_XIDS: i64 = 4_096;
-
-/// The most windows one event page reads: an empty window doubles the next
+/// touches and sorts them, so the first window is about a second of debits
+/// at full rate (a batch is one id); each window after it is twice as wide
 /// (a stretch of ids no debit took, other databases' transactions, is
-/// crossed in a few), so this reaches far beyond any such stretch. A page
-/// that stops here is short, never wrong: its `ultimo` is its last event.
-const WINDOWS_PER_PAGE_MAX: usize = 48;
+/// crossed in a few).
+const WINDOW_XIDS: i64 = 1_024;
+
+/// The most windows one event page reads. A page that stops here is short,
+/// never wrong: its `ultimo` is its last event.
+const WINDOWS_PER_PAGE_MAX: usize = 40;
+
+/// The least time between two announcements of one instance: each is a
+/// transaction, and a signal to and a wakeup of every listening backend, so
+/// at full debit rate they are sent for many batches at once rather than for
+/// each; the other instances' long polls wait this much longer at most.
+const ANNOUNCE_PAUSE: Duration = Duration::from_millis(10);
+
+/// How often, at most, the listener summarizes the feed index's new block
+/// ranges (`saldos_feed_summarize`), after this instance debited: what a
+/// reader at the head scans beyond its window is about this long of rows.
+const SUMMARIZE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Summarizes the feed index's new block ranges (see migration 4).
+const SUMMARIZE_SQL: &str = "SELECT saldos_feed_summarize()";
 
 /// At most `$3` events after the cursor `($1, $2)`, in one window of ids
 /// from the cursor (or the feed's start) below the horizon (see the
 /// module's rules), with the horizon, the window's end and whether committed
 /// rows wait above the horizon (one BRIN probe) in every row; one row of
 /// those three alone when the window holds none. `$4`: the window's size.
+/// Sent unnamed with its parameters' types ([`EVENTS_TYPES`]), so that it is
+/// planned for their values: a generic plan cannot tell that a window is
+/// narrow, and reads the whole table instead of the BRIN's ranges.
 const EVENTS_SQL: &str = "WITH w AS ( \
          SELECT b.horizon, least(b.horizon, b.low + $4) AS high, b.low, \
                 EXISTS (SELECT 1 FROM debits WHERE feed_xid >= b.horizon) AS held_back \
@@ -114,6 +138,9 @@ const EVENTS_SQL: &str = "WITH w AS ( \
              WHERE feed_xid >= w.low AND feed_xid < w.high AND (feed_xid, seq) > ($1, $2) \
              ORDER BY feed_xid, seq LIMIT $3) d ON true";
 
+/// The types of [`EVENTS_SQL`]'s parameters.
+const EVENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT4, Type::INT8, Type::INT8];
+
 const POSITION_SQL: &str = "SELECT position FROM event_consumers WHERE nombre = $1";
 
 /// Positions are stored as the id's 64 bits, signed.
@@ -124,7 +151,6 @@ const STORE_POSITION_SQL: &str = "INSERT INTO event_consumers (nombre, position,
 /// The feed's statements, prepared on each reader connection.
 pub struct Statements {
     history: Statement,
-    events: Statement,
     position: Statement,
     store_position: Statement,
 }
@@ -134,7 +160,6 @@ impl Statements {
     pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             history: client.prepare(HISTORY_SQL).await?,
-            events: client.prepare(EVENTS_SQL).await?,
             position: client.prepare(POSITION_SQL).await?,
             store_position: client.prepare(STORE_POSITION_SQL).await?,
         })
@@ -279,13 +304,13 @@ async fn events_page(
     let mut events = Vec::with_capacity(limit);
     for _ in 0..WINDOWS_PER_PAGE_MAX {
         let wanted = i64::try_from(limit - events.len()).expect("a page is small");
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        let values: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&xid, &seq, &wanted, &window];
-        let rows = open.client.query(&open.feed.events, &params).await?;
+        let params: Vec<_> = values.into_iter().zip(EVENTS_TYPES).collect();
+        let rows = open.client.query_typed(EVENTS_SQL, &params).await?;
         let first = rows.first().expect("the window's row is always there");
         let (horizon, high): (i64, i64) = (first.get(0), first.get(1));
         shared.feed_held_back.store(first.get(2), Ordering::Relaxed);
-        let before = events.len();
         for row in &rows {
             if row.get::<_, Option<i64>>(3).is_some() {
                 events.push(event(row)?);
@@ -294,13 +319,9 @@ async fn events_page(
         if events.len() == limit || high >= horizon {
             break;
         }
-        // The window is exhausted below the horizon: the next begins where
-        // it ended, twice as wide if it held nothing.
-        if events.len() == before {
-            window = window.saturating_mul(2).min(FEED_XID_END);
-        } else {
-            window = WINDOW_XIDS;
-        }
+        // The window is exhausted below the horizon and the page is not
+        // full: the next window begins where it ended, twice as wide.
+        window = window.saturating_mul(2).min(FEED_XID_END);
         (xid, seq) = (high, -1);
     }
     Ok(events)
@@ -460,6 +481,9 @@ impl Postgres {
 pub struct Announcer {
     /// A commit waits for its announcement.
     pending: AtomicBool,
+    /// A commit wrote audit rows since the feed's index was last
+    /// summarized by this instance.
+    unsummarized: AtomicBool,
     /// Wakes the listener when `pending` is set.
     wake: Notify,
 }
@@ -467,6 +491,7 @@ pub struct Announcer {
 impl Announcer {
     /// A commit that debited: announce it (with any others made meanwhile).
     pub fn committed(&self) {
+        self.unsummarized.store(true, Ordering::Relaxed);
         // Already set: the listener has been woken and has not taken it yet,
         // so its next notification is sent after this commit.
         if !self.pending.swap(true, Ordering::AcqRel) {
@@ -494,6 +519,8 @@ pub async fn listen(shared: Arc<Shared>) {
     let mut pause = LISTEN_RETRY_PAUSE;
     let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut summarize = tokio::time::interval(SUMMARIZE_INTERVAL);
+    summarize.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (notified, mut notifications) = mpsc::channel(1);
         match subscribe(&shared, notified).await {
@@ -514,10 +541,22 @@ pub async fn listen(shared: Arc<Shared>) {
                                 tracing::warn!(%error, "cannot announce commits");
                                 break;
                             }
+                            // Notifications meanwhile wait (one pending
+                            // covers them all), commits set the flag.
+                            tokio::time::sleep(ANNOUNCE_PAUSE).await;
                         }
                         _ = recheck.tick() => {
                             if shared.feed_held_back.load(Ordering::Relaxed) {
                                 shared.commits.committed();
+                            }
+                        }
+                        _ = summarize.tick() => {
+                            if shared.announcer.unsummarized.swap(false, Ordering::Relaxed)
+                                && let Err(error) = summarize_feed(&shared, &client).await
+                            {
+                                // Autovacuum summarizes too: reads cost more
+                                // meanwhile, none is wrong.
+                                tracing::warn!(%error, "cannot summarize the feed's index");
                             }
                         }
                     }
@@ -558,6 +597,15 @@ async fn subscribe(shared: &Shared, notified: mpsc::Sender<()>) -> Result<Client
     // Before the first announcement, which is sent on this client.
     own_pid.store(pid, Ordering::Relaxed);
     Ok(client)
+}
+
+/// Summarizes the feed index's new block ranges on the listener's
+/// connection, by `--db-timeout`.
+async fn summarize_feed(shared: &Shared, client: &Client) -> Result<(), Error> {
+    tokio::time::timeout(shared.timeout, client.batch_execute(SUMMARIZE_SQL))
+        .await
+        .map_err(|_| Error::Timeout(shared.timeout))??;
+    Ok(())
 }
 
 /// Sends one announcement on the listener's connection, by `--db-timeout`.

@@ -73,12 +73,17 @@ const MIGRATIONS: &[Migration] = &[
             // range's bounds are narrow: a BRIN finds the window's ranges at
             // almost no cost per insert (a btree here doubled the audit
             // row's index upkeep). Ranges not summarized yet always match
-            // (read, never skipped); autosummarize summarizes each range once
-            // the next one is written to.
+            // (read, never skipped): the service summarizes new ones about
+            // once a second (saldos_feed_summarize), autovacuum at its
+            // visits. Not autosummarize: at full rate its requests, one per
+            // range, overflow autovacuum's queue (a log line each) long
+            // before a worker takes them. 32 pages (about 2,000 rows) a
+            // range: what a page at the head of the feed reads beyond its
+            // own rows.
             Index::Build {
                 name: "debits_feed",
-                sql: "CREATE INDEX CONCURRENTLY IF NOT EXISTS debits_feed \
-                      ON debits USING brin (feed_xid) WITH (autosummarize = on)",
+                sql: "CREATE INDEX CONCURRENTLY IF NOT EXISTS debits_feed ON debits \
+                      USING brin (feed_xid) WITH (pages_per_range = 32)",
             },
             // An account's history, newest first, before a cursor (a
             // backward scan); also the index of an account's debits that
@@ -250,7 +255,8 @@ async fn build_concurrently(client: &Client, name: &str, sql: &str) -> Result<()
 /// rows, append to the audit trail (never change it), record the settings on
 /// first use, read the schema version, read where the feed starts, read and
 /// store the feed's consumer positions (an upsert: `SELECT` for its conflict
-/// target). No DDL. `UPDATE` on the keys because
+/// target), summarize the feed's index (through the owner's function). No
+/// DDL. `UPDATE` on the keys because
 /// an expired key is claimed again in place and the sweeper locks the rows
 /// it deletes (`FOR UPDATE SKIP LOCKED` needs it); batch rows are never
 /// locked by the sweeper, so that table gets no `UPDATE`.
@@ -266,6 +272,7 @@ const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT ON saldos_feed TO {role}",
     "GRANT EXECUTE ON FUNCTION saldos_debit_batch_v2(bigint, bigint, bigint, bigint, text[], \
      text[], bigint[], text[], text[], bigint[]) TO {role}",
+    "GRANT EXECUTE ON FUNCTION saldos_feed_summarize() TO {role}",
 ];
 
 /// Makes sure `role` (already checked to be a plain lower-case identifier)

@@ -621,7 +621,13 @@ async fn the_application_role_runs_the_service_without_ddl() {
          WHERE grantee = 'app_saldos' ORDER BY 1",
     )
     .await;
-    assert_eq!(routines, ["saldos_debit_batch_v2 EXECUTE"]);
+    assert_eq!(
+        routines,
+        [
+            "saldos_debit_batch_v2 EXECUTE",
+            "saldos_feed_summarize EXECUTE"
+        ]
+    );
 }
 
 /// Runs `openssl` with `args` in `dir`.

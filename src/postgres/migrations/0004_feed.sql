@@ -38,6 +38,45 @@ INSERT INTO saldos_feed (start_xid)
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ON CONFLICT (singleton) DO NOTHING;
 
+-- The feed's index (a BRIN, built after this transaction) reads every page
+-- of a block range not summarized yet; autovacuum summarizes a range only at
+-- its next visit, up to a minute or more later, and a reader at the head of
+-- the feed would read that whole minute of rows on every page. The service
+-- calls this about once a second instead (feed.rs), as the application
+-- role, which may not summarize an index it does not own. Only full ranges,
+-- the last 64 of them (far more than a second of debits): the range being
+-- filled stays unsummarized, so inserting into it updates no summary.
+-- Skipped, never waited for, while
+-- autovacuum or another instance holds the lock that summarizing takes.
+CREATE OR REPLACE FUNCTION saldos_feed_summarize() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    feed       regclass := 'public.debits_feed'::regclass;
+    per_range  bigint;
+    blocks     bigint;
+    last_full  bigint;  -- the first block of the last full range
+    summarized integer := 0;
+    first      bigint;
+BEGIN
+    BEGIN
+        LOCK TABLE public.debits IN SHARE UPDATE EXCLUSIVE MODE NOWAIT;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN 0;
+    END;
+    SELECT coalesce(max(o.option_value::bigint), 128) INTO per_range
+      FROM pg_class c, pg_options_to_table(c.reloptions) o
+     WHERE c.oid = feed AND o.option_name = 'pages_per_range';
+    blocks := pg_relation_size('public.debits'::regclass)
+              / current_setting('block_size')::bigint;
+    last_full := (blocks / per_range - 1) * per_range;
+    FOR first IN SELECT generate_series(greatest(last_full - 63 * per_range, 0), last_full,
+                                        per_range) LOOP
+        summarized := summarized + brin_summarize_range(feed, first);
+    END LOOP;
+    RETURN summarized;
+END $$;
+REVOKE ALL ON FUNCTION saldos_feed_summarize() FROM PUBLIC;
+
 -- Version 1's batch function: no release calls it since version 2's.
 DROP FUNCTION IF EXISTS saldos_debit_batch(bigint, bigint, bigint, text[], text[], bigint[],
                                            text[], text[], bigint[]);
