@@ -12,28 +12,8 @@ set -euo pipefail
 before_bin=$1 after_bin=$2 rounds=${3:-3} seconds=${4:-10}
 cd "$(dirname "$0")/.."
 source benches/common.sh
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-pg_ticks() {
-  local postmaster=$1 total child
-  total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat")
-  for child in $(pgrep -P "$postmaster"); do
-    total=$((total + $(cpu_ticks "$child" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-pg_bin=/usr/lib/postgresql/15/bin
-pg_port=5631
-as_postgres=()
-((EUID == 0)) && as_postgres=(runuser -u postgres --)
-psql_bench() { "$pg_bin/psql" -qAt -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
-mkdir -p "$work/pg"; chmod 755 "$work"; ((EUID == 0)) && chown postgres "$work/pg"
-"${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
-taskset -c 0 "${as_postgres[@]}" "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" \
-  -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$work/pg" \
-  -c max_connections=300 -c shared_buffers=256MB >>"$work/postgres.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break; sleep 0.1; done
-head -1 "$work/pg/data/postmaster.pid" >"$work/postmaster.pid"
+source benches/pg_cluster.sh
+start_cluster 5631
 psql_bench -c "CREATE DATABASE before" -c "CREATE DATABASE after"
 for which in before after; do
   bin=${which}_bin; port=$([[ $which == before ]] && echo 5640 || echo 5641)

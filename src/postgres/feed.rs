@@ -308,7 +308,10 @@ async fn events_page(
             [&xid, &seq, &wanted, &window];
         let params: Vec<_> = values.into_iter().zip(EVENTS_TYPES).collect();
         let rows = open.client.query_typed(EVENTS_SQL, &params).await?;
-        let first = rows.first().expect("the window's row is always there");
+        // The window's own row is always there (a left join of it).
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::Corrupt("an event window without its row".into()))?;
         let (horizon, high): (i64, i64) = (first.get(0), first.get(1));
         shared.feed_held_back.store(first.get(2), Ordering::Relaxed);
         for row in &rows {

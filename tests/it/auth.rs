@@ -28,8 +28,8 @@ async fn start_with(jwks_url: &str, extra: &[&str]) -> TestServer {
 }
 
 /// Journal storage in `dir` with 4 KiB segments: rotations and snapshots
-/// every few debits.
-fn tiny_segments_in(dir: &str) -> [&str; 6] {
+/// every few debits, segments removed as soon as a snapshot covers them.
+fn tiny_segments_in(dir: &str) -> [&str; 8] {
     [
         "--storage",
         "journal",
@@ -37,6 +37,9 @@ fn tiny_segments_in(dir: &str) -> [&str; 6] {
         dir,
         "--journal-segment-bytes",
         "4096",
+        // Segments behind a snapshot are kept for the feed otherwise.
+        "--events-retention",
+        "0s",
     ]
 }
 
