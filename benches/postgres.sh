@@ -24,37 +24,8 @@ cargo build --release --locked --bin saldos
 source benches/common.sh
 touch "$work/results"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-# PostgreSQL's CPU ticks: the postmaster's own and its reaped children's,
-# plus every live child's.
-pg_ticks() {
-  local postmaster=$1 total child
-  total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$postmaster/stat")
-  for child in $(pgrep -P "$postmaster"); do
-    total=$((total + $(cpu_ticks "$child" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-
-pg_bin=/usr/lib/postgresql/15/bin
-pg_port=5621
-as_postgres=()
-((EUID == 0)) && as_postgres=(runuser -u postgres --) # the server refuses root
-psql_bench() { "$pg_bin/psql" -qAt -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
-
-mkdir -p "$work/pg"
-chmod 755 "$work" # the postgres user must reach its directory
-((EUID == 0)) && chown postgres "$work/pg"
-"${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
-# fsync and synchronous_commit on (the defaults): a commit is durable.
-taskset -c 0 "${as_postgres[@]}" "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" \
-  -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$work/pg" \
-  -c max_connections=300 -c shared_buffers=256MB >>"$work/postgres.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break; sleep 0.1; done
-head -1 "$work/pg/data/postmaster.pid" >"$work/postmaster.pid"
-pids+=("$(cat "$work/postmaster.pid")")
+source benches/pg_cluster.sh
+start_cluster 5621
 psql_bench -c "CREATE DATABASE saldos" -c "CREATE DATABASE pgbench"
 "$pg_bin/pgbench" -q -i -s 10 -h 127.0.0.1 -p "$pg_port" -U postgres pgbench >/dev/null 2>&1
 start_pinned postgres 5620 10 target/release/saldos --bind 127.0.0.1 --port 5620 --workers 1 \

@@ -113,9 +113,15 @@ locals {
     LoadBalancer = aws_lb.main.arn_suffix
     TargetGroup  = aws_lb_target_group.app.arn_suffix
   }
-  # More connections than every task at the autoscaling ceiling may open, plus
-  # the migrate containers of a deployment: a leak or a foreign client.
-  db_connections_budget = var.autoscaling_max_tasks * (var.db_connections + 1)
+  # Connections a saldos container may hold beyond db_connections: the
+  # sweeper's, the feed's listener (which also announces the task's commits)
+  # and a fence's while a timed-out connection is cancelled
+  # (CONNECTIONS_SPARE in src/postgres/mod.rs).
+  db_connections_spare = 3
+  # More connections than every task at the autoscaling ceiling may open
+  # (the migrate container's one is closed before saldos starts, which
+  # waits for it to succeed): a leak or a foreign client.
+  db_connections_budget = var.autoscaling_max_tasks * (var.db_connections + local.db_connections_spare)
 }
 
 resource "aws_ecr_pull_through_cache_rule" "public" {

@@ -12,12 +12,15 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_postgres::AsyncMessage;
 use tokio_postgres::config::Host;
 use tokio_postgres::tls::NoTls;
 use tokio_postgres::{CancelToken, Client, Config};
@@ -57,6 +60,12 @@ pub enum Session {
     /// is released when the connection's I/O task ends (the server answered
     /// or the socket closed), not when the client is dropped.
     Service(OwnedSemaphorePermit),
+    /// A service session that listens: every notification the server
+    /// delivers on it is told on the channel (one pending is enough to
+    /// wake; more are dropped), which closes when the connection ends; but
+    /// those sent by the backend whose id is in the `AtomicI32` (the
+    /// session's own, once known: what it announces itself is no news).
+    Listener(OwnedSemaphorePermit, mpsc::Sender<()>, Arc<AtomicI32>),
 }
 
 /// How the connection is protected.
@@ -159,11 +168,15 @@ impl Target {
         config.keepalives_idle(KEEPALIVE_IDLE);
         config.keepalives_interval(KEEPALIVE_INTERVAL);
         config.keepalives_retries(KEEPALIVE_RETRIES);
-        let permit = match session {
-            Session::Admin => None,
+        let (permit, notified) = match session {
+            Session::Admin => (None, None),
             Session::Service(permit) => {
                 config.options(self.service_options());
-                Some(permit)
+                (Some(permit), None)
+            }
+            Session::Listener(permit, notified, own_pid) => {
+                config.options(self.service_options());
+                (Some(permit), Some((notified, own_pid)))
             }
         };
         let is_service = permit.is_some();
@@ -183,12 +196,12 @@ impl Target {
             match &self.tls {
                 Tls::Plain => {
                     let (client, connection) = config.connect(NoTls).await?;
-                    tokio::spawn(drive(connection, permit));
+                    tokio::spawn(drive(connection, permit, notified));
                     Ok(client)
                 }
                 Tls::Verified(tls) => {
                     let (client, connection) = config.connect(tls.clone()).await?;
-                    tokio::spawn(drive(connection, permit));
+                    tokio::spawn(drive(connection, permit, notified));
                     Ok(client)
                 }
             }
@@ -251,13 +264,33 @@ async fn check_service_settings(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs a connection's I/O until it ends, then frees its place.
-async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(
-    connection: C,
+/// Runs a connection's I/O until it ends, telling `notified` of each
+/// notification, then frees its place.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
     permit: Option<OwnedSemaphorePermit>,
-) {
-    if let Err(error) = connection.await {
-        tracing::debug!(%error, "database connection ended");
+    notified: Option<(mpsc::Sender<()>, Arc<AtomicI32>)>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(notification))) => {
+                if let Some((notified, own_pid)) = &notified
+                    && notification.process_id() != own_pid.load(Ordering::Relaxed)
+                {
+                    // Full: a wakeup is pending already, which covers this.
+                    let _ = notified.try_send(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::debug!(%error, "database connection ended");
+                break;
+            }
+            None => break,
+        }
     }
     drop(permit);
 }

@@ -7,13 +7,17 @@
 //! - [`schema`]: embedded migrations under an advisory lock; fixed settings.
 //! - `queue`: bounded queues from requests to the connections.
 //! - `writer`: debit batches, one round trip and one commit each.
-//! - `reader`: balance reads, batched.
+//! - `reader`: balance reads, batched, and the feed's queries.
+//! - `feed`: movements, events and consumer positions (SPEC section 9);
+//!   the listener that wakes feed readers on any instance's commit and
+//!   announces this instance's.
 //! - `sweeper`: expired keys and old batch rows, deleted in bounded batches.
 //!
 //! Connections: half (rounded up) of `--db-connections` write debits, the
 //! rest read. Every connection of the service holds a place among
-//! `--db-connections` + [`CONNECTIONS_SPARE`] (the sweeper's, and a writer's
-//! fence while its old connection is being cancelled) until its socket
+//! `--db-connections` + [`CONNECTIONS_SPARE`] (the sweeper's, the feed's
+//! listener, and a writer's fence while its old connection is being
+//! cancelled) until its socket
 //! closes, so the database never sees more from one instance, whatever
 //! fails. Migrations run on a connection of their own before any of them.
 
@@ -34,7 +38,7 @@ use hashbrown::HashSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -68,9 +72,10 @@ const HEALTH_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 const NO_PRINCIPAL: &str = "";
 
 /// Connections an instance may hold beyond `--db-connections`: the
-/// sweeper's, and one for fencing while a timed-out connection is being
-/// cancelled.
-pub const CONNECTIONS_SPARE: usize = 2;
+/// sweeper's, the feed's listener (which also announces this instance's
+/// commits), and one for fencing while a timed-out connection is being
+/// cancelled. `terraform/observability.tf` counts them in its alarm.
+pub const CONNECTIONS_SPARE: usize = 3;
 
 /// A writer busy with one batch for longer than this many `--db-timeout`s
 /// is stuck (every wait it makes is bounded by one): liveness fails, and the
@@ -117,6 +122,9 @@ pub enum Error {
         /// The database's refusal.
         reason: String,
     },
+    /// The audit trail holds a row this binary cannot read.
+    #[error("unreadable audit row: {0}")]
+    Corrupt(String),
     /// The opening balance or the seed differ from the recorded ones.
     #[error("refusing to start: {reason}")]
     SettingsChanged {
@@ -231,6 +239,12 @@ struct Shared {
     faults: Faults,
     /// Woken when a commit may have made events visible.
     commits: crate::seam::Commits,
+    /// This instance's commits that debited, for the other instances.
+    announcer: feed::Announcer,
+    /// The last event page found committed rows it could not list yet (a
+    /// transaction below them still running): the listener wakes readers
+    /// again until they are listed.
+    feed_held_back: AtomicBool,
 }
 
 impl Shared {
@@ -238,15 +252,28 @@ impl Shared {
         writer::saldo_u64(self.opening_saldo)
     }
 
+    /// A batch that debited committed: this instance's feed readers are
+    /// woken now, the other instances' once the listener announced it.
+    fn debited(&self) {
+        self.commits.committed();
+        self.announcer.committed();
+    }
+
     /// A bounded service connection, opened by `deadline`: first a place
     /// among the connections, then the connection itself.
     async fn connect(&self, deadline: Instant) -> Result<Client, Error> {
+        let place = self.place(deadline).await?;
         let timeout = deadline.saturating_duration_since(Instant::now());
+        self.target.connect(timeout, Session::Service(place)).await
+    }
+
+    /// A place among the connections, by `deadline`.
+    async fn place(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, Error> {
         let place = tokio::time::timeout_at(deadline.into(), self.places.clone().acquire_owned())
             .await
             .map_err(|_| Error::Saturated(self.places_max))?
             .expect("the places semaphore is never closed");
-        self.target.connect(timeout, Session::Service(place)).await
+        Ok(place)
     }
 }
 
@@ -289,6 +316,8 @@ pub struct Postgres {
     /// Each writer's current batch, for liveness.
     progress: Arc<Progress>,
     sweeper: JoinHandle<()>,
+    /// Wakes feed readers on commits (`feed::listen`).
+    listener: JoinHandle<()>,
 }
 
 impl Postgres {
@@ -317,6 +346,8 @@ impl Postgres {
             key_ttl_ms: i64::try_from(options.key_ttl.as_millis()).unwrap_or(i64::MAX),
             faults: Faults::default(),
             commits: crate::seam::Commits::default(),
+            announcer: feed::Announcer::default(),
+            feed_held_back: AtomicBool::new(false),
         });
         // A service session now, so that settings the guarantees depend on
         // are checked before the first request, not at its first debit.
@@ -340,6 +371,7 @@ impl Postgres {
             )));
         }
         let sweeper = tokio::spawn(sweeper::run(shared.clone()));
+        let listener = tokio::spawn(feed::listen(shared.clone()));
         Ok(Self {
             shared,
             debits,
@@ -348,6 +380,7 @@ impl Postgres {
             tasks,
             progress,
             sweeper,
+            listener,
         })
     }
 
@@ -402,9 +435,8 @@ impl Postgres {
         let (answer, answered) = oneshot::channel();
         let deadline = Instant::now() + timeout;
         let read = reader::Read {
-            usuario,
             deadline,
-            answer,
+            ask: reader::Ask::Saldo(usuario, answer),
         };
         self.reads.push(read).await?;
         // The reader answers every read it took by its deadline.
@@ -455,6 +487,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.sweeper.abort();
+        self.listener.abort();
         self.tasks.iter().for_each(JoinHandle::abort);
     }
 }

@@ -4,8 +4,11 @@
 //! at every start. Does DDL only when the schema is behind.
 //!
 //! A small runner of our own rather than `refinery`: it must check the
-//! version without DDL (an application role has none) and hold the advisory
-//! lock across the check and the migrations, which `refinery` does not do.
+//! version without DDL (an application role has none), hold the advisory
+//! lock across the check and the migrations, and build indexes on live
+//! tables concurrently, outside a transaction, which `refinery` does not do.
+
+use std::time::Duration;
 
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -13,11 +16,31 @@ use tokio_postgres::error::SqlState;
 use super::Error;
 use crate::usuario::Usuario;
 
-/// A migration: its version (ascending, never reused) and its SQL.
+/// A migration: its version (ascending, never reused), its SQL (one
+/// transaction), and the index changes it then makes concurrently, in order.
 struct Migration {
     version: i32,
     name: &'static str,
     sql: &'static str,
+    indexes: &'static [Index],
+}
+
+/// An index change made `CONCURRENTLY` after its migration's transaction: a
+/// plain `CREATE INDEX` blocks writes to the table for as long as it scans
+/// it, a plain `DROP INDEX` waits for every transaction using the table
+/// while queueing every later one behind it. The migration's version is
+/// recorded only once every change is made, so an interrupted run is run
+/// again whole (its SQL must allow that).
+enum Index {
+    /// Built; one an interrupted build left `INVALID` is dropped and built
+    /// again.
+    Build {
+        name: &'static str,
+        sql: &'static str,
+    },
+    /// Dropped if it exists (an interrupted drop leaves it `INVALID`, and
+    /// the next run drops it).
+    Drop { name: &'static str },
 }
 
 /// Every migration, in order.
@@ -26,21 +49,65 @@ const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "schema",
         sql: include_str!("migrations/0001_schema.sql"),
+        indexes: &[],
     },
     Migration {
         version: 2,
         name: "debit_batch_v2",
         sql: include_str!("migrations/0002_debit_batch_v2.sql"),
+        indexes: &[],
     },
     Migration {
         version: 3,
         name: "principal_kinds",
         sql: include_str!("migrations/0003_principal_kinds.sql"),
+        indexes: &[],
+    },
+    Migration {
+        version: 4,
+        name: "feed",
+        sql: include_str!("migrations/0004_feed.sql"),
+        indexes: &[
+            // The feed: events in a window of transaction ids. Rows are
+            // appended in nearly increasing feed_xid order, so each block
+            // range's bounds are narrow: a BRIN finds the window's ranges at
+            // almost no cost per insert (a btree here doubled the audit
+            // row's index upkeep). Ranges not summarized yet always match
+            // (read, never skipped): the service summarizes new ones about
+            // once a second (saldos_feed_summarize), autovacuum at its
+            // visits. Not autosummarize: at full rate its requests, one per
+            // range, overflow autovacuum's queue (a log line each) long
+            // before a worker takes them. 32 pages (about 2,000 rows) a
+            // range: what a page at the head of the feed reads beyond its
+            // own rows.
+            Index::Build {
+                name: "debits_feed",
+                sql: "CREATE INDEX CONCURRENTLY IF NOT EXISTS debits_feed ON debits \
+                      USING brin (feed_xid) WITH (pages_per_range = 32)",
+            },
+            // An account's history, newest first, before a cursor (a
+            // backward scan); also the index of an account's debits that
+            // debits_usuario was (rows before migration 4 have feed_xid
+            // NULL, which sorts last).
+            Index::Build {
+                name: "debits_history",
+                sql: "CREATE INDEX CONCURRENTLY IF NOT EXISTS debits_history \
+                      ON debits (usuario, feed_xid, seq)",
+            },
+            // Replaced by debits_history: no query of the service used it.
+            Index::Drop {
+                name: "debits_usuario",
+            },
+        ],
     },
 ];
 
 /// The advisory lock key held while migrating ("saldos" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7361_6c64_6f73;
+
+/// Pause between attempts to take [`MIGRATION_LOCK`] while another session
+/// migrates.
+const MIGRATION_LOCK_PAUSE: Duration = Duration::from_millis(100);
 
 /// The version this binary needs.
 pub fn latest_version() -> i32 {
@@ -76,9 +143,7 @@ pub async fn migrate(client: &mut Client) -> Result<usize, Error> {
     if version == latest_version() {
         return Ok(0);
     }
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    lock_migrations(client).await?;
     let applied = apply_missing(client).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -86,6 +151,23 @@ pub async fn migrate(client: &mut Client) -> Result<usize, Error> {
     let applied = applied.map_err(needs_privileges)?;
     unlocked?;
     Ok(applied)
+}
+
+/// Takes [`MIGRATION_LOCK`], trying again until it is free. Not
+/// `pg_advisory_lock`: a session waiting in it holds a snapshot, which
+/// `CREATE INDEX CONCURRENTLY` in the session holding the lock waits for,
+/// and each would wait for the other.
+async fn lock_migrations(client: &Client) -> Result<(), Error> {
+    loop {
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?
+            .get(0);
+        if locked {
+            return Ok(());
+        }
+        tokio::time::sleep(MIGRATION_LOCK_PAUSE).await;
+    }
 }
 
 /// Under the lock: re-reads the version (another instance may have just
@@ -104,13 +186,23 @@ async fn apply_missing(client: &mut Client) -> Result<usize, Error> {
     for migration in MIGRATIONS.iter().filter(|m| m.version > version) {
         let transaction = client.transaction().await?;
         transaction.batch_execute(migration.sql).await?;
-        transaction
-            .execute(
-                "INSERT INTO saldos_migrations (version, name) VALUES ($1, $2)",
-                &[&migration.version, &migration.name],
-            )
-            .await?;
-        transaction.commit().await?;
+        if migration.indexes.is_empty() {
+            record(&transaction, migration).await?;
+            transaction.commit().await?;
+        } else {
+            transaction.commit().await?;
+            for index in migration.indexes {
+                match index {
+                    Index::Build { name, sql } => build_concurrently(client, name, sql).await?,
+                    Index::Drop { name } => {
+                        client
+                            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                            .await?;
+                    }
+                }
+            }
+            record(client, migration).await?;
+        }
         tracing::info!(
             version = migration.version,
             name = migration.name,
@@ -121,9 +213,50 @@ async fn apply_missing(client: &mut Client) -> Result<usize, Error> {
     Ok(applied)
 }
 
+/// Records `migration` as applied.
+async fn record(
+    client: &impl tokio_postgres::GenericClient,
+    migration: &Migration,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO saldos_migrations (version, name) VALUES ($1, $2)",
+            &[&migration.version, &migration.name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Builds index `name` with `sql` without blocking writes; an `INVALID` one
+/// an interrupted build left (which `IF NOT EXISTS` would keep) is dropped
+/// first.
+async fn build_concurrently(client: &Client, name: &str, sql: &str) -> Result<(), Error> {
+    let invalid = client
+        .query_opt(
+            "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid",
+            &[&name],
+        )
+        .await?
+        .is_some();
+    if invalid {
+        tracing::warn!(
+            index = name,
+            "an interrupted migration left an invalid index: built again"
+        );
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+            .await?;
+    }
+    client.batch_execute(sql).await?;
+    Ok(())
+}
+
 /// What the service's role may do: read and write balances, keys and batch
 /// rows, append to the audit trail (never change it), record the settings on
-/// first use, read the schema version. No DDL. `UPDATE` on the keys because
+/// first use, read the schema version, read where the feed starts, read and
+/// store the feed's consumer positions (an upsert: `SELECT` for its conflict
+/// target), summarize the feed's index (through the owner's function). No
+/// DDL. `UPDATE` on the keys because
 /// an expired key is claimed again in place and the sweeper locks the rows
 /// it deletes (`FOR UPDATE SKIP LOCKED` needs it); batch rows are never
 /// locked by the sweeper, so that table gets no `UPDATE`.
@@ -135,10 +268,11 @@ const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO {role}",
     "GRANT SELECT, INSERT ON saldos_settings TO {role}",
     "GRANT SELECT ON saldos_migrations TO {role}",
-    "GRANT EXECUTE ON FUNCTION saldos_debit_batch(bigint, bigint, bigint, text[], text[], \
-     bigint[], text[], text[], bigint[]) TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON event_consumers TO {role}",
+    "GRANT SELECT ON saldos_feed TO {role}",
     "GRANT EXECUTE ON FUNCTION saldos_debit_batch_v2(bigint, bigint, bigint, bigint, text[], \
      text[], bigint[], text[], text[], bigint[]) TO {role}",
+    "GRANT EXECUTE ON FUNCTION saldos_feed_summarize() TO {role}",
 ];
 
 /// Makes sure `role` (already checked to be a plain lower-case identifier)

@@ -48,8 +48,12 @@ const DEBIT_BATCH_SQL: &str = "SELECT outcome, saldo, settled_ms \
 const FENCE_SQL: &str = "INSERT INTO debit_batches (id, debits) \
      SELECT unnest($1::bigint[]), NULL ON CONFLICT (id) DO NOTHING RETURNING id";
 
+/// The outcome code of a debit applied now.
+const OUTCOME_DEBITED: i16 = 0;
+
 /// The outcome code of a debit whose account row was held by another
-/// transaction (nothing applied).
+/// transaction, or last debited by a transaction with a larger id (nothing
+/// applied).
 const OUTCOME_BLOCKED: i16 = 6;
 
 /// The share of a batch's remaining time kept for resolving it if its answer
@@ -218,7 +222,10 @@ impl Writer {
                 Ok(Ok(rows)) => {
                     let seconds = started.elapsed().as_secs_f64();
                     self.shared.stats.batch(batch.len(), seconds);
-                    return answer_rows(batch, &rows, &mut self.carried);
+                    if answer_rows(batch, &rows, &mut self.carried) {
+                        self.shared.debited();
+                    }
+                    return;
                 }
                 Ok(Err(error)) if !super::is_connection_lost(&error) => {
                     // The server answered with an error: the statement's
@@ -235,7 +242,12 @@ impl Writer {
                     match self.resolve(batch_id, deadline).await {
                         Resolution::NotApplied if Instant::now() < deadline => {}
                         Resolution::NotApplied => return refuse_all(batch),
-                        Resolution::Applied(audit) => return answer_audited(batch, &audit),
+                        Resolution::Applied(audit) => {
+                            if !audit.is_empty() {
+                                self.shared.debited();
+                            }
+                            return answer_audited(batch, &audit);
+                        }
                         Resolution::Unknown => {
                             tracing::error!(
                                 batch_id,
@@ -501,20 +513,23 @@ pub fn saldo_u64(saldo: i64) -> u64 {
 }
 
 /// Answers each debit from its row of the batch's result; a blocked one is
-/// carried to the next batch instead.
-fn answer_rows(batch: &mut Vec<Debit>, rows: &[Row], carried: &mut Vec<Debit>) {
+/// carried to the next batch instead. True when one was debited.
+fn answer_rows(batch: &mut Vec<Debit>, rows: &[Row], carried: &mut Vec<Debit>) -> bool {
     assert_eq!(rows.len(), batch.len(), "one outcome per debit");
+    let mut debited = false;
     for (debit, row) in batch.drain(..).zip(rows) {
         let outcome: i16 = row.get(0);
         if outcome == OUTCOME_BLOCKED {
             carried.push(debit);
             continue;
         }
+        debited |= outcome == OUTCOME_DEBITED;
         let saldo: Option<i64> = row.get(1);
         let settled_ms: Option<i64> = row.get(2);
         let answer = decode(&debit, outcome, saldo.map(saldo_u64), settled_ms);
         let _ = debit.answer.send(answer);
     }
+    debited
 }
 
 /// One debit's answer from the batch function's outcome code.
@@ -541,7 +556,7 @@ fn decode(
         })
     };
     match outcome {
-        0 => Ok(Answer::Fresh(Outcome::Debited { nuevo_saldo: saldo })),
+        OUTCOME_DEBITED => Ok(Answer::Fresh(Outcome::Debited { nuevo_saldo: saldo })),
         1 => Ok(Answer::Fresh(Outcome::Refused {
             saldo_disponible: saldo,
         })),

@@ -28,7 +28,7 @@ async fn start_with(jwks_url: &str, extra: &[&str]) -> TestServer {
 }
 
 /// Journal storage in `dir` with 4 KiB segments: rotations and snapshots
-/// every few debits.
+/// every few debits, segments removed as soon as a snapshot covers them.
 fn tiny_segments_in(dir: &str) -> [&str; 8] {
     [
         "--storage",
@@ -37,7 +37,7 @@ fn tiny_segments_in(dir: &str) -> [&str; 8] {
         dir,
         "--journal-segment-bytes",
         "4096",
-        // Segments go as soon as a snapshot covers them.
+        // Segments behind a snapshot are kept for the feed otherwise.
         "--events-retention",
         "0s",
     ]

@@ -18,6 +18,7 @@ mod movimientos;
 mod pg_cluster;
 mod postgres;
 mod postgres_faults;
+mod postgres_feed;
 mod power_loss;
 pub mod process;
 mod tcp_proxy;

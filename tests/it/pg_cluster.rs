@@ -302,15 +302,21 @@ impl Cluster {
     /// A fresh database, migrated by `saldos migrate --app-role` as its
     /// owner; returns the application role's URL.
     pub async fn create_database(&self) -> String {
+        let owner_url = self.create_empty_database().await;
+        self.migrate_for_app_role(&owner_url).await
+    }
+
+    /// `saldos migrate --app-role` on the database at `owner_url`, as its
+    /// owner; returns the application role's URL.
+    pub async fn migrate_for_app_role(&self, owner_url: &str) -> String {
         // Roles are the cluster's: one migration granting at a time.
         static GRANTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-        let owner_url = self.create_empty_database().await;
         let _granting = GRANTING.lock().await;
         let argv = [
             "saldos",
             "migrate",
             "--database-url",
-            &owner_url,
+            owner_url,
             "--app-role",
             APP_ROLE,
         ];

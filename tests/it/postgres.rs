@@ -23,7 +23,7 @@ pub(crate) const CUENTA: &str = "compartida";
 pub(crate) const OPENING: u64 = 1_000_000_000;
 
 /// The schema's migrations this binary has.
-const MIGRATIONS: usize = 3;
+pub(crate) const MIGRATIONS: usize = 4;
 
 /// A server on the database at `url` with `extra` flags.
 pub(crate) async fn server_on(url: &str, extra: &[&str]) -> TestServer {
@@ -46,7 +46,7 @@ pub(crate) async fn open_on(url: &str, extra: &[&str]) -> Result<(), String> {
 }
 
 /// `saldos migrate` on `url` with `extra` flags: how many migrations ran.
-async fn migrate_with(url: &str, extra: &[&str]) -> usize {
+pub(crate) async fn migrate_with(url: &str, extra: &[&str]) -> usize {
     let mut argv = vec!["saldos", "migrate", "--database-url", url];
     argv.extend_from_slice(extra);
     let Some(Command::Migrate(args)) = Cli::try_parse_from(argv).unwrap().command else {
@@ -603,10 +603,14 @@ async fn the_application_role_runs_the_service_without_ddl() {
         "debit_batches SELECT",
         "debits INSERT",
         "debits SELECT",
+        "event_consumers INSERT",
+        "event_consumers SELECT",
+        "event_consumers UPDATE",
         "idempotency_keys DELETE",
         "idempotency_keys INSERT",
         "idempotency_keys SELECT",
         "idempotency_keys UPDATE",
+        "saldos_feed SELECT",
         "saldos_migrations SELECT",
         "saldos_settings INSERT",
         "saldos_settings SELECT",
@@ -620,8 +624,8 @@ async fn the_application_role_runs_the_service_without_ddl() {
     assert_eq!(
         routines,
         [
-            "saldos_debit_batch EXECUTE",
-            "saldos_debit_batch_v2 EXECUTE"
+            "saldos_debit_batch_v2 EXECUTE",
+            "saldos_feed_summarize EXECUTE"
         ]
     );
 }

@@ -471,35 +471,92 @@ async fn migrate_waits_for_the_database_within_db_wait() {
 // (+ slack); liveness 200 throughout; debits succeed again within 30 s with
 // no restart; every unsettled request retried with its key settles once,
 // and every debit acknowledged before the failover is on the new primary.
+/// The failover drill's stage: a primary with a synchronous standby, and a
+/// proxy standing in for the Multi-AZ endpoint.
+pub(crate) struct Drill {
+    primary: Cluster,
+    standby: Cluster,
+    proxy: Proxy,
+    /// The application role's URL of the drill's database, through the proxy.
+    pub(crate) url: String,
+}
+
+impl Drill {
+    /// Starts both servers and the proxy, makes the standby synchronous and
+    /// creates a database for the application role.
+    pub(crate) async fn start() -> Self {
+        let primary = Cluster::start();
+        let standby = primary.start_standby();
+        let proxy = Proxy::start(primary.port).await;
+        let admin = primary.connect("postgres").await;
+        for statement in [
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(statement).await.unwrap();
+        }
+        let direct_url = primary.create_database().await;
+        let url = direct_url.replace(
+            &format!("127.0.0.1:{}/", primary.port),
+            &format!("127.0.0.1:{}/", proxy.port),
+        );
+        // The standby connects and the reload takes effect in a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = admin
+                .query_opt("SELECT sync_state FROM pg_stat_replication", &[])
+                .await
+                .unwrap()
+                .map(|row| row.get::<_, String>(0));
+            if state.as_deref() == Some("sync") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby confirms every commit: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            primary,
+            standby,
+            proxy,
+            url,
+        }
+    }
+
+    /// The primary stops at once, the standby is promoted, the proxy
+    /// switches to it; returns when the primary stopped.
+    pub(crate) async fn fail_over(&self) -> Instant {
+        let failed_at = Instant::now();
+        self.primary.stop(Stop::Immediate);
+        let promoted = self.standby.connect("postgres").await;
+        promoted
+            .query_one("SELECT pg_promote(true, 30)", &[])
+            .await
+            .unwrap();
+        self.proxy.switch(self.standby.port);
+        failed_at
+    }
+
+    /// The drill's database on the promoted standby, directly.
+    pub(crate) fn promoted_url(&self) -> String {
+        self.url.replace(
+            &format!("127.0.0.1:{}/", self.proxy.port),
+            &format!("127.0.0.1:{}/", self.standby.port),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_drill() {
     const RECOVERY_MAX: Duration = Duration::from_secs(30);
-    let primary = Cluster::start();
-    let standby = primary.start_standby();
-    let proxy = Proxy::start(primary.port).await;
-    let admin = primary.connect("postgres").await;
-    for statement in [
-        "ALTER SYSTEM SET synchronous_standby_names = '*'",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(statement).await.unwrap();
-    }
-    let direct_url = primary.create_database().await;
-    let url = direct_url.replace(
-        &format!("127.0.0.1:{}/", primary.port),
-        &format!("127.0.0.1:{}/", proxy.port),
-    );
+    let drill = Drill::start().await;
+    let url = drill.url.clone();
     let opening = OPENING.to_string();
     let flags = ["--opening-balance", &opening, "--db-timeout", "2s"];
     let servers = [server_on(&url, &flags).await, server_on(&url, &flags).await];
     let addrs = vec![servers[0].addr, servers[1].addr];
-    let synchronous: String = admin
-        .query_one("SELECT sync_state FROM pg_stat_replication", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(synchronous, "sync", "the standby confirms every commit");
-    drop(admin);
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load(addrs.clone(), 8, stop.clone()));
@@ -519,14 +576,7 @@ async fn failover_drill() {
         })
     };
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let failed_at = Instant::now();
-    primary.stop(Stop::Immediate);
-    let promoted = standby.connect("postgres").await;
-    promoted
-        .query_one("SELECT pg_promote(true, 30)", &[])
-        .await
-        .unwrap();
-    proxy.switch(standby.port);
+    let failed_at = drill.fail_over().await;
     wait_for(addrs[0], "/health", 200, RECOVERY_MAX).await;
     wait_for(addrs[1], "/health", 200, RECOVERY_MAX).await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -562,10 +612,7 @@ async fn failover_drill() {
         })
         .collect();
     assert!(!acknowledged_before.is_empty());
-    let promoted_url = url.replace(
-        &format!("127.0.0.1:{}/", proxy.port),
-        &format!("127.0.0.1:{}/", standby.port),
-    );
+    let promoted_url = drill.promoted_url();
     let on_new_primary = crate::postgres::audit_trail(&promoted_url).await;
     for (key, saldo) in &acknowledged_before {
         assert_eq!(
