@@ -39,10 +39,17 @@ thread_local! {
 
 /// Renders bytes with `write` into the thread's slab and returns them.
 pub fn render(write: impl FnOnce(&mut Writer<'_>)) -> Bytes {
+    render_sized(RENDER_BYTES_MAX, write)
+}
+
+/// Renders about `bytes_hint` bytes (a page of movements or events) with
+/// `write`: room for them is made before writing, so the slab never grows,
+/// and copies what it holds, in the middle of a rendering.
+pub fn render_sized(bytes_hint: usize, write: impl FnOnce(&mut Writer<'_>)) -> Bytes {
     SLAB.with(|slab| {
         let mut slab = slab.borrow_mut();
-        if slab.capacity() < RENDER_BYTES_MAX {
-            *slab = BytesMut::with_capacity(SLAB_BYTES);
+        if slab.capacity() < bytes_hint {
+            *slab = BytesMut::with_capacity(SLAB_BYTES.max(bytes_hint));
         }
         debug_assert!(slab.is_empty());
         write(&mut Writer(&mut slab));

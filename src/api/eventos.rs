@@ -22,12 +22,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::movimientos::movement_fields;
+use super::movimientos::{MOVEMENT_BYTES_MAX, movement_fields};
 use super::query::{EventsQuery, Start, parse_consumer, parse_id};
 use super::{ApiError, Body, body, debit, json_response};
 use crate::auth::{self, Access};
 use crate::metrics::{Recorder, StreamOpen};
-use crate::render::{Writer, render};
+use crate::render::{Writer, render, render_sized};
 use crate::router::App;
 use crate::seam::{Consumer, EventId, FeedError, Unavailable};
 use crate::server;
@@ -87,7 +87,7 @@ pub async fn get_eventos(
     let events = read_waiting(&app.storage, after, query.limit, deadline).await?;
     app.metrics.events_sent(events.len());
     let last = events.last().map(|event| event.movement.id).or(after);
-    let body = render(|w| {
+    let body = render_sized(64 + EVENT_BYTES_TYPICAL * events.len(), |w| {
         w.raw("{\"eventos\":[");
         for (i, event) in events.iter().enumerate() {
             if i > 0 {
@@ -321,7 +321,7 @@ impl Producer {
     }
 
     async fn send_events(&mut self, events: &[crate::seam::Event]) -> bool {
-        let frame = render(|w| {
+        let frame = render_sized((EVENT_BYTES_TYPICAL + 48) * events.len(), |w| {
             for event in events {
                 w.raw("id: ");
                 w.u64(event.movement.id.0);
@@ -347,6 +347,10 @@ impl Producer {
             .is_ok()
     }
 }
+
+/// Bytes one event's JSON usually takes (a movement, a short account name
+/// and principal), for sizing a page's rendering: a longer page grows once.
+const EVENT_BYTES_TYPICAL: usize = MOVEMENT_BYTES_MAX + 96;
 
 fn quoted_id(w: &mut Writer<'_>, id: EventId) {
     w.raw("\"");

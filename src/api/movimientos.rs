@@ -7,7 +7,7 @@ use super::query::HistoryQuery;
 use super::{ApiError, Body, json_response};
 use crate::auth::{self, Access, Operation};
 use crate::ledger::DebitKind;
-use crate::render::{Writer, render};
+use crate::render::{Writer, render_sized};
 use crate::router::App;
 use crate::seam::Movement;
 use crate::traces;
@@ -34,7 +34,8 @@ pub async fn get_movimientos(
         .more
         .then(|| page.movements.last().map(|movement| movement.id))
         .flatten();
-    let body = render(|w| {
+    let bytes_hint = 96 + MOVEMENT_BYTES_MAX * page.movements.len();
+    let body = render_sized(bytes_hint, |w| {
         w.raw("{\"usuario\":");
         w.string(usuario.as_str());
         w.raw(",\"movimientos\":[");
@@ -59,6 +60,10 @@ pub async fn get_movimientos(
     });
     Ok(json_response(StatusCode::OK, body))
 }
+
+/// The most bytes one movement's JSON takes (20-digit id, 13-digit amounts,
+/// the timestamp and punctuation), for sizing a page's rendering.
+pub(super) const MOVEMENT_BYTES_MAX: usize = 160;
 
 /// A movement's fields, as history and events both show them:
 /// `"id":"…","tipo":…,"monto":…,"saldo":…,"fecha":"…"`.
