@@ -16,6 +16,17 @@ const SLAB_BYTES: usize = 64 * 1024;
 /// Lowercase hexadecimal digits, by value.
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// The two decimal digits of 0 to 99, by value.
+const DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        pairs[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    pairs
+};
+
 /// The two lowercase hexadecimal digits of every byte, by value: one lookup
 /// per byte instead of two shifts and lookups.
 const HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
@@ -35,6 +46,8 @@ const RENDER_BYTES_MAX: usize = 512;
 
 thread_local! {
     static SLAB: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(SLAB_BYTES));
+    /// The day last rendered by [`Writer::timestamp_ms`], and its text.
+    static DATE: std::cell::Cell<(u64, [u8; 12])> = const { std::cell::Cell::new((u64::MAX, [0; 12])) };
 }
 
 /// Renders bytes with `write` into the thread's slab and returns them.
@@ -121,28 +134,53 @@ impl Writer<'_> {
     /// timestamp with milliseconds: `"2026-12-03T23:00:00.123Z"`.
     pub fn timestamp_ms(&mut self, unix_ms: u64) {
         let (days, ms_of_day) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
-        let (year, month, day) = civil_from_days(days);
-        let fields = [
-            (year, 4, b'-'),
-            (month, 2, b'-'),
-            (day, 2, b'T'),
-            (ms_of_day / 3_600_000, 2, b':'),
-            (ms_of_day / 60_000 % 60, 2, b':'),
-            (ms_of_day / 1000 % 60, 2, b'.'),
-            (ms_of_day % 1000, 3, b'Z'),
-        ];
-        self.0.put_u8(b'"');
-        for (value, width, separator) in fields {
-            let mut digits = [b'0'; 4];
-            let mut rest = value;
-            for digit in digits[..width].iter_mut().rev() {
-                *digit = b'0' + (rest % 10) as u8;
-                rest /= 10;
+        // `"YYYY-MM-DDT`, made once per day per thread: a page's movements
+        // mostly share their day.
+        let date = DATE.with(|cached| {
+            let (cached_days, text) = cached.get();
+            if cached_days == days {
+                return text;
             }
-            self.0.put_slice(&digits[..width]);
-            self.0.put_u8(separator);
-        }
-        self.0.put_u8(b'"');
+            let (year, month, day) = civil_from_days(days);
+            let [y1, y2] = [(year / 100) as usize, (year % 100) as usize];
+            let [m, d] = [month as usize, day as usize];
+            let text = [
+                b'"',
+                DECIMAL_PAIRS[y1][0],
+                DECIMAL_PAIRS[y1][1],
+                DECIMAL_PAIRS[y2][0],
+                DECIMAL_PAIRS[y2][1],
+                b'-',
+                DECIMAL_PAIRS[m][0],
+                DECIMAL_PAIRS[m][1],
+                b'-',
+                DECIMAL_PAIRS[d][0],
+                DECIMAL_PAIRS[d][1],
+                b'T',
+            ];
+            cached.set((days, text));
+            text
+        });
+        self.0.put_slice(&date);
+        let seconds = (ms_of_day / 1000) as usize;
+        let millis = (ms_of_day % 1000) as usize;
+        let time = [
+            DECIMAL_PAIRS[seconds / 3600][0],
+            DECIMAL_PAIRS[seconds / 3600][1],
+            b':',
+            DECIMAL_PAIRS[seconds / 60 % 60][0],
+            DECIMAL_PAIRS[seconds / 60 % 60][1],
+            b':',
+            DECIMAL_PAIRS[seconds % 60][0],
+            DECIMAL_PAIRS[seconds % 60][1],
+            b'.',
+            b'0' + (millis / 100) as u8,
+            DECIMAL_PAIRS[millis % 100][0],
+            DECIMAL_PAIRS[millis % 100][1],
+            b'Z',
+            b'"',
+        ];
+        self.0.put_slice(&time);
     }
 
     fn control(&mut self, byte: u8) {
@@ -219,6 +257,8 @@ mod tests {
             (0, "1970-01-01T00:00:00.000Z"),
             (951_782_400_000, "2000-02-29T00:00:00.000Z"),
             (1_796_338_800_123, "2026-12-03T23:00:00.123Z"),
+            // The same day again: from the thread's cached date.
+            (1_796_292_000_009, "2026-12-03T10:00:00.009Z"),
             (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
             (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
         ];
