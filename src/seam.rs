@@ -77,21 +77,27 @@ impl From<Unavailable> for Refusal {
 pub struct EventId(pub u64);
 
 impl EventId {
-    /// The most digits an id has (`u64::MAX` has 20).
-    const DIGITS_MAX: usize = 20;
-
-    /// Parses an id as the API shows it: 1 to 20 ASCII digits, no sign, no
-    /// leading zero (each id has one spelling), at most `u64::MAX`.
+    /// Parses an id as the API shows it: a [`parse_decimal`] number.
     pub fn parse(text: &str) -> Option<Self> {
-        let bytes = text.as_bytes();
-        let well_formed = (1..=Self::DIGITS_MAX).contains(&bytes.len())
-            && bytes.iter().all(u8::is_ascii_digit)
-            && (bytes[0] != b'0' || bytes.len() == 1);
-        if !well_formed {
-            return None;
-        }
-        text.parse().ok().map(Self)
+        parse_decimal(text).map(Self)
     }
+}
+
+/// The most digits a decimal the API reads has (`u64::MAX` has 20).
+const DECIMAL_DIGITS_MAX: usize = 20;
+
+/// A number as the API spells it in ids, query parameters and cursors: 1 to
+/// 20 ASCII digits, no sign, no leading zero (each number has one
+/// spelling), at most `u64::MAX`.
+pub fn parse_decimal(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let well_formed = (1..=DECIMAL_DIGITS_MAX).contains(&bytes.len())
+        && bytes.iter().all(u8::is_ascii_digit)
+        && (bytes[0] != b'0' || bytes.len() == 1);
+    if !well_formed {
+        return None;
+    }
+    text.parse().ok()
 }
 
 impl std::fmt::Display for EventId {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::ApiError;
-use crate::seam::{Consumer, EVENTS_PAGE_MAX, EventId, HISTORY_PAGE_MAX};
+use crate::seam::{Consumer, EVENTS_PAGE_MAX, EventId, HISTORY_PAGE_MAX, parse_decimal};
 
 /// A history page when `limite` is absent.
 pub const HISTORY_PAGE_DEFAULT: usize = 20;
@@ -149,28 +149,17 @@ fn pairs(query: Option<&str>) -> Result<impl Iterator<Item = (&str, &str)>, ApiE
         .map(|pair| pair.split_once('=').unwrap_or((pair, ""))))
 }
 
-/// A decimal integer in `1..=max`, spelled one way (no sign, no leading 0).
+/// A page size in `1..=max`.
 fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
-    let canonical = !value.is_empty()
-        && value.len() <= 4
-        && value.bytes().all(|byte| byte.is_ascii_digit())
-        && !value.starts_with('0');
-    canonical
-        .then(|| value.parse().ok())
-        .flatten()
+    parse_decimal(value)
+        .and_then(|limit| usize::try_from(limit).ok())
         .filter(|limit| (1..=max).contains(limit))
         .ok_or(ApiError::ParametroInvalido)
 }
 
 /// Whole seconds, 0 ..= 30.
 fn parse_wait(value: &str) -> Result<Duration, ApiError> {
-    let canonical = !value.is_empty()
-        && value.len() <= 2
-        && value.bytes().all(|byte| byte.is_ascii_digit())
-        && (value == "0" || !value.starts_with('0'));
-    canonical
-        .then(|| value.parse().ok())
-        .flatten()
+    parse_decimal(value)
         .map(Duration::from_secs)
         .filter(|wait| *wait <= WAIT_MAX)
         .ok_or(ApiError::ParametroInvalido)
