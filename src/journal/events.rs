@@ -65,6 +65,11 @@ impl Events {
         }
     }
 
+    /// The newest synced debits, in memory.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
     /// At most `limit` synced debits after `after`, when memory holds every
     /// one of them (never blocks).
     pub fn from_memory(&self, after: Option<EventId>, limit: usize) -> Option<Vec<Event>> {

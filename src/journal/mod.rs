@@ -272,7 +272,6 @@ pub fn open_on(
             queue,
             faults,
             stats,
-            feed: feed.clone(),
             events: Arc::new(Events::new(feed, segment_events, durable_through)),
             consumers,
             writer: Some(thread),
@@ -289,8 +288,6 @@ pub struct Journal {
     queue: Arc<Queue>,
     faults: Arc<Faults>,
     stats: Arc<Stats>,
-    /// Synced debits, newest in memory.
-    feed: Arc<Feed>,
     /// Synced debits, from memory or the segments.
     events: Arc<Events>,
     /// The feed's named consumers.
@@ -323,9 +320,9 @@ impl Journal {
         self.queue.has_failed()
     }
 
-    /// The feed of synced debits.
+    /// The feed of synced debits: its newest, in memory.
     pub fn feed(&self) -> &Arc<Feed> {
-        &self.feed
+        self.events.feed()
     }
 
     /// The synced debits, for readers of the feed.
