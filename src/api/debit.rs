@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::{ApiError, Body, body, json_response};
 use crate::auth::{self, Access, Operation};
+use crate::header;
 use crate::idempotency;
 use crate::ledger::{DebitKind, Outcome};
 use crate::render::render;
@@ -128,17 +129,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError>
 
 /// True when the media type is `application/json`, whatever its parameters.
 pub(super) fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
-        return false;
-    };
-    let media_type = value
-        .as_bytes()
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default();
-    media_type
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"application/json")
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| header::is_media_type(value.as_bytes(), b"application/json"))
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use super::movimientos::{MOVEMENT_BYTES_MAX, movement_fields};
 use super::query::{EventsQuery, Start, parse_consumer, parse_id};
 use super::{ApiError, Body, body, debit, json_response};
 use crate::auth::{self, Access};
+use crate::header;
 use crate::metrics::{Recorder, StreamOpen};
 use crate::render::{Writer, render, render_sized};
 use crate::router::App;
@@ -191,12 +192,10 @@ fn feed_error(error: FeedError) -> ApiError {
 /// Whether `Accept` names `text/event-stream`.
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
     headers.get_all(ACCEPT).iter().any(|value| {
-        value.as_bytes().split(|byte| *byte == b',').any(|range| {
-            let media_type = range.split(|byte| *byte == b';').next().unwrap_or_default();
-            media_type
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"text/event-stream")
-        })
+        value
+            .as_bytes()
+            .split(|byte| *byte == b',')
+            .any(|range| header::is_media_type(range, b"text/event-stream"))
     })
 }
 
