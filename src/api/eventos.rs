@@ -84,8 +84,7 @@ pub async fn get_eventos(
     if accepts_event_stream(headers) {
         return open_stream(app, after).await;
     }
-    let deadline = Instant::now() + query.wait;
-    let events = read_waiting(&app.storage, after, query.limit, deadline).await?;
+    let events = read_waiting(&app.storage, after, query.limit, query.wait).await?;
     app.metrics.events_sent(events.len());
     let last = events.last().map(|event| event.movement.id).or(after);
     let body = render_sized(64 + EVENT_BYTES_TYPICAL * events.len(), |w| {
@@ -158,13 +157,18 @@ async fn stored_position(
         .map_err(|Unavailable| ApiError::NoDisponible)
 }
 
-/// Events after `after`, waiting until `deadline` for the first one.
+/// Events after `after`, waiting up to `wait` for the first one. A page
+/// that does not wait never subscribes (so commits meanwhile wake nobody).
 async fn read_waiting(
     storage: &Storage,
     after: Option<EventId>,
     limit: usize,
-    deadline: Instant,
+    wait: Duration,
 ) -> Result<Vec<crate::seam::Event>, ApiError> {
+    if wait.is_zero() {
+        return storage.events(after, limit).await.map_err(feed_error);
+    }
+    let deadline = Instant::now() + wait;
     loop {
         // Subscribed before the read: a commit after it wakes the wait.
         let mut changes = storage.feed_changes();
