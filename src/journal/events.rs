@@ -150,13 +150,15 @@ impl SegmentEvents {
             if first_record > through || events.len() == limit {
                 break;
             }
-            let is_last = segments.range(index + 1..).next().is_none();
+            // The segment's records run up to the next one's first (or, for
+            // the last, up to the last synced record).
+            let next_first = segments.range(index + 1..).next().map(|(_, first)| *first);
             let wanted = Wanted {
                 after,
                 limit,
-                through,
+                through: next_first.map_or(through, |next| through.min(next - 1)),
             };
-            self.read_segment(&mut state, index, is_last, wanted, &mut events)
+            self.read_segment(&mut state, index, wanted, &mut events)
                 .map_err(unavailable)?;
         }
         Ok(events)
@@ -185,12 +187,12 @@ impl SegmentEvents {
         Ok(state.first_records.clone())
     }
 
-    /// Appends the events of segment `index` that `wanted` asks for.
+    /// Appends the events of segment `index` that `wanted` asks for: every
+    /// one up to `wanted.through`, or an error, never a gap.
     fn read_segment(
         &self,
         state: &mut State,
         index: u64,
-        is_last: bool,
         wanted: Wanted,
         events: &mut Vec<Event>,
     ) -> io::Result<()> {
@@ -199,19 +201,25 @@ impl SegmentEvents {
             _ => self.load(index)?,
         };
         let mut reached = scan(&mut cached, wanted, events);
-        // The last segment, still appended to, may hold more than was read.
-        if is_last && reached < wanted.through && events.len() < wanted.limit {
-            let fresh = self.load(index)?;
-            if fresh.bytes.len() > cached.bytes.len() {
-                cached.bytes = fresh.bytes;
-                let rest = Wanted {
-                    after: reached,
-                    ..wanted
-                };
-                reached = scan(&mut cached, rest, events);
-            }
+        let is_short = |reached: u64, events: &Vec<Event>| {
+            reached < wanted.through && events.len() < wanted.limit
+        };
+        // A copy read while the segment was still appended to (the writer
+        // has gone on since) holds less than the segment: read it again.
+        if is_short(reached, events) {
+            cached.bytes = self.load(index)?.bytes;
+            let rest = Wanted {
+                after: reached,
+                ..wanted
+            };
+            reached = scan(&mut cached, rest, events);
         }
-        debug_assert!(reached <= wanted.through);
+        if is_short(reached, events) {
+            return Err(io::Error::other(format!(
+                "segment {index} ends at record {reached}, before record {}",
+                wanted.through
+            )));
+        }
         state.cached = Some(cached);
         Ok(())
     }
@@ -300,4 +308,57 @@ pub fn event_of(record: &Record, number: u64, nuevo_saldo: u64) -> Event {
 fn unavailable(error: impl std::fmt::Display) -> FeedError {
     tracing::error!(%error, "cannot read events from the journal's segments");
     FeedError::Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::medium::{Medium, PowerCut};
+    use crate::ledger::DebitKind;
+    use crate::usuario::Usuario;
+
+    /// One batch of debits numbered from `first` (each leaves `saldo` 1).
+    fn batch_of(first: u64, count: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let start = batch::start(&mut out);
+        for _ in 0..count {
+            let record = Record {
+                kind: DebitKind::Retiro,
+                usuario: Usuario::new("a").unwrap(),
+                monto: 1,
+                outcome: Outcome::Debited { nuevo_saldo: 1 },
+                time_ms: 0,
+                principal: None,
+                key: None,
+            };
+            record.encode(&mut out);
+        }
+        batch::finish(&mut out, start, first, count as u32);
+        out
+    }
+
+    fn ids(events: &[Event]) -> Vec<u64> {
+        events.iter().map(|event| event.movement.id.0).collect()
+    }
+
+    // A segment read while it was the last one (so the reader cached a copy
+    // of it) and appended to afterwards, then followed by a new segment:
+    // the next read must list the records appended meanwhile, not skip from
+    // the copy's end to the next segment.
+    #[test]
+    fn a_segment_read_while_appended_to_is_read_again() {
+        let medium = PowerCut::new();
+        let dir =
+            Arc::new(DataDir::open(Arc::new(medium.clone()), std::path::Path::new("/d")).unwrap());
+        let mut first = medium.create(&FileKind::Segment.name(1)).unwrap();
+        first.append(&batch_of(1, 2)).unwrap();
+        let reader = SegmentEvents::new(dir);
+        assert_eq!(ids(&reader.read(None, 100, 2).unwrap()), [1, 2]);
+        first.append(&batch_of(3, 2)).unwrap();
+        let mut second = medium.create(&FileKind::Segment.name(2)).unwrap();
+        second.append(&batch_of(5, 1)).unwrap();
+        let after = Some(EventId(2));
+        assert_eq!(ids(&reader.read(after, 100, 5).unwrap()), [3, 4, 5]);
+        assert_eq!(ids(&reader.read(Some(EventId(3)), 1, 5).unwrap()), [4]);
+    }
 }
