@@ -11,6 +11,7 @@
 //! | `saldos.meta` (temporary, `fsync`, rename) | the first segment is created |
 //! | `journal-<n>.log` created | its first batch is written |
 //! | a torn tail cut off (`set_len`) | `fsync` of the segment before new batches |
+//! | zeros written ahead of a segment's end (room) | the next batch's `fdatasync`, always before the segment is closed |
 //! | `snapshot-<n>.snap` (temporary, `fsync`, rename) | older files are removed |
 //! | older segments and snapshots removed | — (a survivor is ignored: the snapshot covers it) |
 //!
@@ -235,7 +236,7 @@ impl DataDir {
         let file = match self.medium.create(&name) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                let file = self.medium.open_append(&name)?;
+                let file = self.medium.open_write(&name)?;
                 if file.length()? != 0 {
                     return Err(error);
                 }
@@ -252,7 +253,7 @@ impl DataDir {
         let path = self.path_of(FileKind::Segment, index);
         let file = self
             .medium
-            .open_append(&FileKind::Segment.name(index))
+            .open_write(&FileKind::Segment.name(index))
             .map_err(|source| self.io_error(&path, source))?;
         let length = file
             .length()
@@ -269,16 +270,25 @@ impl DataDir {
             .map_err(|source| self.io_error(&path, source))
     }
 
-    /// Opens the last segment for appending, cut back durably to `valid_bytes`.
-    pub fn open_segment(&self, index: u64, valid_bytes: u64) -> Result<Box<dyn MediumFile>, Error> {
+    /// Opens the last segment for writing after its `valid_bytes`; with
+    /// `cut_back` (a torn final batch follows them) the file is first cut
+    /// back to them durably. Returns the file and its length (the zeros of
+    /// room written ahead stay).
+    pub fn open_segment(
+        &self,
+        index: u64,
+        valid_bytes: u64,
+        cut_back: bool,
+    ) -> Result<(Box<dyn MediumFile>, u64), Error> {
         let path = self.path_of(FileKind::Segment, index);
         let reopen = || {
-            let mut file = self.medium.open_append(&FileKind::Segment.name(index))?;
-            if file.length()? != valid_bytes {
+            let mut file = self.medium.open_write(&FileKind::Segment.name(index))?;
+            if cut_back {
                 file.set_len(valid_bytes)?;
                 file.sync_all()?;
             }
-            Ok(file)
+            let length = file.length()?;
+            Ok((file, length))
         };
         reopen().map_err(|source| self.io_error(&path, source))
     }

@@ -27,10 +27,10 @@ pub trait Medium: Send + Sync {
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
     /// At most `len` bytes of a file from `offset` (fewer at its end).
     fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
-    /// Creates a new, empty file for appending; fails if it exists.
+    /// Creates a new, empty file for writing; fails if it exists.
     fn create(&self, name: &str) -> io::Result<Box<dyn MediumFile>>;
-    /// Opens an existing file for appending.
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn MediumFile>>;
+    /// Opens an existing file for writing (at its end, or in place).
+    fn open_write(&self, name: &str) -> io::Result<Box<dyn MediumFile>>;
     /// Renames `from` to `to`, replacing `to`.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Removes a file.
@@ -39,10 +39,16 @@ pub trait Medium: Send + Sync {
     fn sync_dir(&self) -> io::Result<()>;
 }
 
-/// A file open for appending.
+/// A file open for writing.
 pub trait MediumFile: Send {
-    /// Appends all of `bytes`.
+    /// Appends all of `bytes` at the file's end.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Writes all of `bytes` at `offset` (in place, or growing the file).
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Starts writing `len` bytes from `offset` back to the disk without
+    /// waiting for them: a hint that makes nothing durable, so that a later
+    /// sync has less to wait for.
+    fn start_writeback(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes the file's bytes and length durable (`fdatasync`): the cheap
     /// sync of every batch.
     fn sync_data(&mut self) -> io::Result<()>;

@@ -8,6 +8,9 @@
 //! agreeing with the balances. Only the final batch of the last segment may
 //! be damaged (its write was cut by the crash, never acknowledged): it is
 //! dropped, and the segment cut back durably before anything is appended.
+//! After a segment's last batch there may be zeros (room the writer wrote
+//! ahead, see `writer`); any other byte there is damage, except in the last
+//! segment, where it is the torn final batch.
 
 use super::batch;
 use super::data_dir::{DataDir, FileKind, Files, Fixed};
@@ -95,11 +98,13 @@ pub fn recover(
     }
     let (tail, torn_bytes) = match end {
         Some((index, replayed)) => {
-            let segment = dir.open_segment(index, replayed.valid_bytes)?;
+            let (segment, file_bytes) =
+                dir.open_segment(index, replayed.valid_bytes, replayed.torn_bytes > 0)?;
             let tail = Tail {
                 segment,
                 segment_index: index,
                 segment_bytes: replayed.valid_bytes,
+                segment_file_bytes: file_bytes,
                 next_record,
             };
             (tail, replayed.torn_bytes)
@@ -113,6 +118,7 @@ pub fn recover(
                 segment,
                 segment_index: cut.covers,
                 segment_bytes: 0,
+                segment_file_bytes: 0,
                 next_record,
             };
             (tail, 0)
@@ -169,7 +175,7 @@ fn segments_after(
 struct Replayed {
     /// Bytes of whole, valid batches.
     valid_bytes: u64,
-    /// Bytes of a torn final batch after them.
+    /// Bytes of a torn final batch after them (zeros of room not counted).
     torn_bytes: u64,
     /// The number the next record gets.
     next_record: u64,
@@ -194,6 +200,7 @@ fn replay_segment(
     while at < bytes.len() {
         let frame = match batch::decode(&bytes[at..]) {
             Ok(frame) => frame,
+            Err(_) if is_room(&bytes[at..]) => break,
             Err(_) if is_last && is_torn_final_batch(&bytes[at..], next_record) => break,
             Err(damage) => return Err(corrupt(at, damage.reason().into())),
         };
@@ -218,7 +225,11 @@ fn replay_segment(
         next_record = frame.next_record();
         at += frame.bytes();
     }
-    let torn_bytes = (bytes.len() - at) as u64;
+    let torn_bytes = if is_room(&bytes[at..]) {
+        0
+    } else {
+        (bytes.len() - at) as u64
+    };
     if torn_bytes > 0 {
         tracing::warn!(path = %path.display(), offset = at, torn_bytes, "dropping the torn final batch of the journal");
     }
@@ -227,6 +238,11 @@ fn replay_segment(
         torn_bytes,
         next_record,
     })
+}
+
+/// Zeros the writer wrote ahead of its end, never written over yet.
+fn is_room(rest: &[u8]) -> bool {
+    rest.iter().all(|byte| *byte == 0)
 }
 
 /// The final batch's write, cut by a crash: damaged, and no valid batch

@@ -16,6 +16,19 @@
 //! A full segment is closed and a snapshot of the state as of its end is
 //! written by a second thread while batches go on; the writer joins it before
 //! it ends, so both are done before the directory's lock is released.
+//!
+//! Room: after a batch is answered, the writer keeps zeros written ahead of
+//! the segment's end (and their writeback started). The next batch's
+//! `fdatasync` makes them durable with the file's new length; every batch
+//! after that lands in blocks the file system has already allocated, in a
+//! file whose length is already durable, so its `fdatasync` flushes data
+//! blocks only, not metadata through the file system's journal (on ext4 this
+//! halves the CPU and the time of a small sync). Old bytes are never read as
+//! records: room is zeros, which no batch header matches, and recovery
+//! accepts nothing but zeros after a segment's last batch (or, in the last
+//! segment, a torn final batch). Room is only written while the segment is
+//! below its size, so the batch that fills a segment has made all of its
+//! room durable before the next segment is started.
 
 use std::io;
 use std::sync::Arc;
@@ -28,6 +41,15 @@ use super::events::event_of;
 use super::medium::MediumFile;
 use super::queue::{Queue, Queued};
 use super::{Faults, Stats, Unavailable, batch, snapshot};
+
+/// Room is written this much at a time (see the module's comment).
+pub const ROOM_STEP_BYTES: u64 = 1 << 20;
+
+/// Room is written once less than this is left ahead of the segment's end.
+pub const ROOM_LOW_BYTES: u64 = 256 << 10;
+
+/// The zeros room is written from (in `.bss`: it costs no binary size).
+static ZEROS: [u8; ROOM_STEP_BYTES as usize] = [0; ROOM_STEP_BYTES as usize];
 use crate::feed::Feed;
 use crate::idempotency::Table;
 use crate::ledger::{Ledger, Outcome, Stamp};
@@ -39,8 +61,10 @@ pub struct Tail {
     pub segment: Box<dyn MediumFile>,
     /// Its index.
     pub segment_index: u64,
-    /// Bytes of it known to be on stable storage.
+    /// Bytes of it known to be on stable storage: its batches.
     pub segment_bytes: u64,
+    /// The file's length: its batches, then the zeros of room written ahead.
+    pub segment_file_bytes: u64,
     /// The number the next record gets.
     pub next_record: u64,
 }
@@ -77,6 +101,9 @@ pub struct Writer {
     snapshot: Option<JoinHandle<()>>,
     /// The last rotation failed (its warning was logged).
     rotation_failing: bool,
+    /// Writing room failed in this segment (its warning was logged): batches
+    /// grow the file, as without room, until the next segment.
+    room_failing: bool,
     /// A batch's events on their way to the feed (kept to reuse its room).
     events: Vec<Event>,
 }
@@ -96,6 +123,7 @@ impl Writer {
             events_retention,
             snapshot: None,
             rotation_failing: false,
+            room_failing: false,
             events: Vec::new(),
         }
     }
@@ -136,6 +164,8 @@ impl Writer {
             batch.clear();
             if durable && self.tail.segment_bytes >= self.segment_bytes_max {
                 self.rotate();
+            } else if durable {
+                self.make_room();
             }
         }
         if let Some(snapshot) = self.snapshot.take() {
@@ -176,7 +206,9 @@ impl Writer {
         }
         match self.write_and_sync(bytes) {
             Ok(()) => {
-                self.tail.segment_bytes += bytes.len() as u64;
+                let tail = &mut self.tail;
+                tail.segment_bytes += bytes.len() as u64;
+                tail.segment_file_bytes = tail.segment_file_bytes.max(tail.segment_bytes);
                 self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -186,6 +218,7 @@ impl Writer {
                 let cut = segment
                     .set_len(self.tail.segment_bytes)
                     .and_then(|()| segment.sync_all());
+                self.tail.segment_file_bytes = self.tail.segment_bytes;
                 tracing::error!(
                     %error,
                     segment = self.tail.segment_index,
@@ -203,11 +236,12 @@ impl Writer {
             return Err(io::Error::other("injected write failure"));
         }
         let started = Instant::now();
-        self.tail.segment.append(bytes)?;
+        let tail = &mut self.tail;
+        tail.segment.write_at(tail.segment_bytes, bytes)?;
         if faults.fail_sync.swap(false, Ordering::Relaxed) {
             return Err(io::Error::other("injected fdatasync failure"));
         }
-        self.tail.segment.sync_data()?;
+        tail.segment.sync_data()?;
         let stats = &self.shared.stats;
         stats.sync_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
@@ -247,6 +281,31 @@ impl Writer {
         self.events = events;
     }
 
+    /// Writes zeros ahead of the segment's end once little room is left,
+    /// never past the segment's size (see the module's comment).
+    fn make_room(&mut self) {
+        let tail = &mut self.tail;
+        let wanted_end = (tail.segment_bytes + ROOM_LOW_BYTES).min(self.segment_bytes_max);
+        if self.room_failing || tail.segment_file_bytes >= wanted_end {
+            return;
+        }
+        let start = tail.segment_file_bytes;
+        let len = ROOM_STEP_BYTES.min(self.segment_bytes_max - start);
+        let zeros = &ZEROS[..len as usize];
+        let written = tail
+            .segment
+            .write_at(start, zeros)
+            .and_then(|()| tail.segment.start_writeback(start, len));
+        match written {
+            Ok(()) => tail.segment_file_bytes = start + len,
+            Err(error) => {
+                // Room only saves work: batches go on growing the file.
+                tracing::warn!(%error, segment = tail.segment_index, "cannot write room ahead of the journal's end");
+                self.room_failing = true;
+            }
+        }
+    }
+
     /// Starts the next segment and has a snapshot of the state as of the end
     /// of the current one written, unless the previous snapshot is still
     /// being written (the segment then grows a little longer).
@@ -274,9 +333,11 @@ impl Writer {
             }
         };
         self.rotation_failing = false;
+        self.room_failing = false;
         self.tail.segment = segment;
         self.tail.segment_index = next;
         self.tail.segment_bytes = 0;
+        self.tail.segment_file_bytes = 0;
         let cut = snapshot::Cut {
             covers: next,
             next_record: self.tail.next_record,

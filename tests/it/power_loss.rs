@@ -2,8 +2,9 @@
 //! journal runs over `PowerCut`, a file layer that keeps only what was synced
 //! (bytes and directory entries) when the power goes, and garbles the rest
 //! sector by sector. Rounds of concurrent keyed and unkeyed debits are cut at
-//! random operations (appends, syncs, segment rotations, snapshot writes,
-//! recovery itself); each round starts from what the previous cut left.
+//! random operations (appends, writes over the room of zeros written ahead,
+//! syncs, segment rotations, snapshot writes, recovery itself); each round
+//! starts from what the previous cut left.
 //!
 //! After every cut, exactly: every acknowledged debit and key is back, and
 //! nothing that was not requested. Each debit of an account in a round takes
@@ -20,7 +21,8 @@ use saldos::ledger::Outcome;
 use saldos::storage::Storage;
 
 use crate::journal_support::{
-    Debited, JUSTO, JUSTO_SALDO, OPENING, POBRE, debit, open, remembered, usuario,
+    Debited, JUSTO, JUSTO_SALDO, OPENING, POBRE, SEGMENT_BYTES_MAX, debit, open_with_segments,
+    remembered, usuario,
 };
 
 const ROUNDS: usize = 300;
@@ -35,6 +37,9 @@ const CUT_WINDOW_OPS: u64 = 160;
 /// (metadata, truncation of a torn batch, a fresh segment).
 const RECOVERY_CUT_EVERY_ROUNDS: usize = 10;
 const RECOVERY_CUT_WINDOW_OPS: u64 = 4;
+/// Every other round runs on segments this large: many batches written over
+/// the room of one segment (the tiny ones rotate every few batches).
+const ROOMY_SEGMENT_BYTES_MAX: u64 = 64 << 10;
 /// The accounts whose every debit is a distinct power of two; the last is
 /// `JUSTO`, seeded with less than the sum, so some debits are refused (with
 /// debits of it pending: a refusal then waits for them).
@@ -246,7 +251,12 @@ fn every_acknowledged_debit_survives_power_cuts() {
             CUT_WINDOW_OPS
         };
         medium.cut_after(random.u64(..window));
-        let opened = match open(&medium) {
+        let segment_bytes_max = if round % 2 == 0 {
+            SEGMENT_BYTES_MAX
+        } else {
+            ROOMY_SEGMENT_BYTES_MAX
+        };
+        let opened = match open_with_segments(&medium, segment_bytes_max) {
             Ok(opened) => opened,
             Err(_) if medium.is_cut() => {
                 // The power went during recovery itself.
@@ -271,7 +281,8 @@ fn every_acknowledged_debit_survives_power_cuts() {
         );
         medium = medium.survivor(random.u64(..));
     }
-    let last = open(&medium).unwrap_or_else(|error| panic!("seed {seed}: final recovery: {error}"));
+    let last = open_with_segments(&medium, SEGMENT_BYTES_MAX)
+        .unwrap_or_else(|error| panic!("seed {seed}: final recovery: {error}"));
     model.verify(&last.storage, seed, ROUNDS);
     eprintln!(
         "{ROUNDS} cuts: {cuts_in_recovery} during recovery, {torn_tails} torn tails, \

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{Locked, Medium, MediumFile};
@@ -102,15 +103,17 @@ impl Medium for Os {
 
     fn create(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(self.path(name))?;
-        Ok(Box::new(OsFile(file)))
+        Ok(Box::new(OsFile { file, end: 0 }))
     }
 
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
-        let file = OpenOptions::new().append(true).open(self.path(name))?;
-        Ok(Box::new(OsFile(file)))
+    fn open_write(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
+        // Not `O_APPEND`: Linux's `pwrite` would append whatever its offset.
+        let file = OpenOptions::new().write(true).open(self.path(name))?;
+        let end = file.metadata()?.len();
+        Ok(Box::new(OsFile { file, end }))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -130,26 +133,65 @@ fn sync_directory(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-struct OsFile(File);
+/// An open file and where its end is (this process is its only writer).
+struct OsFile {
+    file: File,
+    end: u64,
+}
 
 impl MediumFile for OsFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes)
+        self.write_at(self.end, bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, offset)?;
+        self.end = self.end.max(offset + bytes.len() as u64);
+        Ok(())
+    }
+
+    fn start_writeback(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        start_writeback(&self.file, offset, len)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
 
     fn sync_all(&mut self) -> io::Result<()> {
-        self.0.sync_all()
+        self.file.sync_all()
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)?;
+        self.end = len;
+        Ok(())
     }
 
     fn length(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::other("writeback range out of range"));
+    };
+    // SAFETY: a plain system call on a file descriptor this `File` owns and
+    // keeps open for the call's duration; no memory is passed.
+    let result = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Ok(())
 }

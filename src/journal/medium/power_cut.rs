@@ -4,15 +4,17 @@
 //! and [`PowerCut::survivor`] builds what a disk could hold after that cut:
 //!
 //! - a file keeps exactly the bytes and length its last `sync_data` made
-//!   durable; of the bytes appended since, each 512-byte sector independently
-//!   survives, comes back as zeros, or as garbage, and the length is either the
-//!   durable one or the longer one; a truncation not yet synced may vanish;
+//!   durable, except where it was written since: each 512-byte sector written
+//!   since (appended or overwritten in place) independently comes back as it
+//!   was, as written, as zeros, or as garbage; the length is either the
+//!   durable one or the current one, and a truncation not yet synced may
+//!   vanish (the bytes it cut come back as they were);
 //! - a creation, rename or removal survives only if a `sync_dir` followed it;
 //!   each one not yet synced independently survives or vanishes.
 //!
 //! Deterministic for a given seed, so a failing case can be replayed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -25,12 +27,52 @@ const SECTOR_BYTES: usize = 512;
 /// One file's contents, apart from its names.
 #[derive(Clone, Default)]
 struct Inode {
+    /// The bytes as processes see them.
     data: Vec<u8>,
-    /// `data[..synced_len]` is on stable storage.
-    synced_len: usize,
-    /// The durable contents before a truncation below `synced_len` that was
-    /// not synced yet (the truncation may vanish in a cut).
-    before_truncation: Option<Vec<u8>>,
+    /// The bytes on stable storage, as of the last sync.
+    durable: Vec<u8>,
+    /// Sectors of `data` written since the last sync.
+    written: BTreeSet<usize>,
+}
+
+impl Inode {
+    /// A file whose bytes are all durable.
+    fn synced(bytes: Vec<u8>) -> Self {
+        Self {
+            durable: bytes.clone(),
+            data: bytes,
+            written: BTreeSet::new(),
+        }
+    }
+
+    /// Writes `bytes` at `offset`, zero-filling any gap after the end.
+    fn write(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        if self.data.len() < end {
+            self.grow(end);
+        }
+        self.data[offset..end].copy_from_slice(bytes);
+        self.mark_written(offset, end);
+    }
+
+    fn grow(&mut self, len: usize) {
+        let start = self.data.len();
+        self.data.resize(len, 0);
+        self.mark_written(start, len);
+    }
+
+    fn mark_written(&mut self, start: usize, end: usize) {
+        if start < end {
+            self.written
+                .extend(start / SECTOR_BYTES..=(end - 1) / SECTOR_BYTES);
+        }
+    }
+
+    /// Everything written is durable.
+    fn sync(&mut self) {
+        self.durable.clone_from(&self.data);
+        self.written.clear();
+    }
 }
 
 #[derive(Default)]
@@ -69,11 +111,7 @@ impl PowerCut {
             let mut state = medium.lock_state();
             for (name, bytes) in files {
                 let inode = state.inodes.len();
-                state.inodes.push(Inode {
-                    data: bytes.to_vec(),
-                    synced_len: bytes.len(),
-                    before_truncation: None,
-                });
+                state.inodes.push(Inode::synced(bytes.to_vec()));
                 state.entries.insert(name.to_owned(), inode);
             }
             state.durable_entries = state.entries.clone();
@@ -179,42 +217,55 @@ impl PowerCut {
     }
 }
 
-/// The bytes of a file after a cut: durable ones exact, unsynced sectors kept,
-/// zeroed or garbled one by one.
+/// The bytes of a file after a cut: durable ones exact; each sector written
+/// since the last sync kept as it was, as written, zeroed or garbled; the
+/// length the durable one or the current one.
 fn surviving_bytes(inode: &Inode, random: &mut SplitMix) -> Inode {
-    if let Some(durable) = &inode.before_truncation
-        && random.coin()
-    {
-        return Inode {
-            data: durable.clone(),
-            synced_len: durable.len(),
-            before_truncation: None,
-        };
-    }
-    let durable_len = inode.synced_len.min(inode.data.len());
-    let kept_len = if random.coin() {
+    let len = if random.coin() {
         inode.data.len()
     } else {
-        durable_len
+        inode.durable.len()
     };
-    let mut data = inode.data[..kept_len].to_vec();
-    let first_sector = durable_len / SECTOR_BYTES;
-    for sector in (first_sector * SECTOR_BYTES..kept_len).step_by(SECTOR_BYTES) {
-        let start = sector.max(durable_len);
-        let end = (sector + SECTOR_BYTES).min(kept_len);
-        match random.below(3) {
-            0 => {}
-            1 => data[start..end].fill(0),
-            _ => data[start..end]
-                .iter_mut()
-                .for_each(|byte| *byte = random.next() as u8),
+    let mut data = Vec::with_capacity(len);
+    for start in (0..len).step_by(SECTOR_BYTES) {
+        let end = (start + SECTOR_BYTES).min(len);
+        let old = bytes_in(&inode.durable, start, end);
+        let new = bytes_in(&inode.data, start, end);
+        let sector = if !inode.written.contains(&(start / SECTOR_BYTES)) {
+            // Unwritten since the sync: as it was (a truncation not synced
+            // gives back what it cut).
+            old.or(new).map(<[u8]>::to_vec)
+        } else {
+            match random.below(4) {
+                0 => old.map(<[u8]>::to_vec),
+                1 => new.map(<[u8]>::to_vec),
+                2 => None,
+                _ => Some((start..end).map(|_| random.next() as u8).collect()),
+            }
+        };
+        let mut sector = sector.unwrap_or_default();
+        sector.resize(end - start, 0);
+        // Bytes the write left as they were are durable whatever became of
+        // the sector's other bytes.
+        if let (Some(old), Some(new)) = (old, new) {
+            for (at, byte) in sector.iter_mut().enumerate() {
+                if old
+                    .get(at)
+                    .is_some_and(|durable| new.get(at) == Some(durable))
+                {
+                    *byte = old[at];
+                }
+            }
         }
+        data.extend_from_slice(&sector);
     }
-    Inode {
-        synced_len: data.len(),
-        data,
-        before_truncation: None,
-    }
+    Inode::synced(data)
+}
+
+/// The bytes of `start..end` that `bytes` holds, if any.
+fn bytes_in(bytes: &[u8], start: usize, end: usize) -> Option<&[u8]> {
+    let end = end.min(bytes.len());
+    (start < end).then(|| &bytes[start..end])
 }
 
 fn power_went() -> io::Error {
@@ -276,7 +327,7 @@ impl Medium for PowerCut {
         }))
     }
 
-    fn open_append(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
+    fn open_write(&self, name: &str) -> io::Result<Box<dyn MediumFile>> {
         let inode = self.inspect(|state| {
             state
                 .entries
@@ -333,16 +384,28 @@ struct SimulatedFile {
 impl MediumFile for SimulatedFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.medium.mutate(|state| {
-            state.inodes[self.inode].data.extend_from_slice(bytes);
+            let inode = &mut state.inodes[self.inode];
+            inode.write(inode.data.len(), bytes);
             Ok(())
         })
     }
 
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let offset = usize::try_from(offset).map_err(io::Error::other)?;
+        self.medium.mutate(|state| {
+            state.inodes[self.inode].write(offset, bytes);
+            Ok(())
+        })
+    }
+
+    fn start_writeback(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        // A hint that makes nothing durable: the model has nothing to do.
+        Ok(())
+    }
+
     fn sync_data(&mut self) -> io::Result<()> {
         self.medium.mutate(|state| {
-            let inode = &mut state.inodes[self.inode];
-            inode.synced_len = inode.data.len();
-            inode.before_truncation = None;
+            state.inodes[self.inode].sync();
             Ok(())
         })
     }
@@ -357,11 +420,11 @@ impl MediumFile for SimulatedFile {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         self.medium.mutate(|state| {
             let inode = &mut state.inodes[self.inode];
-            if len < inode.synced_len && inode.before_truncation.is_none() {
-                inode.before_truncation = Some(inode.data[..inode.synced_len].to_vec());
+            if len > inode.data.len() {
+                inode.grow(len);
+            } else {
+                inode.data.truncate(len);
             }
-            inode.data.resize(len, 0);
-            inode.synced_len = inode.synced_len.min(len);
             Ok(())
         })
     }
@@ -472,5 +535,37 @@ mod tests {
             .map(|seed| medium.survivor(seed).read("a").unwrap().len())
             .collect();
         assert_eq!(lengths, [100, 600].into_iter().collect());
+    }
+
+    #[test]
+    fn an_unsynced_overwrite_may_come_back_old_new_or_garbled() {
+        let medium = PowerCut::new();
+        let mut file = medium.create("a").unwrap();
+        medium.sync_dir().unwrap();
+        file.append(&[0; 2048]).unwrap();
+        file.sync_data().unwrap();
+        file.write_at(600, &[5; 100]).unwrap();
+        let mut kinds = std::collections::HashSet::new();
+        for seed in 0..64 {
+            let bytes = medium.survivor(seed).read("a").unwrap();
+            assert_eq!(bytes.len(), 2048, "{seed}: the length was durable");
+            assert!(
+                bytes[..600].iter().chain(&bytes[700..]).all(|b| *b == 0),
+                "{seed}"
+            );
+            kinds.insert(match &bytes[600..700] {
+                written if written == [5; 100] => "new",
+                old if old == [0; 100] => "old or zeros",
+                _ => "garbage",
+            });
+        }
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        file.sync_data().unwrap();
+        for seed in 0..16 {
+            assert_eq!(
+                &medium.survivor(seed).read("a").unwrap()[600..700],
+                &[5; 100]
+            );
+        }
     }
 }

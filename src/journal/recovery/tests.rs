@@ -286,7 +286,12 @@ fn a_snapshot_that_does_not_match_its_segments_is_refused() {
 /// path as the local storage drives it: reserve under the account's lock,
 /// queue, wait for the sync.
 fn fill_small_segments(medium: &PowerCut) {
-    let started = start_with_segments(medium, OPENING, 1_000, 1024);
+    fill_segments_of(medium, 1024);
+}
+
+/// The same through segments of `segment_bytes_max`.
+fn fill_segments_of(medium: &PowerCut, segment_bytes_max: u64) {
+    let started = start_with_segments(medium, OPENING, 1_000, segment_bytes_max);
     let journal = started.result.unwrap().journal;
     let ledger = started.ledger;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -504,4 +509,110 @@ fn empty_segments_at_the_end_do_not_hide_the_final_batch() {
     drop(opened);
     assert!(medium.read(&FileKind::Segment.name(2)).is_err(), "removed");
     assert_eq!(segment(&medium, 1).len(), starts[2]);
+}
+
+/// A batch of `count` debits of 1 from "ana" numbered from `first`, her
+/// balance before it `saldo`.
+fn ana_batch(first: u64, count: u32, mut saldo: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let at = batch::start(&mut bytes);
+    for _ in 0..count {
+        saldo -= 1;
+        Record {
+            kind: DebitKind::Retiro,
+            usuario: usuario("ana"),
+            monto: 1,
+            outcome: Outcome::Debited { nuevo_saldo: saldo },
+            time_ms: 1,
+            principal: None,
+            key: None,
+        }
+        .encode(&mut bytes);
+    }
+    batch::finish(&mut bytes, at, first, count);
+    bytes
+}
+
+/// Two segments, each its batches then `room` zeros written ahead; the
+/// first segment's room with `stray` bytes set to 1 at its start.
+fn segments_with_room(room: usize, stray: usize) -> (PowerCut, usize) {
+    let (mut first, _) = batches();
+    let batches_end = first.len();
+    first.resize(batches_end + room, 0);
+    first[batches_end..batches_end + stray].fill(1);
+    let mut second = ana_batch(11, 5, after_records(10));
+    second.resize(second.len() + room, 0);
+    let medium = directory_with_segment(&first);
+    let mut file = medium.create(&FileKind::Segment.name(2)).unwrap();
+    file.append(&second).unwrap();
+    file.sync_data().unwrap();
+    medium.sync_dir().unwrap();
+    (medium, batches_end)
+}
+
+// Zeros after a segment's last batch are the room the writer wrote ahead:
+// closed segments and the last one replay whole, nothing is dropped as torn,
+// and the last segment keeps its room.
+#[test]
+fn room_after_the_last_batch_is_not_damage() {
+    let (medium, _) = segments_with_room(3000, 0);
+    let length = segment(&medium, 2).len();
+    let started = start_on(&medium, OPENING, 100);
+    let opened = started.result.unwrap();
+    assert_eq!(opened.records_replayed, 15);
+    assert_eq!(opened.torn_bytes, 0);
+    assert_eq!(started.ledger.saldo(&usuario("ana")), after_records(10) - 5);
+    drop(opened);
+    assert_eq!(segment(&medium, 2).len(), length, "the room stays");
+}
+
+// Anything but zeros after a closed segment's last batch is damage: only the
+// last segment can end in a torn batch.
+#[test]
+fn anything_but_zeros_after_a_closed_segments_last_batch_is_damage() {
+    let (medium, batches_end) = segments_with_room(3000, 1);
+    let (path, offset, _) = refused_as_damage(&medium, 100);
+    assert!(
+        path.ends_with(FileKind::Segment.name(1)),
+        "{}",
+        path.display()
+    );
+    assert_eq!(offset, batches_end as u64);
+}
+
+// The writer keeps room ahead of the end (zeros, up to the segment's size),
+// and a restart goes on writing over the room, not after it.
+#[test]
+fn the_writer_keeps_room_and_writes_over_it() {
+    const SEGMENT_BYTES: u64 = 64 << 10;
+    let medium = PowerCut::new();
+    for restart in 0..3 {
+        fill_segments_of(&medium, SEGMENT_BYTES);
+        let segments: Vec<(String, Vec<u8>)> = medium
+            .files()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("journal-"))
+            .collect();
+        let (name, bytes) = segments.last().unwrap();
+        let mut at = 0;
+        while let Ok(frame) = batch::decode(&bytes[at..]) {
+            at += frame.bytes();
+        }
+        assert!(
+            at > 0 && at < bytes.len(),
+            "{restart} {name}: batches, then room"
+        );
+        assert_eq!(bytes.len() as u64, SEGMENT_BYTES, "{restart} {name}");
+        assert!(
+            bytes[at..].iter().all(|byte| *byte == 0),
+            "{restart} {name}"
+        );
+    }
+    let started = start_with_segments(&medium, OPENING, 1_000, SEGMENT_BYTES);
+    let opened = started.result.unwrap();
+    assert_eq!(opened.torn_bytes, 0);
+    let debited: u64 = (0..17)
+        .map(|n| OPENING - started.ledger.saldo(&usuario(&format!("cuenta{n}"))))
+        .sum();
+    assert_eq!(debited, 600);
 }
