@@ -129,46 +129,26 @@ impl DataDir {
     }
 
     /// The numbered files; stray temporary files (snapshots or metadata that
-    /// never completed) are removed.
+    /// never completed) are removed. For recovery only: while the journal
+    /// runs, a temporary file may be one being written.
     pub fn list(&self) -> Result<Files, Error> {
-        let mut files = Files::default();
-        for name in self
+        let names = self
             .medium
             .list()
-            .map_err(|source| self.io_error(&self.path, source))?
-        {
-            if name.ends_with(TEMPORARY_SUFFIX) {
-                self.medium
-                    .remove(&name)
-                    .map_err(|source| self.io_error(&self.path.join(&name), source))?;
-            } else {
-                match FileKind::parse(&name) {
-                    Some((FileKind::Segment, index)) => files.segments.push(index),
-                    Some((FileKind::Snapshot, index)) => files.snapshots.push(index),
-                    None => {}
-                }
-            }
+            .map_err(|source| self.io_error(&self.path, source))?;
+        for name in names.iter().filter(|name| name.ends_with(TEMPORARY_SUFFIX)) {
+            self.medium
+                .remove(name)
+                .map_err(|source| self.io_error(&self.path.join(name), source))?;
         }
-        files.segments.sort_unstable();
-        files.snapshots.sort_unstable();
-        Ok(files)
+        Ok(numbered(&names))
     }
 
     /// The segments' indexes, sorted, without touching anything: safe while
     /// the writer and the snapshot thread work (unlike [`DataDir::list`],
     /// which removes stray temporary files and is for recovery only).
     pub fn segments(&self) -> io::Result<Vec<u64>> {
-        let mut segments: Vec<u64> = self
-            .medium
-            .list()?
-            .iter()
-            .filter_map(|name| match FileKind::parse(name) {
-                Some((FileKind::Segment, index)) => Some(index),
-                _ => None,
-            })
-            .collect();
-        segments.sort_unstable();
-        Ok(segments)
+        Ok(numbered(&self.medium.list()?).segments)
     }
 
     /// At most `len` bytes of segment `index` from its start.
@@ -309,7 +289,9 @@ impl DataDir {
     /// the directory. Only called once a durable snapshot covers them.
     pub fn remove_before(&self, snapshots_below: u64, segments_below: u64) -> io::Result<()> {
         assert!(segments_below <= snapshots_below);
-        let files = self.list().map_err(io::Error::other)?;
+        // Not `list`: a temporary file now may be one being written (a
+        // consumer position is stored while snapshots are taken).
+        let files = numbered(&self.medium.list()?);
         let segments = files
             .segments
             .iter()
@@ -354,6 +336,21 @@ impl DataDir {
     }
 }
 
+/// The numbered files among `names`, each list sorted.
+fn numbered(names: &[String]) -> Files {
+    let mut files = Files::default();
+    for name in names {
+        match FileKind::parse(name) {
+            Some((FileKind::Segment, index)) => files.segments.push(index),
+            Some((FileKind::Snapshot, index)) => files.snapshots.push(index),
+            None => {}
+        }
+    }
+    files.segments.sort_unstable();
+    files.snapshots.sort_unstable();
+    files
+}
+
 fn meta_text(fixed: Fixed<'_>) -> String {
     let mut seed: Vec<String> = fixed
         .seed
@@ -384,5 +381,39 @@ fn describe_mismatch(found: &str, expected: &str) -> String {
             "{}; a data directory keeps the format, opening balance and seed it was created with",
             differing.join("; ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::medium::PowerCut;
+
+    // Removing covered files while the journal runs must leave a temporary
+    // file alone: it may be a consumer position being stored at that moment.
+    #[test]
+    fn removing_covered_files_leaves_temporary_files_being_written() {
+        let medium = PowerCut::new();
+        let dir = DataDir::open(Arc::new(medium.clone()), Path::new("/data")).unwrap();
+        for index in 1..=3 {
+            medium.create(&FileKind::Segment.name(index)).unwrap();
+        }
+        medium.create(&FileKind::Snapshot.name(3)).unwrap();
+        medium.create(CONSUMERS_TEMPORARY).unwrap();
+        dir.remove_before(3, 3).unwrap();
+        let mut names = medium.list().unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                CONSUMERS_TEMPORARY.to_owned(),
+                FileKind::Segment.name(3),
+                FileKind::Snapshot.name(3)
+            ]
+        );
+        // At recovery nothing is being written: a stray one goes.
+        let files = dir.list().unwrap();
+        assert_eq!((files.segments, files.snapshots), (vec![3], vec![3]));
+        assert!(medium.read(CONSUMERS_TEMPORARY).is_err());
     }
 }
