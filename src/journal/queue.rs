@@ -4,9 +4,12 @@
 //!
 //! Each entry gets a ticket, its position in the queue. The writer takes the
 //! entries in order, makes them durable and settled, then publishes the last
-//! ticket of the batch (`done`) and wakes the waiting requests once: a
+//! ticket of the batch (`done`) and wakes the batch's requests, each once: a
 //! request whose ticket is at or below `done` is durable. No allocation, no
-//! channel per request.
+//! channel per request: a waiting request leaves its waker in the ticket's
+//! place of a ring as large as the queue's bound, so a completion wakes
+//! exactly its own requests, never the ones of the batches still in flight
+//! (which would be polled for nothing, several times each under load).
 //!
 //! Only what is known not to be durable gets `Unavailable` ("nothing
 //! applied"): tickets after `lost_after`. A failed write or sync sets it to
@@ -20,8 +23,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{Record, Unavailable};
 use crate::ledger::AccountRef;
@@ -71,8 +75,8 @@ pub struct Queue {
     lost_after: AtomicU64,
     /// The last ticket whose record the writer may have written.
     written: AtomicU64,
-    /// Wakes the requests waiting for `done` to move.
-    completed: Notify,
+    /// Where each waiting request's waker is: ticket `t` at `t % ENTRIES_MAX`.
+    waiting: Box<[Mutex<Waiting>]>,
     /// Set once: a write or sync failed, or a journal thread died.
     failed: AtomicBool,
     /// Bounds the entries queued (and so the memory they take).
@@ -88,7 +92,9 @@ impl Queue {
             done: AtomicU64::new(0),
             lost_after: AtomicU64::new(u64::MAX),
             written: AtomicU64::new(0),
-            completed: Notify::new(),
+            waiting: (0..ENTRIES_MAX)
+                .map(|_| Mutex::new(Waiting::default()))
+                .collect(),
             failed: AtomicBool::new(false),
             slots: Semaphore::new(ENTRIES_MAX),
         }
@@ -123,17 +129,56 @@ impl Queue {
     /// Waits until the entry with `ticket` is durable, or the journal failed
     /// before it could be.
     pub async fn wait(&self, ticket: Ticket) -> Result<(), Unavailable> {
-        loop {
-            // Registered before the check: a completion between the check and
-            // the await still wakes it.
-            let completed = self.completed.notified();
-            if self.done.load(Ordering::Acquire) >= ticket.0 {
-                return Ok(());
+        std::future::poll_fn(|context| self.poll_wait(ticket, context)).await
+    }
+
+    fn poll_wait(&self, ticket: Ticket, context: &Context<'_>) -> Poll<Result<(), Unavailable>> {
+        if let Poll::Ready(answer) = self.outcome(ticket) {
+            return Poll::Ready(answer);
+        }
+        self.place(ticket).park(ticket, context.waker());
+        // Checked again after parking: a completion between the first check
+        // and the parking found no waker, but it is seen here.
+        self.outcome(ticket)
+    }
+
+    fn outcome(&self, ticket: Ticket) -> Poll<Result<(), Unavailable>> {
+        if self.done.load(Ordering::Acquire) >= ticket.0 {
+            Poll::Ready(Ok(()))
+        } else if ticket.0 > self.lost_after.load(Ordering::Acquire) {
+            Poll::Ready(Err(Unavailable))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn place(&self, ticket: Ticket) -> MutexGuard<'_, Waiting> {
+        self.waiting[(ticket.0 % ENTRIES_MAX as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the request waiting with each ticket of `tickets`.
+    fn wake(&self, tickets: std::ops::RangeInclusive<u64>) {
+        for ticket in tickets {
+            let waker = self.place(Ticket(ticket)).take(Ticket(ticket));
+            if let Some(waker) = waker {
+                waker.wake();
             }
-            if ticket.0 > self.lost_after.load(Ordering::Acquire) {
-                return Err(Unavailable);
+        }
+    }
+
+    /// Wakes every waiting request (the journal failed: each finds out how).
+    fn wake_all(&self) {
+        for place in &self.waiting {
+            let waker = place
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .waker
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
             }
-            completed.await;
         }
     }
 
@@ -159,7 +204,7 @@ impl Queue {
             written.max(self.done.load(Ordering::Acquire)),
             Ordering::Release,
         );
-        self.completed.notify_waiters();
+        self.wake_all();
     }
 
     /// The writer's side: the batch from `first` of `count` entries is about
@@ -200,22 +245,59 @@ impl Queue {
     /// (durable, or released after a failure); frees its slots and wakes the
     /// requests.
     pub(super) fn complete(&self, first: Ticket, count: usize, durable: bool) {
+        let last = first.0 + count as u64 - 1;
         if durable {
-            self.done
-                .store(first.0 + count as u64 - 1, Ordering::Release);
+            self.done.store(last, Ordering::Release);
+            self.wake(first.0..=last);
         } else {
             // Nothing is appended after a failure: whatever was not durable
             // by now never will be.
             self.lost_after
                 .store(self.done.load(Ordering::Acquire), Ordering::Release);
             self.fail();
+            self.wake_all();
         }
+        // Last: a ticket reusing one of these places is given only now.
         self.slots.add_permits(count);
-        self.completed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One place of the ring of waiting requests.
+#[derive(Default)]
+struct Waiting {
+    /// The ticket whose waker this is (a place is reused by the ticket
+    /// `ENTRIES_MAX` later, once this one's slot was given back).
+    ticket: u64,
+    waker: Option<Waker>,
+}
+
+impl Waiting {
+    /// Leaves `waker` for `ticket`, unless a later ticket already uses the
+    /// place (this request then finds itself done when it checks again).
+    fn park(&mut self, ticket: Ticket, waker: &Waker) {
+        if self.ticket > ticket.0 {
+            return;
+        }
+        match &mut self.waker {
+            Some(parked) if self.ticket == ticket.0 && parked.will_wake(waker) => {}
+            _ => {
+                self.ticket = ticket.0;
+                self.waker = Some(waker.clone());
+            }
+        }
+    }
+
+    /// The waker left for `ticket`, if any.
+    fn take(&mut self, ticket: Ticket) -> Option<Waker> {
+        if self.ticket == ticket.0 {
+            self.waker.take()
+        } else {
+            None
+        }
     }
 }
 
