@@ -35,6 +35,10 @@ use hashbrown::hash_table::Entry;
 use crate::sharded::Sharded;
 use crate::usuario::Usuario;
 
+mod chunks;
+
+pub use chunks::{Chunk, ShardCursor};
+
 /// The most shards a ledger may have.
 pub const SHARDS_MAX: usize = 1 << 16;
 
@@ -492,22 +496,9 @@ impl Ledger {
         read(history)
     }
 
-    /// Number of shards, for [`Ledger::for_each_in_shard`].
+    /// Number of shards, for [`Ledger::visit_chunk`].
     pub fn shard_count(&self) -> usize {
         self.accounts.shard_count()
-    }
-
-    /// Calls `visit` with every account of shard `index`, under its lock:
-    /// each account is seen whole, and debits of other shards go on.
-    pub fn for_each_in_shard(&self, index: usize, mut visit: impl FnMut(Stored<'_>)) {
-        for account in self.accounts.lock_index(index).iter() {
-            visit(Stored {
-                usuario: &account.usuario,
-                saldo: account.saldo,
-                last_record: account.last_record,
-                history: account.history.as_deref().map(|Kept(history)| history),
-            });
-        }
     }
 
     /// The most accounts the ledger stores.
