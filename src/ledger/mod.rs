@@ -2,9 +2,11 @@
 //! concurrency, with the one operation that changes money: check-and-debit.
 //!
 //! Accounts live in `shard_count` hash tables, each behind its own mutex and
-//! padded to its own cache line, so debits of different accounts on different
-//! cores rarely touch the same line. A name is hashed once (ahash); that hash
-//! picks the shard and finds the slot.
+//! padded to its own cache line, so debits of accounts of different shards on
+//! different cores touch no common line. Accounts of one shard share its lock's
+//! line: two cores debiting them in turn pass it back and forth (the
+//! `distinct_accounts_shared_shards_threads` bench shows the cost). A name is
+//! hashed once (ahash); that hash picks the shard and finds the slot.
 //!
 //! Each account has a durable balance (`saldo`) and the sum of its debits
 //! still on their way to stable storage (`pendiente`). With durable storage a
@@ -494,6 +496,13 @@ impl Ledger {
             },
         };
         read(history)
+    }
+
+    /// The index of the shard holding `usuario`: benches and tests give
+    /// threads accounts of disjoint shards with it.
+    pub fn shard_of(&self, usuario: &Usuario) -> usize {
+        self.accounts
+            .shard_index(self.accounts.hash(usuario.as_str()))
     }
 
     /// Number of shards, for [`Ledger::visit_chunk`].
