@@ -19,10 +19,11 @@ seconds=${2:-10}
 accounts=${3:-1000000}
 segment_bytes=${4:-$((8 << 20))}
 cargo build --release --locked --bin saldos --example journal_gen
+release=${CARGO_TARGET_DIR:-target}/release
 source benches/common.sh
 
 serve() { # name port segment_bytes
-  start_pinned "$1" "$2" 60 target/release/saldos --bind 127.0.0.1 --port "$2" --workers 1 \
+  start_pinned "$1" "$2" 60 "$release/saldos" --bind 127.0.0.1 --port "$2" --workers 1 \
     --storage journal --data-dir "$work/$1" --seed "" --journal-segment-bytes "$3" \
     --log-format text --metrics-addr 127.0.0.1:0 ${SHARDS:+--shards "$SHARDS"}
 }
@@ -30,7 +31,7 @@ serve() { # name port segment_bytes
 prepare() { # name port segment_bytes
   serve "$1" "$2" "$3"
   kill -TERM "$(cat "$work/$1.pid")"; wait "$(cat "$work/$1.pid")" || true
-  target/release/examples/journal_gen "$work/$1" "$accounts" 1 100000 $((64 << 20)) >/dev/null
+  "$release/examples/journal_gen" "$work/$1" "$accounts" 1 100000 $((64 << 20)) >/dev/null
   serve "$1" "$2" "$3"
 }
 

@@ -50,7 +50,12 @@ impl<T> Sharded<T> {
     /// consistent entries: every change to one is an assignment made after
     /// all checks.
     pub fn lock(&self, hash: u64) -> MutexGuard<'_, HashTable<T>> {
-        self.lock_index((hash >> 32) as usize & (self.shards.len() - 1))
+        self.lock_index(self.shard_index(hash))
+    }
+
+    /// The index of the shard holding `hash`.
+    pub fn shard_index(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & (self.shards.len() - 1)
     }
 
     /// Shard `index`, locked (to visit every shard in turn).

@@ -73,6 +73,36 @@ fn bench_uncontended(c: &mut Criterion) {
     group.finish();
 }
 
+/// `ACCOUNTS` accounts for each of `threads` threads, no account given to two
+/// threads. With `Shards::Disjoint` thread `t` gets only accounts of shards
+/// `s` with `s % threads == t`, so the threads share no lock nor table; with
+/// `Shards::Shared` accounts fall in every shard, as requests' accounts do.
+fn accounts_of_threads(
+    ledger: &Ledger,
+    threads: usize,
+    prefix: &str,
+    shards: Shards,
+) -> Vec<Vec<Usuario>> {
+    let mut candidates = (0..).map(|i| Usuario::new(&format!("{prefix}{i}")).unwrap());
+    let mut per_thread = vec![Vec::with_capacity(ACCOUNTS); threads];
+    for (thread, accounts) in per_thread.iter_mut().enumerate() {
+        while accounts.len() < ACCOUNTS {
+            let usuario = candidates.next().unwrap();
+            if shards == Shards::Shared || ledger.shard_of(&usuario) % threads == thread {
+                accounts.push(usuario);
+            }
+        }
+    }
+    per_thread
+}
+
+/// Whether the threads of a bench debit accounts of the same shards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shards {
+    Disjoint,
+    Shared,
+}
+
 fn bench_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("ledger");
     group.throughput(Throughput::Elements(1));
@@ -86,19 +116,23 @@ fn bench_threads(c: &mut Criterion) {
                 b.iter_custom(|iters| debit_in_threads(&ledger, threads, iters, |_, _| hot))
             },
         );
-        let per_thread: Vec<Vec<Usuario>> =
-            (0..threads).map(|t| names(&format!("t{t}-"))).collect();
-        group.bench_with_input(
-            BenchmarkId::new("distinct_accounts_threads", threads),
-            &threads,
-            |b, &threads| {
+        for (id, prefix, shards) in [
+            ("distinct_accounts_threads", "d", Shards::Disjoint),
+            (
+                "distinct_accounts_shared_shards_threads",
+                "s",
+                Shards::Shared,
+            ),
+        ] {
+            let per_thread = accounts_of_threads(&ledger, threads, prefix, shards);
+            group.bench_with_input(BenchmarkId::new(id, threads), &threads, |b, &threads| {
                 b.iter_custom(|iters| {
                     debit_in_threads(&ledger, threads, iters, |t, i| {
                         per_thread[t][i as usize % ACCOUNTS]
                     })
                 })
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

@@ -12,18 +12,25 @@
 //! ```
 //!
 //! Written while the writer goes on (a consistent cut without stopping
-//! commits): one ledger shard at a time, each under its lock only while it
-//! is copied into a buffer, which is then appended to the file. An account
-//! may so be seen with debits from after the cut; it carries the number of the
-//! last record applied to it (`last_record`), and recovery replays a record
-//! over an account only when the account does not hold it yet. Keys are
-//! written the same way; replaying a settled key again is harmless. Memory
-//! beyond the ledger: one shard's encoding at a time.
+//! commits): one ledger shard at a time, copied into a buffer a chunk of at
+//! most [`HOLD_BUCKETS_MAX`] buckets per hold of its lock, then appended to
+//! the file. Each account is copied whole under the lock; accounts are copied
+//! at different moments, so one may be seen with debits from after the cut; it
+//! carries the number of the last record applied to it (`last_record`), and
+//! recovery replays a record over an account only when the account does not
+//! hold it yet. The snapshot starts after every record before the cut was
+//! applied, so every account such a record touched is stored by then, and
+//! chunks see each of those exactly once (`ledger::ShardCursor`); an account
+//! first stored after the start has records only from the cut on, so
+//! recovery rebuilds it from the segments whether the snapshot holds it or
+//! not. Keys are written a shard per lock hold; replaying a settled key again
+//! is harmless. Memory beyond the ledger: one shard's encoding at a time.
 //!
 //! Version 3 added each account's kept movements (`moved`, oldest first,
 //! each as `ledger::Stamp` packs it); version 2 snapshots load with none.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use super::data_dir::{DataDir, FileKind};
@@ -32,7 +39,9 @@ use super::medium::MediumFile;
 use super::{Error, Record};
 use crate::clock;
 use crate::idempotency::Table;
-use crate::ledger::{HISTORY_PER_ACCOUNT_MAX, Ledger, ReplayError, SALDO_MAX, Stamp, Stored};
+use crate::ledger::{
+    Chunk, HISTORY_PER_ACCOUNT_MAX, Ledger, ReplayError, SALDO_MAX, ShardCursor, Stamp, Stored,
+};
 use crate::usuario::Usuario;
 
 const MAGIC: &[u8; 8] = b"SALDOSNP";
@@ -49,6 +58,14 @@ const END_BYTES: usize = 1 + 8 + 8 + 4;
 /// Record numbers stay far from `u64::MAX` (2^62 records is centuries at any
 /// rate): a snapshot claiming more is not one the writer wrote.
 const NEXT_RECORD_MAX: u64 = super::batch::FIRST_RECORD_MAX;
+/// The most ledger buckets one lock hold visits: a few hundred accounts,
+/// copied in about 10 µs, so a debit of the shard being copied waits that
+/// long at most (the whole shard under one hold was milliseconds).
+const HOLD_BUCKETS_MAX: usize = 512;
+/// A lock hold ends after the account that brings its copy to this many
+/// bytes: accounts with long histories (24 KB each at most) are copied a few
+/// per hold.
+const HOLD_BYTES_MAX: usize = 64 << 10;
 
 /// Where a snapshot cuts the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,22 +153,7 @@ fn write_entries(out: &mut Out<'_>, ledger: &Ledger, keys: &Table) -> io::Result
     let mut buffer = Vec::new();
     let mut accounts = 0u64;
     for shard in 0..ledger.shard_count() {
-        buffer.clear();
-        ledger.for_each_in_shard(shard, |stored: Stored<'_>| {
-            buffer.push(ACCOUNT);
-            buffer.push(stored.usuario.len() as u8);
-            buffer.extend_from_slice(stored.usuario.as_bytes());
-            buffer.extend_from_slice(&stored.saldo.to_le_bytes());
-            buffer.extend_from_slice(&stored.last_record.to_le_bytes());
-            let moved = stored.history.map_or(0, |history| history.len());
-            buffer.extend_from_slice(&(moved as u16).to_le_bytes());
-            for stamp in stored.history.into_iter().flatten() {
-                for word in stamp.words() {
-                    buffer.extend_from_slice(&word.to_le_bytes());
-                }
-            }
-            accounts += 1;
-        });
+        accounts += encode_shard(ledger, shard, &mut buffer);
         out.append(&buffer)?;
     }
     let now_ms = clock::unix_ms();
@@ -166,6 +168,51 @@ fn write_entries(out: &mut Out<'_>, ledger: &Ledger, keys: &Table) -> io::Result
         out.append(&buffer)?;
     }
     Ok((accounts, key_count))
+}
+
+/// Encodes every account of ledger shard `shard` into `buffer` (cleared
+/// first), a chunk per lock hold; returns how many.
+fn encode_shard(ledger: &Ledger, shard: usize, buffer: &mut Vec<u8>) -> u64 {
+    buffer.clear();
+    let mut accounts = 0;
+    let mut cursor = ShardCursor::new(shard);
+    loop {
+        let chunk_start = buffer.len();
+        let chunk = ledger.visit_chunk(&mut cursor, HOLD_BUCKETS_MAX, |stored| {
+            encode_account(buffer, stored);
+            accounts += 1;
+            if buffer.len() - chunk_start >= HOLD_BYTES_MAX {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        match chunk {
+            Chunk::More => {}
+            Chunk::Done => return accounts,
+            // The shard grew and its accounts moved: this shard's copy
+            // starts over.
+            Chunk::Moved => {
+                buffer.clear();
+                accounts = 0;
+            }
+        }
+    }
+}
+
+fn encode_account(buffer: &mut Vec<u8>, stored: Stored<'_>) {
+    buffer.push(ACCOUNT);
+    buffer.push(stored.usuario.len() as u8);
+    buffer.extend_from_slice(stored.usuario.as_bytes());
+    buffer.extend_from_slice(&stored.saldo.to_le_bytes());
+    buffer.extend_from_slice(&stored.last_record.to_le_bytes());
+    let moved = stored.history.map_or(0, |history| history.len());
+    buffer.extend_from_slice(&(moved as u16).to_le_bytes());
+    for stamp in stored.history.into_iter().flatten() {
+        for word in stamp.words() {
+            buffer.extend_from_slice(&word.to_le_bytes());
+        }
+    }
 }
 
 /// What a snapshot hands to recovery, in file order.

@@ -273,10 +273,12 @@ fn history_keeps_the_newest_movements_of_each_path() {
     assert_eq!(kept(&bea).1, [stamp(7, 2), stamp(8, 3), stamp(9, 4)]);
     let mut seen = Vec::new();
     for shard in 0..ledger.shard_count() {
-        ledger.for_each_in_shard(shard, |stored| {
+        let chunk = ledger.visit_chunk(&mut ShardCursor::new(shard), usize::MAX, |stored| {
             let stamps: Vec<Stamp> = stored.history.into_iter().flatten().copied().collect();
             seen.push((stored.usuario.to_owned(), stamps));
+            std::ops::ControlFlow::Continue(())
         });
+        assert_eq!(chunk, Chunk::Done);
     }
     seen.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(seen[1].1, [stamp(7, 2), stamp(8, 3), stamp(9, 4)]);
