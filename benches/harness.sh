@@ -20,8 +20,9 @@
 # service on PostgreSQL beside pgbench), when PostgreSQL 15 is installed.
 #
 # usage: benches/harness.sh [ROUNDS] [SECONDS] [CELLS]
-#   defaults: 3 rounds of 10 s, CELLS=all; CELLS=observability or CELLS=auth
-#   runs only those cells; benches/postgres.sh alone runs only the postgres ones.
+#   defaults: 3 rounds of 10 s, CELLS=all; CELLS=observability, CELLS=auth or
+#   CELLS=storage (memory and journal against the baseline) runs only those
+#   cells; benches/postgres.sh alone runs only the postgres ones.
 # needs: wrk, taskset, python3, openssl, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,11 +69,13 @@ for round in $(seq "$rounds"); do
     done
   fi
   [[ $cells == auth ]] && continue
-  for mix in saldo retiro; do
-    run memory 5602 "$mix" 256
-    run metrics-off 5604 "$mix" 256
-    run traced 5605 "$mix" 256
-  done
+  if [[ $cells != storage ]]; then
+    for mix in saldo retiro; do
+      run memory 5602 "$mix" 256
+      run metrics-off 5604 "$mix" 256
+      run traced 5605 "$mix" 256
+    done
+  fi
   [[ $cells == observability ]] && continue
   for conns in 64 256; do
     for mix in saldo retiro; do
