@@ -55,7 +55,7 @@ pub const GATHER_FROM_ENTRIES: usize = 8;
 
 /// After a batch cut by [`GATHER_WAIT_MAX`], this many batches keep its size
 /// as their target before a larger one is tried again.
-pub const GATHER_PROBE_EVERY: u32 = 64;
+pub const GATHER_PROBE_EVERY: u32 = 1024;
 
 /// One entry: a record to append, or a barrier (`record: None`) answered once
 /// everything queued before it is durable.
