@@ -416,6 +416,17 @@ mod tests {
         assert_eq!(entries.wake_at, 1);
     }
 
+    fn push_barrier(queue: &Queue, runtime: &tokio::runtime::Runtime) {
+        runtime.block_on(async {
+            let slot = queue.slot().await.unwrap();
+            let barrier = Queued {
+                record: None,
+                account: None,
+            };
+            queue.push(slot, barrier).unwrap();
+        });
+    }
+
     // Under a busy target, a lone entry is still taken once the wait runs
     // out, and a closed queue hands over what it holds without waiting.
     #[test]
@@ -425,35 +436,13 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let slot = queue.slot().await.unwrap();
-            queue
-                .push(
-                    slot,
-                    Queued {
-                        record: None,
-                        account: None,
-                    },
-                )
-                .unwrap();
-        });
+        push_barrier(&queue, &runtime);
         let mut batch = Vec::new();
         assert_eq!(queue.take(&mut batch, 4096), Some(Ticket(1)));
         assert_eq!(batch.len(), 1);
         assert_eq!(queue.lock().wake_at, 1, "one entry: quiet again");
         queue.lock().wake_at = 100;
-        runtime.block_on(async {
-            let slot = queue.slot().await.unwrap();
-            queue
-                .push(
-                    slot,
-                    Queued {
-                        record: None,
-                        account: None,
-                    },
-                )
-                .unwrap();
-        });
+        push_barrier(&queue, &runtime);
         queue.close();
         batch.clear();
         assert_eq!(queue.take(&mut batch, 4096), Some(Ticket(2)));

@@ -193,22 +193,7 @@ fn damage_is_dropped_only_inside_the_final_batch() {
 fn a_final_batch_with_garbled_sectors_is_dropped() {
     let (mut bytes, _) = batches();
     let final_start = bytes.len();
-    let at = batch::start(&mut bytes);
-    let mut saldo = after_records(10);
-    for number in 11..=40u64 {
-        saldo -= 1;
-        Record {
-            kind: DebitKind::Retiro,
-            usuario: usuario("ana"),
-            monto: 1,
-            outcome: Outcome::Debited { nuevo_saldo: saldo },
-            time_ms: number,
-            principal: None,
-            key: None,
-        }
-        .encode(&mut bytes);
-    }
-    batch::finish(&mut bytes, at, 11, 30);
+    bytes.extend_from_slice(&ana_batch(11, 30, after_records(10)));
     assert!(bytes.len() - final_start > 1024, "the batch spans sectors");
     for (from, to) in [
         (final_start, final_start + 512),
