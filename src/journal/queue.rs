@@ -45,8 +45,8 @@ use crate::ledger::AccountRef;
 /// Entries queued for the writer at most; more requests wait for a slot.
 pub const ENTRIES_MAX: usize = 16 * 1024;
 
-/// The longest a batch is gathered once its first entry is queued: a bound
-/// on the latency gathering adds (a small fraction of one `fdatasync`).
+/// The longest a batch is gathered once its first entry is queued: the
+/// bound on the latency gathering adds to a request, and only under load.
 pub const GATHER_WAIT_MAX: Duration = Duration::from_micros(1000);
 
 /// Batches smaller than this mean a quiet journal: the next entry is taken
@@ -121,8 +121,9 @@ pub struct Queue {
     lost_after: AtomicU64,
     /// The last ticket whose record the writer may have written.
     written: AtomicU64,
-    /// Where each waiting request's waker is: ticket `t` at `t % ENTRIES_MAX`.
-    waiting: Box<[Mutex<Waiting>]>,
+    /// Where each waiting request's waker is: ticket `t` at `t % ENTRIES_MAX`
+    /// (about 32 bytes a place, 512 KiB in all).
+    parked: Box<[Mutex<Parked>]>,
     /// Set once: a write or sync failed, or a journal thread died.
     failed: AtomicBool,
     /// Bounds the entries queued (and so the memory they take).
@@ -144,8 +145,8 @@ impl Queue {
             done: AtomicU64::new(0),
             lost_after: AtomicU64::new(u64::MAX),
             written: AtomicU64::new(0),
-            waiting: (0..ENTRIES_MAX)
-                .map(|_| Mutex::new(Waiting::default()))
+            parked: (0..ENTRIES_MAX)
+                .map(|_| Mutex::new(Parked::default()))
                 .collect(),
             failed: AtomicBool::new(false),
             slots: Semaphore::new(ENTRIES_MAX),
@@ -205,8 +206,8 @@ impl Queue {
         }
     }
 
-    fn place(&self, ticket: Ticket) -> MutexGuard<'_, Waiting> {
-        self.waiting[(ticket.0 % ENTRIES_MAX as u64) as usize]
+    fn place(&self, ticket: Ticket) -> MutexGuard<'_, Parked> {
+        self.parked[(ticket.0 % ENTRIES_MAX as u64) as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -223,7 +224,7 @@ impl Queue {
 
     /// Wakes every waiting request (the journal failed: each finds out how).
     fn wake_all(&self) {
-        for place in &self.waiting {
+        for place in &self.parked {
             let waker = place
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -335,16 +336,16 @@ impl Queue {
     }
 }
 
-/// One place of the ring of waiting requests.
+/// One place of the ring of parked requests' wakers.
 #[derive(Default)]
-struct Waiting {
+struct Parked {
     /// The ticket whose waker this is (a place is reused by the ticket
     /// `ENTRIES_MAX` later, once this one's slot was given back).
     ticket: u64,
     waker: Option<Waker>,
 }
 
-impl Waiting {
+impl Parked {
     /// Leaves `waker` for `ticket`, unless a later ticket already uses the
     /// place (this request then finds itself done when it checks again).
     fn park(&mut self, ticket: Ticket, waker: &Waker) {
