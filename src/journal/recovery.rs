@@ -197,11 +197,15 @@ fn replay_segment(
         reason,
     };
     let mut at = 0;
+    let mut torn_bytes = 0;
     while at < bytes.len() {
         let frame = match batch::decode(&bytes[at..]) {
             Ok(frame) => frame,
             Err(_) if is_room(&bytes[at..]) => break,
-            Err(_) if is_last && is_torn_final_batch(&bytes[at..], next_record) => break,
+            Err(_) if is_last && is_torn_final_batch(&bytes[at..], next_record) => {
+                torn_bytes = (bytes.len() - at) as u64;
+                break;
+            }
             Err(damage) => return Err(corrupt(at, damage.reason().into())),
         };
         if frame.first_record != next_record {
@@ -225,11 +229,6 @@ fn replay_segment(
         next_record = frame.next_record();
         at += frame.bytes();
     }
-    let torn_bytes = if is_room(&bytes[at..]) {
-        0
-    } else {
-        (bytes.len() - at) as u64
-    };
     if torn_bytes > 0 {
         tracing::warn!(path = %path.display(), offset = at, torn_bytes, "dropping the torn final batch of the journal");
     }
