@@ -41,6 +41,10 @@ use super::events::event_of;
 use super::medium::MediumFile;
 use super::queue::{Queue, Queued};
 use super::{Faults, Stats, Unavailable, batch, snapshot};
+use crate::feed::Feed;
+use crate::idempotency::Table;
+use crate::ledger::{Ledger, Outcome, Stamp};
+use crate::seam::Event;
 
 /// Room is written this much at a time (see the module's comment).
 pub const ROOM_STEP_BYTES: u64 = 1 << 20;
@@ -50,10 +54,6 @@ pub const ROOM_LOW_BYTES: u64 = 256 << 10;
 
 /// The zeros room is written from (in `.bss`: it costs no binary size).
 static ZEROS: [u8; ROOM_STEP_BYTES as usize] = [0; ROOM_STEP_BYTES as usize];
-use crate::feed::Feed;
-use crate::idempotency::Table;
-use crate::ledger::{Ledger, Outcome, Stamp};
-use crate::seam::Event;
 
 /// Where the journal's end is: the segment being appended and the numbering.
 pub struct Tail {
