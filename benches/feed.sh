@@ -1,32 +1,28 @@
 #!/usr/bin/env bash
-# The cost and speed of movements and events (SPEC section 9), with the
+# Reading and following movements and events (SPEC section 9), with the
 # harness's method: each server pinned to CPU 0 with one worker, wrk (and the
 # event consumer) on CPU 1, alternating rounds, medians, requests per server
 # CPU-second beside req/s.
 #
-# 1. Recording: POST /retiro on journal and memory storage, this build against
-#    BEFORE (a release binary of a commit without movements and events).
-# 2. Reading: GET /movimientos/{usuario} against GET /saldo/{usuario} at 64
+# What recording them costs a debit is benches/recording.sh.
+#
+# 1. Reading: GET /movimientos/{usuario} against GET /saldo/{usuario} at 64
 #    connections on one journal server whose 10,000 accounts each have 20 movements.
-# 3. Following: one Server-Sent Events consumer of the journal while wrk
+# 2. Following: one Server-Sent Events consumer of the journal while wrk
 #    debits it at 256 connections: events per second delivered against
 #    debits per second acknowledged.
 #
-# usage: benches/feed.sh BEFORE [ROUNDS] [SECONDS]   (defaults: 3 rounds of 10 s)
+# usage: benches/feed.sh [ROUNDS] [SECONDS]   (defaults: 3 rounds of 10 s)
 # needs: wrk, taskset, python3, two CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-before=${1:?usage: benches/feed.sh BEFORE_BINARY [ROUNDS] [SECONDS]}
-rounds=${2:-3}
-seconds=${3:-10}
+rounds=${1:-3}
+seconds=${2:-10}
 cargo build --release --locked --bin saldos
 source benches/common.sh
 
 flags=(--bind 127.0.0.1 --workers 1 --log-format text --metrics-addr "")
-start_pinned journal-before 5611 5 "$before" "${flags[@]}" --port 5611 --storage journal --data-dir "$work/before"
-start_pinned journal 5612 5 target/release/saldos "${flags[@]}" --port 5612 --storage journal --data-dir "$work/after"
-start_pinned memory-before 5613 5 "$before" "${flags[@]}" --port 5613 --storage memory
-start_pinned memory 5614 5 target/release/saldos "${flags[@]}" --port 5614 --storage memory
+start_pinned journal 5612 5 target/release/saldos "${flags[@]}" --port 5612 --storage journal --data-dir "$work/journal"
 start_pinned history 5615 5 target/release/saldos "${flags[@]}" --port 5615 --storage journal --data-dir "$work/history"
 
 # 20 movements for each of the 10,000 accounts the read mixes use.
@@ -68,12 +64,6 @@ PY
 
 for round in $(seq "$rounds"); do
   echo "round $round/$rounds" >&2
-  for conns in 64 256; do
-    run journal-before 5611 retiro "$conns"
-    run journal 5612 retiro "$conns"
-    run memory-before 5613 retiro "$conns"
-    run memory 5614 retiro "$conns"
-  done
   run history 5615 saldo 64
   run history 5615 movimientos 64
   # The consumer reads for the whole wrk run (it starts first and stops last).
@@ -94,15 +84,6 @@ for line in open(sys.argv[1]):
         sys.exit(f"{server} {mix} {conns}: {errors} non-2xx responses")
     runs[(server, mix, int(conns))].append((float(rps), float(per_cpu)))
 med = lambda key, f: statistics.median(r[f] for r in runs[key])
-print("\nRecording movements and events: this build against BEFORE, POST /retiro\n")
-print("| storage | conns | req/s before | req/s after | × | req/CPU-s before | req/CPU-s after | × |")
-print("|---|---|---|---|---|---|---|---|")
-for storage in ("journal", "memory"):
-    for conns in (64, 256):
-        b, a = (storage + "-before", "retiro", conns), (storage, "retiro", conns)
-        if a in runs and b in runs:
-            print(f"| {storage} | {conns} | {med(b,0):,.0f} | {med(a,0):,.0f} | {med(a,0)/med(b,0):.3f} | "
-                  f"{med(b,1):,.0f} | {med(a,1):,.0f} | {med(a,1)/med(b,1):.3f} |")
 s, m = ("history", "saldo", 64), ("history", "movimientos", 64)
 print("\nReading: GET /movimientos (20 movements a page) against GET /saldo, journal, 64 connections\n")
 print("| route | req/s | req/CPU-s |\n|---|---|---|")

@@ -2,9 +2,10 @@
 # PostgreSQL 15 cluster on CPU 0 in $work, its CPU counted as the service's
 # is (postmaster, its children and reaped children).
 #
-# start_cluster PORT: initdb and start it on 127.0.0.1:PORT (fsync and
-# synchronous_commit on, the defaults: a commit is durable), wait for it, and
-# record the postmaster's PID in $work/postmaster.pid.
+# start_cluster PORT [SETTING...]: initdb and start it on 127.0.0.1:PORT
+# (fsync and synchronous_commit on, the defaults: a commit is durable; each
+# SETTING, name=value, added), wait for it, and record the postmaster's PID
+# in $work/postmaster.pid.
 
 pg_bin=/usr/lib/postgresql/15/bin
 as_postgres=()
@@ -25,14 +26,16 @@ pg_ticks() {
 }
 
 start_cluster() {
-  pg_port=$1
+  pg_port=$1; shift
+  local settings=() setting
+  for setting in "$@"; do settings+=(-c "$setting"); done
   mkdir -p "$work/pg"
   chmod 755 "$work" # the postgres user must reach its directory
   ((EUID == 0)) && chown postgres "$work/pg"
   "${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg/data" -U postgres -A trust --no-sync >/dev/null
   taskset -c 0 "${as_postgres[@]}" "$pg_bin/postgres" -D "$work/pg/data" -p "$pg_port" \
     -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$work/pg" \
-    -c max_connections=300 -c shared_buffers=256MB >>"$work/postgres.log" 2>&1 &
+    -c max_connections=300 -c shared_buffers=256MB "${settings[@]}" >>"$work/postgres.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port" && break; sleep 0.1; done
   head -1 "$work/pg/data/postmaster.pid" >"$work/postmaster.pid"

@@ -105,8 +105,12 @@ const WINDOWS_PER_PAGE_MAX: usize = 40;
 /// The least time between two announcements of one instance: each is a
 /// transaction, and a signal to and a wakeup of every listening backend, so
 /// at full debit rate they are sent for many batches at once rather than for
-/// each; the other instances' long polls wait this much longer at most.
-const ANNOUNCE_PAUSE: Duration = Duration::from_millis(10);
+/// each; the other instances' long polls wait this much longer at most. A
+/// commit after a quiet spell is announced at once. With 10 ms, the
+/// feed's cost at 256 connections was 5.1 % of debits per CPU-second, with
+/// 50 ms 2.6 % (`benches/recording.sh`, README "Movements and events on
+/// PostgreSQL").
+const ANNOUNCE_PAUSE: Duration = Duration::from_millis(50);
 
 /// How often, at most, the listener summarizes the feed index's new block
 /// ranges (`saldos_feed_summarize`), after this instance debited: what a
