@@ -147,6 +147,11 @@ const EVENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT4, Type::INT8, Type::INT8]
 
 const POSITION_SQL: &str = "SELECT position FROM event_consumers WHERE nombre = $1";
 
+/// The share of a position store's remaining time the server may take
+/// (1/2): it gives up by itself, lock waits included, well before the
+/// service stops waiting, so a store answered 503 cannot commit afterwards.
+const STORE_BOUND_SHARE: u32 = 2;
+
 /// Positions are stored as the id's 64 bits, signed.
 const STORE_POSITION_SQL: &str = "INSERT INTO event_consumers (nombre, position, updated_at) \
      VALUES ($1, $2, now()) \
@@ -215,10 +220,10 @@ pub async fn serve(
 ) {
     for query in queries.drain(..) {
         let answering = async {
-            match run(shared, session, &query.ask).await {
+            match run(shared, session, &query.ask, deadline).await {
                 Err(Error::Database(error)) if super::is_connection_lost(&error) => {
                     *session = None;
-                    run(shared, session, &query.ask).await
+                    run(shared, session, &query.ask, deadline).await
                 }
                 other => other,
             }
@@ -245,11 +250,12 @@ pub async fn serve(
     }
 }
 
-/// One query on the reader's connection.
+/// One query on the reader's connection, answered by `deadline`.
 async fn run(
     shared: &Shared,
     session: &mut Option<Session>,
     ask: &FeedAsk,
+    deadline: Instant,
 ) -> Result<Answer, Error> {
     let open = reader::open(shared, session).await?;
     let (client, statements) = (&open.client, &open.feed);
@@ -286,9 +292,19 @@ async fn run(
         }
         FeedAsk::StorePosition(consumer, id) => {
             let position = id.0 as i64;
+            // A failure leaves the transaction open: the caller drops the
+            // session, which ends it.
+            let bound = deadline.saturating_duration_since(Instant::now()) / STORE_BOUND_SHARE;
+            let ms = bound.as_millis().max(1);
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}"
+                ))
+                .await?;
             client
                 .execute(&statements.store_position, &[&consumer.as_str(), &position])
                 .await?;
+            client.batch_execute("COMMIT").await?;
             Ok(Answer::Stored)
         }
     }

@@ -27,6 +27,11 @@ const OPENING_DEFAULT: u64 = 100_000;
 /// `--db-timeout` of the tests that time queries, and the slack a reply may
 /// take beyond it on a shared 2-core machine.
 const DB_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much sooner than the service's deadline the server refuses a
+/// position store it cannot make (it is given half the time left; a
+/// session opened for it takes some of that time first).
+const REFUSAL_MARGIN: Duration = Duration::from_millis(100);
 const REPLY_SLACK: Duration = Duration::from_millis(400);
 
 /// How long a consumer may take to catch up once writers stopped.
@@ -447,6 +452,30 @@ async fn positions_are_shared_and_every_query_is_bounded() {
     let page = a.history(&cuenta, None, 20).await.unwrap();
     assert_eq!(page.movements.len(), 1);
     events_listed(&b, 1).await;
+    assert_eq!(
+        a.consumer_position(&name).await,
+        Ok(Some(EventId(u64::MAX)))
+    );
+
+    // Only the consumer's row held (every session opens and prepares): the
+    // server refuses the store by itself, well before the service stops
+    // waiting. A store the service gave up on first could still be queued
+    // behind the row, and commit once it is free, after its 503.
+    holder
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM event_consumers WHERE nombre = 'notificaciones' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(b.store_consumer_position(&name, EventId(1)).await.is_err());
+    let took = started.elapsed();
+    assert!(
+        took < DB_TIMEOUT - REFUSAL_MARGIN,
+        "the store was refused after {took:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(REPLY_SLACK).await;
     assert_eq!(
         a.consumer_position(&name).await,
         Ok(Some(EventId(u64::MAX)))
