@@ -88,21 +88,11 @@ for round in $(seq "$rounds"); do
 done
 
 python3 - "$work/results" <<'PY'
-import collections, statistics, sys
+import statistics, sys
+sys.path.insert(0, "benches")
+from wrk_results import runs as read_runs
 
-def ms(text):
-    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    for unit in ("us", "ms", "s"):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * units[unit]
-    return float(text)
-
-runs = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    server, mix, conns, rps, p99, per_cpu, errors = line.split()
-    if int(errors):
-        sys.exit(f"{server} {mix} {conns}: {errors} non-2xx responses")
-    runs[(server, mix, int(conns))].append((float(rps), ms(p99), float(per_cpu)))
+runs = read_runs(sys.argv[1], lambda server, mix, conns: (server, mix, conns))
 
 def median(key, field):
     return statistics.median(run[field] for run in runs[key])

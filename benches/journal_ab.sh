@@ -34,18 +34,10 @@ for round in $(seq "$rounds"); do
 done
 
 python3 - "$work/results" <<'PY'
-import collections, statistics, sys
-def ms(text):
-    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)
-runs = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    server, _, _, rps, p99, per_cpu, errors = line.split()
-    if int(errors):
-        sys.exit(f"{server}: {errors} non-2xx responses")
-    runs[server].append((float(rps), ms(p99), float(per_cpu)))
+import statistics, sys
+sys.path.insert(0, "benches")
+from wrk_results import runs as read_runs
+runs = read_runs(sys.argv[1], lambda server, mix, conns: server)
 base = [statistics.median(run[f] for run in runs["baseline"]) for f in range(3)]
 print("| server | req/s | ×baseline | p99 ms | ×baseline | req/CPU-s | ×baseline |")
 print("|---|---|---|---|---|---|---|")

@@ -68,11 +68,8 @@ done
 
 python3 - "$work/results" <<'PY'
 import collections, statistics, sys
-def ms(text):
-    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)
+sys.path.insert(0, "benches")
+from wrk_results import ms
 runs, extra = collections.defaultdict(list), {}
 for line in open(sys.argv[1]):
     fields = line.split()
