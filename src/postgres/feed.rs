@@ -147,11 +147,6 @@ const EVENTS_TYPES: [Type; 4] = [Type::INT8, Type::INT4, Type::INT8, Type::INT8]
 
 const POSITION_SQL: &str = "SELECT position FROM event_consumers WHERE nombre = $1";
 
-/// The share of a position store's remaining time the server may take
-/// (1/2): it gives up by itself, lock waits included, well before the
-/// service stops waiting, so a store answered 503 cannot commit afterwards.
-const STORE_BOUND_SHARE: u32 = 2;
-
 /// Positions are stored as the id's 64 bits, signed.
 const STORE_POSITION_SQL: &str = "INSERT INTO event_consumers (nombre, position, updated_at) \
      VALUES ($1, $2, now()) \
@@ -292,10 +287,10 @@ async fn run(
         }
         FeedAsk::StorePosition(consumer, id) => {
             let position = id.0 as i64;
-            // A failure leaves the transaction open: the caller drops the
-            // session, which ends it.
-            let bound = deadline.saturating_duration_since(Instant::now()) / STORE_BOUND_SHARE;
-            let ms = bound.as_millis().max(1);
+            // Bounded on the server (`server_bound`): a store refused there
+            // cannot commit after its 503. A failure leaves the transaction
+            // open: the caller drops the session, which ends it.
+            let ms = super::server_bound(deadline).as_millis().max(1);
             client
                 .batch_execute(&format!(
                     "BEGIN; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}"

@@ -133,6 +133,18 @@ pub enum Error {
     },
 }
 
+/// The share of the time left before the service stops waiting that a
+/// write's lock waits (and a position store's statements) may take on the
+/// server: 1/2, so the server refuses what it cannot do in time before the
+/// service answers 503, and nothing refused commits after that answer.
+const SERVER_BOUND_SHARE: u32 = 2;
+
+/// The server-side bound of a write the service waits for until `until`
+/// (see [`SERVER_BOUND_SHARE`]).
+fn server_bound(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now()) / SERVER_BOUND_SHARE
+}
+
 /// True when `error` means the connection is gone (closed, reset, or the
 /// server shutting down or terminating it), so the outcome of what was in
 /// flight on it is not known from the error itself.

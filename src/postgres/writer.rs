@@ -60,10 +60,6 @@ const OUTCOME_BLOCKED: i16 = 6;
 /// is lost: 1/3.
 const RESOLVE_SHARE: u32 = 3;
 
-/// The share of an attempt's time a lock wait may take inside it: 1/2, so
-/// the server refuses the batch before the writer stops waiting for it.
-const LOCK_WAIT_SHARE: u32 = 2;
-
 /// A debit with less than this share of `--db-timeout` left is answered
 /// 503 unsent: too little to commit and resolve, and its deadline would cut
 /// the whole batch's time short (1/10).
@@ -212,7 +208,7 @@ impl Writer {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let attempt_deadline = now + remaining - remaining / RESOLVE_SHARE;
-            let lock_wait = (attempt_deadline - now) / LOCK_WAIT_SHARE;
+            let lock_wait = super::server_bound(attempt_deadline);
             let batch_id = fastrand::i64(..);
             let params = params(&self.shared, batch_id, lock_wait, batch);
             let refs = params.as_refs();
